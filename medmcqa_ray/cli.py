@@ -1,0 +1,83 @@
+"""`medmcqa-ray STAGE [--config FILE ...] [key.sub=value ...] [--force]`.
+
+Config files overlay in order, overrides apply last, and the whole config is validated before any
+stage starts, so a typo fails in a second with the key's name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+import yaml
+
+from medmcqa_ray.config import Config, load_config, resolved_dict
+from medmcqa_ray.errors import MedmcqaError, user_error
+
+COMMANDS = ["config", "download", "prep", "all"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="medmcqa-ray", description=__doc__.split("\n\n")[0])
+    p.add_argument("stage", choices=COMMANDS, help="stage to run ('config' prints the resolved config)")
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides, applied after the config files")
+    p.add_argument("--config", action="append", default=[], metavar="FILE", help="YAML config; repeat to overlay")
+    p.add_argument("--force", action="store_true", help="redo stages even when their manifest matches")
+    p.add_argument("--json", action="store_true", help="print the manifests as JSON at the end")
+    return p
+
+
+def summary_table(manifest: dict) -> str:
+    """A short human summary of a download/prep manifest."""
+    rows = manifest.get("splits", {})
+    if manifest.get("stage") == "download":
+        lines = [f"{'split':<12}{'read':>8}{'kept':>8}{'quarant.':>10}{'limited':>9}  top reasons"]
+        for split, c in rows.items():
+            top = ", ".join(f"{k}={v}" for k, v in sorted(c["reasons"].items(), key=lambda kv: -kv[1])[:3])
+            lines.append(f"{split:<12}{c['read']:>8}{c['kept']:>8}{c['quarantined']:>10}{c['limited']:>9}  {top}")
+        src = manifest.get("source", {})
+        lines.append(f"source: {src.get('name')} (layout {src.get('layout')})")
+        return "\n".join(lines)
+    lines = [f"{'split':<12}{'rows':>8}{'targets':>9}{'shards':>8}"]
+    for split, c in rows.items():
+        lines.append(f"{split:<12}{c['rows']:>8}{c['with_target']:>9}{c['shards']:>8}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace, cfg: Config) -> list[dict]:
+    from medmcqa_ray.pipeline import ALL, run_stage
+
+    names = ALL if args.stage == "all" else [args.stage]
+    manifests = []
+    for name in names:
+        m = run_stage(name, cfg, force=args.force)
+        manifests.append(m)
+        print(f"\n== {name}{' (skipped: up to date)' if m.get('skipped') else ''}")
+        print(summary_table(m))
+    return manifests
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_intermixed_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = load_config(args.config, args.overrides)
+        if args.stage == "config":
+            print(yaml.safe_dump(resolved_dict(cfg), sort_keys=False), end="")
+            return 0
+        manifests = run(args, cfg)
+        if args.json:
+            print(json.dumps(manifests, indent=2, default=str))
+        return 0
+    except Exception as e:  # noqa: BLE001 - turn our errors into one readable line, re-raise the rest
+        err = user_error(e)
+        if err is None:
+            raise
+        print(f"medmcqa-ray: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

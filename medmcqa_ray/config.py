@@ -1,0 +1,234 @@
+"""Typed configuration: YAML files overlaid in order, then `key.sub=value` overrides, validated once.
+
+Every model forbids unknown keys, so a typo fails at load time with the key's dotted path, before Ray
+starts or a file is written. Field docstrings are the documentation (`medmcqa-ray config` prints the
+resolved values).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, SecretStr, ValidationError, model_validator
+
+from medmcqa_ray.errors import ConfigError
+
+SECRET_WORDS = ("token", "password", "secret", "api_key", "apikey", "credential")
+REDACTED = "***"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
+
+
+class RayConfig(Section):
+    address: Optional[str] = None
+    """Ray cluster to join ("auto", "ray://host:10001"); None joins RAY_ADDRESS if set, else starts local Ray."""
+    num_cpus: Optional[PositiveInt] = None
+    """CPUs for a locally started Ray (None: all of this machine's)."""
+
+
+class DataConfig(Section):
+    source: Literal["hub", "local", "offline"] = "offline"
+    """Where rows come from: the Hugging Face hub, local files, or the offline sample bundled with the package."""
+    path: Optional[Path] = None
+    """For source=local: a folder of split files, or one file (JSON lines, JSON array or Parquet)."""
+    layout: Literal["auto", "original", "hf"] = "auto"
+    """`cop` convention: original release (1..4, null = unlabelled), hf (0..3, -1 = unlabelled), or auto-detect."""
+    hub_id: str = "openlifescienceai/medmcqa"
+    """Dataset id (or a local dataset folder) passed to datasets.load_dataset for source=hub."""
+    hub_revision: Optional[str] = None
+    """Git revision of the hub dataset; pin it for reproducible runs."""
+    hub_token: Optional[SecretStr] = None
+    """Hub access token (never logged; HF_TOKEN in the environment works too)."""
+    splits: list[Literal["train", "validation", "test"]] = ["train", "validation", "test"]
+    """Splits to read; files of other splits are ignored."""
+    limit: Optional[PositiveInt] = None
+    """Keep at most this many rows per split (the first valid ones), applied after normalisation."""
+    max_question_chars: PositiveInt = 4000
+    """Questions longer than this are quarantined (the longest real MedMCQA question is 1,335 chars)."""
+    repair_dropped_rt: bool = True
+    """Restore the "rt" letters the public copy lost ("aery" -> "artery", "hea" -> "heart"); rows are flagged."""
+    chunk_bytes: PositiveInt = 4 * 1024 * 1024
+    """Bytes of input per Ray Data read task; smaller means more parallel tasks."""
+
+    @model_validator(mode="after")
+    def _check_source(self) -> "DataConfig":
+        if self.source == "local":
+            if self.path is None:
+                raise ValueError("data.path is required when data.source=local")
+            if not Path(self.path).exists():
+                raise ValueError(f"data.path: {self.path} does not exist")
+        return self
+
+
+class Markers(Section):
+    """The reasoning and solution markers. The one definition: prompts, targets, rewards and eval use it."""
+
+    reasoning_start: str = Field("<start_working_out>", min_length=1)
+    """Opens the reasoning; the generation prompt ends with it."""
+    reasoning_end: str = Field("<end_working_out>", min_length=1)
+    """Closes the reasoning."""
+    solution_start: str = Field("<SOLUTION>", min_length=1)
+    """Opens the answer letter."""
+    solution_end: str = Field("</SOLUTION>", min_length=1)
+    """Closes the answer letter."""
+
+    @model_validator(mode="after")
+    def _distinct(self) -> "Markers":
+        values = [self.reasoning_start, self.reasoning_end, self.solution_start, self.solution_end]
+        if len(set(values)) != 4:
+            raise ValueError("format.markers: the four markers must be different strings")
+        return self
+
+
+class FormatConfig(Section):
+    markers: Markers = Markers()
+    """Reasoning/solution markers."""
+    system_prompt: str = (
+        "You are a careful medical expert answering a multiple-choice question. Think it through and "
+        "write your reasoning between {reasoning_start} and {reasoning_end}. Then give the letter of the "
+        "single correct option between {solution_start} and {solution_end}."
+    )
+    """System message; {reasoning_start} and the other marker names are filled in."""
+    instruction: str = "Choose the single correct option and answer with its letter."
+    """Last line of the user message, after the lettered options."""
+    max_reasoning_chars: PositiveInt = 1200
+    """SFT targets cut the explanation to this length (at a sentence or word boundary)."""
+    num_shards: PositiveInt = 2
+    """Parquet files per split under data/formatted/<split>/."""
+
+    @model_validator(mode="after")
+    def _prompt_fields(self) -> "FormatConfig":
+        try:
+            self.system_prompt.format(**self.markers.model_dump())
+        except (KeyError, IndexError, ValueError) as e:
+            raise ValueError(f"format.system_prompt: unknown placeholder {e}; use the marker names") from e
+        return self
+
+
+class Config(Section):
+    output_dir: Path = Path("outputs/local")
+    """Root of every output (data/, eval/, checkpoints/, mlruns); a local folder."""
+    ray: RayConfig = RayConfig()
+    """Ray runtime."""
+    data: DataConfig = DataConfig()
+    """Download stage: source and cleaning."""
+    format: FormatConfig = FormatConfig()
+    """Prep stage: prompt and SFT target rendering."""
+
+    def section_hash(self, *sections: str) -> str:
+        """Stable hash of some sections (secrets excluded), for stage caching."""
+        payload = {name: redacted(getattr(self, name).model_dump(mode="json")) for name in sections}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+
+def _deep_merge(base: dict, overlay: dict) -> dict:
+    out = dict(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys, not {type(data).__name__}")
+    return data
+
+
+def _apply_override(tree: dict, item: str) -> None:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like key.sub=value")
+    dotted, raw = item.split("=", 1)
+    keys = dotted.strip().split(".")
+    if not all(keys):
+        raise ConfigError(f"override {item!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    node = tree
+    for i, key in enumerate(keys[:-1]):
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{'.'.join(keys[: i + 1])}: is a value, so {dotted} cannot be set")
+        node = child
+    node[keys[-1]] = value
+
+
+def load_config(files: list[str | Path] | None = None, overrides: list[str] | None = None) -> Config:
+    """Overlay config files in order, apply overrides last, and validate. Raises ConfigError naming the key."""
+    tree: dict[str, Any] = {}
+    for f in files or []:
+        tree = _deep_merge(tree, _read_yaml(Path(f)))
+    for item in overrides or []:
+        _apply_override(tree, item)
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(_describe(e)) from None
+
+
+def _describe(e: ValidationError) -> str:
+    lines = []
+    for err in e.errors():
+        key = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        # Validators already name the full key ("data.path: ..."); don't say it twice.
+        named = not key or msg.startswith((key + ".", key + ":"))
+        lines.append(msg if named else f"{key}: {msg}")
+    return "invalid config: " + "; ".join(lines)
+
+
+# -------------------------------------------------------------------------------------------- redaction
+
+
+def is_secret_key(key: str) -> bool:
+    k = key.lower()
+    return any(word in k for word in SECRET_WORDS)
+
+
+def redacted(tree: Any) -> Any:
+    """A copy of a config dump with every secret-named key's value replaced (None stays None)."""
+    if isinstance(tree, dict):
+        return {
+            k: (REDACTED if is_secret_key(k) and v is not None else redacted(v)) for k, v in tree.items()
+        }
+    if isinstance(tree, list):
+        return [redacted(v) for v in tree]
+    return tree
+
+
+def resolved_dict(cfg: Config) -> dict:
+    """The resolved config as plain JSON types, secrets redacted: safe to print or log."""
+    return redacted(cfg.model_dump(mode="json"))
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """{"data": {"limit": 3}} -> {"data.limit": 3}: the form MLflow params and overrides use."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out

@@ -1,0 +1,142 @@
+"""The download stage on Ray Data: read -> normalise -> quarantine -> write Parquet + manifest.
+
+Pass 1 (parallel): each read task parses its slice of a file and normalises every row into a
+`records.NORMALISED` record. The driver then gathers six small columns and decides what needs all
+rows (layout, duplicate ids, limit). Pass 2 (parallel) applies those decisions. Kept rows go to
+data/processed/<split>/, quarantined rows to data/quarantine/<split>.jsonl, and data/manifest.json
+counts every row read. Everything is written to a staging folder first and swapped in at the end, so
+an interrupted run never leaves a half-written output that looks complete.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import ray
+
+from medmcqa_ray.config import Config, DataConfig
+from medmcqa_ray.data.dataset_plan import KEY_COLUMNS, FinalisePlan, plan_finalise
+from medmcqa_ray.data.normalise import finalise_row, normalise_row
+from medmcqa_ray.data.records import KEPT, LIMITED, NORMALISED, PROCESSED, QUARANTINED
+from medmcqa_ray.data.sources import ReadTask, plan_read_tasks, read_task_rows, resolve_source, task_dict
+
+log = logging.getLogger(__name__)
+
+
+def normalise_kwargs(cfg: DataConfig) -> dict:
+    return {"max_question_chars": cfg.max_question_chars, "repair_rt": cfg.repair_dropped_rt}
+
+
+def normalise_task(task: ReadTask, **kwargs) -> list[dict]:
+    return [
+        normalise_row(raw, split=task.split, source=source, source_file=task.path, ordinal=ordinal, **kwargs)
+        for raw, source, ordinal in read_task_rows(task)
+    ]
+
+
+def _normalise_batch(batch: pa.Table, **kwargs) -> pa.Table:
+    records = [rec for t in batch.to_pylist() for rec in normalise_task(ReadTask(**t), **kwargs)]
+    return pa.Table.from_pylist(records, schema=NORMALISED)
+
+
+def _finalise_batch(batch: pa.Table, plan: FinalisePlan) -> pa.Table:
+    records = [finalise_row(rec, **plan.kwargs(rec["split"])) for rec in batch.to_pylist()]
+    return pa.Table.from_pylist(records, schema=NORMALISED)
+
+
+def _select(batch: pa.Table, split: str) -> pa.Table:
+    mask = pc.and_(pc.equal(batch["split"], split), pc.equal(batch["status"], KEPT))
+    return batch.filter(mask).select(PROCESSED.names)
+
+
+def _gather(ds: "ray.data.Dataset", columns: list[str]) -> pa.Table:
+    tables = ray.get(ds.select_columns(columns).to_arrow_refs())
+    return pa.concat_tables(tables) if tables else NORMALISED.empty_table().select(columns)
+
+
+def write_split_parquet(ds: "ray.data.Dataset", folder: Path, schema: pa.Schema) -> None:
+    """Ray Data's parquet writer; an empty split still gets one empty file, so readers see the schema."""
+    ds.write_parquet(str(folder))
+    if not any(folder.glob("*.parquet")):
+        folder.mkdir(parents=True, exist_ok=True)
+        pq.write_table(schema.empty_table(), folder / "part-empty.parquet")
+
+
+def count_rows(table: pa.Table, splits: list[str]) -> dict:
+    """The manifest's per-split accounting: read = kept + quarantined + limited."""
+    cols = table.to_pydict()
+    counts: dict = {s: {"read": 0, "kept": 0, "quarantined": 0, "limited": 0, "reasons": Counter(), "flags": Counter()}
+                    for s in splits}
+    for split, status, reason, flags in zip(cols["split"], cols["status"], cols["reason"], cols["flags"]):
+        c = counts[split]
+        c["read"] += 1
+        c[status] += 1
+        if status == QUARANTINED:
+            c["reasons"][reason] += 1
+        elif status == KEPT:
+            c["flags"].update(flags or [])
+    for c in counts.values():
+        c["reasons"], c["flags"] = dict(sorted(c["reasons"].items())), dict(sorted(c["flags"].items()))
+        assert c["read"] == c["kept"] + c["quarantined"] + c["limited"]
+    return counts
+
+
+def write_quarantine(rows: list[dict], folder: Path, splits: list[str]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    by_split: dict[str, list] = defaultdict(list)
+    for r in sorted(rows, key=lambda r: r["ordinal"]):
+        by_split[r["split"]].append(r)
+    for split in splits:
+        with (folder / f"{split}.jsonl").open("w", encoding="utf-8") as f:
+            for r in by_split[split]:
+                try:
+                    raw = json.loads(r["raw"])
+                except (TypeError, ValueError):
+                    raw = r["raw"]
+                record = {"split": split, "source": r["source"], "reason": r["reason"], "detail": r["detail"], "raw": raw}
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def run_download(cfg: Config) -> dict:
+    """Run the stage; returns the manifest (the caller adds config_hash and writes it)."""
+    data_dir = Path(cfg.output_dir) / "data"
+    files, source_info = resolve_source(cfg.data, Path(cfg.output_dir))
+    tasks = plan_read_tasks(files, cfg.data.chunk_bytes)
+    splits = sorted({split for _, split in files}, key=cfg.data.splits.index)
+    log.info("download: %d files, %d read tasks, splits %s, from %s", len(files), len(tasks), splits, source_info["name"])
+
+    items = [task_dict(t) for t in tasks]
+    normalised = ray.data.from_items(items, override_num_blocks=max(1, len(items))).map_batches(
+        _normalise_batch, batch_size=1, batch_format="pyarrow", fn_kwargs=normalise_kwargs(cfg.data)
+    ).materialize()
+    plan = plan_finalise(_gather(normalised, KEY_COLUMNS), cfg.data.layout, cfg.data.limit)
+    final = normalised.map_batches(_finalise_batch, batch_format="pyarrow", fn_kwargs={"plan": plan}).materialize()
+
+    staging = data_dir / ".staging-download"
+    shutil.rmtree(staging, ignore_errors=True)
+    for split in splits:
+        kept = final.map_batches(_select, batch_format="pyarrow", fn_kwargs={"split": split})
+        write_split_parquet(kept, staging / "processed" / split, PROCESSED)
+    quarantined = final.filter(expr=f"status == '{QUARANTINED}'").select_columns(
+        ["split", "ordinal", "source", "reason", "detail", "raw"]).take_all()
+    write_quarantine(quarantined, staging / "quarantine", splits)
+    counts = count_rows(_gather(final, ["split", "status", "reason", "flags"]), splits)
+
+    for name in ("processed", "quarantine"):
+        shutil.rmtree(data_dir / name, ignore_errors=True)
+        (staging / name).rename(data_dir / name)
+    shutil.rmtree(staging, ignore_errors=True)
+    return {
+        "stage": "download",
+        "splits": counts,
+        "source": source_info | {"layout": plan.layout, "files": [{"path": str(p), "split": s} for p, s in files]},
+        "limit": cfg.data.limit,
+        "note": f"read = kept + quarantined + {LIMITED} (rows beyond data.limit); quarantine reasons in README",
+    }

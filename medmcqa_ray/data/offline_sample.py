@@ -1,0 +1,186 @@
+"""The offline sample: multiple-choice questions written for medmcqa-ray, in MedMCQA's schema.
+
+NOT MedMCQA. Each question is generated from a table of textbook medical facts (one relation per
+table: deficiency -> vitamin, drug -> class, poison -> antidote, ...). Distractors are other answers
+of the same relation, so every option is plausible. Each relation has three question templates: two
+make the train split and the third, unseen phrasing makes the validation split, so validation asks
+the same facts in words a model has not been trained on. That gives a small model something it can
+measurably learn (the facts) without letting it memorise the wording.
+
+Regenerate the bundled files with `python -m medmcqa_ray.data.offline_sample` (deterministic).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+OUT_DIR = Path(__file__).parent / "offline"
+NAMESPACE = uuid.UUID("6f1d3c1e-6c43-4d0b-9d7a-0f0c1a2b3c4d")
+
+
+@dataclass(frozen=True)
+class Relation:
+    name: str
+    subject: str
+    train_templates: tuple[str, str]
+    validation_template: str
+    explanation: str
+    facts: tuple[tuple[str, str], ...]
+
+
+RELATIONS = [
+    Relation(
+        "vitamin deficiency", "Biochemistry",
+        ("{key} is caused by deficiency of:", "Deficiency of which nutrient leads to {key}?"),
+        "A patient is diagnosed with {key}. Which nutrient is lacking?",
+        "{key} results from a deficiency of {answer}.",
+        (("scurvy", "Vitamin C"), ("beriberi", "Thiamine (vitamin B1)"), ("pellagra", "Niacin (vitamin B3)"),
+         ("rickets", "Vitamin D"), ("night blindness", "Vitamin A"), ("pernicious anaemia", "Vitamin B12"),
+         ("haemorrhagic disease of the newborn", "Vitamin K"), ("angular cheilitis", "Riboflavin (vitamin B2)"),
+         ("Wernicke encephalopathy", "Thiamine (vitamin B1)"), ("xerophthalmia", "Vitamin A"),
+         ("osteomalacia", "Vitamin D"), ("neural tube defects in the fetus", "Folic acid")),
+    ),
+    Relation(
+        "causative organism", "Microbiology",
+        ("The causative organism of {key} is:", "{key} is caused by:"),
+        "Which organism is responsible for {key}?",
+        "{key} is caused by {answer}.",
+        (("tuberculosis", "Mycobacterium tuberculosis"), ("syphilis", "Treponema pallidum"),
+         ("cholera", "Vibrio cholerae"), ("typhoid fever", "Salmonella Typhi"), ("Lyme disease", "Borrelia burgdorferi"),
+         ("leprosy", "Mycobacterium leprae"), ("diphtheria", "Corynebacterium diphtheriae"), ("tetanus", "Clostridium tetani"),
+         ("whooping cough", "Bordetella pertussis"), ("gonorrhoea", "Neisseria gonorrhoeae"), ("plague", "Yersinia pestis"),
+         ("anthrax", "Bacillus anthracis"), ("botulism", "Clostridium botulinum"), ("Q fever", "Coxiella burnetii"),
+         ("Legionnaires' disease", "Legionella pneumophila"), ("scarlet fever", "Streptococcus pyogenes")),
+    ),
+    Relation(
+        "drug class", "Pharmacology",
+        ("{key} belongs to which class of drugs?", "{key} is a:"),
+        "Which group of drugs includes {key}?",
+        "{key} is a {answer}.",
+        (("Atenolol", "beta-adrenergic blocker"), ("Enalapril", "ACE inhibitor"), ("Losartan", "angiotensin II receptor blocker"),
+         ("Amlodipine", "calcium channel blocker"), ("Furosemide", "loop diuretic"), ("Hydrochlorothiazide", "thiazide diuretic"),
+         ("Atorvastatin", "HMG-CoA reductase inhibitor"), ("Omeprazole", "proton pump inhibitor"), ("Ranitidine", "H2 receptor antagonist"),
+         ("Metformin", "biguanide"), ("Glibenclamide", "sulfonylurea"), ("Fluoxetine", "selective serotonin reuptake inhibitor"),
+         ("Amitriptyline", "tricyclic antidepressant"), ("Diazepam", "benzodiazepine"), ("Ciprofloxacin", "fluoroquinolone"),
+         ("Gentamicin", "aminoglycoside"), ("Azithromycin", "macrolide"), ("Spironolactone", "potassium-sparing diuretic"),
+         ("Salbutamol", "beta-2 adrenergic agonist"), ("Ceftriaxone", "cephalosporin")),
+    ),
+    Relation(
+        "antidote", "Forensic Medicine",
+        ("The antidote for {key} poisoning is:", "{key} toxicity is treated with:"),
+        "A patient presents with an overdose of {key}. Which specific antidote should be given?",
+        "The specific antidote for {key} is {answer}.",
+        (("paracetamol", "N-acetylcysteine"), ("opioid", "Naloxone"), ("benzodiazepine", "Flumazenil"),
+         ("organophosphate", "Atropine"), ("methanol", "Fomepizole"), ("heparin", "Protamine sulfate"),
+         ("warfarin", "Vitamin K"), ("iron", "Desferrioxamine"), ("digoxin", "Digoxin-specific antibody fragments"),
+         ("cyanide", "Hydroxocobalamin"), ("beta-blocker", "Glucagon"), ("nitrite", "Methylene blue")),
+    ),
+    Relation(
+        "hormone source", "Physiology",
+        ("{key} is secreted by:", "The source of {key} in the body is:"),
+        "Which cells or gland produce {key}?",
+        "{key} is produced by the {answer}.",
+        (("insulin", "beta cells of the pancreatic islets"), ("glucagon", "alpha cells of the pancreatic islets"),
+         ("aldosterone", "zona glomerulosa of the adrenal cortex"), ("cortisol", "zona fasciculata of the adrenal cortex"),
+         ("adrenaline", "adrenal medulla"), ("calcitonin", "parafollicular C cells of the thyroid"),
+         ("parathyroid hormone", "chief cells of the parathyroid gland"), ("melatonin", "pineal gland"),
+         ("erythropoietin", "peritubular interstitial cells of the kidney"), ("growth hormone", "anterior pituitary"),
+         ("testosterone", "Leydig cells of the testis"), ("gastrin", "G cells of the gastric antrum")),
+    ),
+    Relation(
+        "nerve injury", "Anatomy",
+        ("{key} results from injury to the:", "Which nerve is damaged in {key}?"),
+        "A patient develops {key} after trauma. The nerve most likely injured is:",
+        "{key} is the classic sign of injury to the {answer}.",
+        (("wrist drop", "radial nerve"), ("claw hand", "ulnar nerve"), ("foot drop", "common peroneal nerve"),
+         ("winging of the scapula", "long thoracic nerve"), ("ape thumb deformity", "median nerve"),
+         ("loss of shoulder abduction beyond 15 degrees with deltoid wasting", "axillary nerve"),
+         ("loss of elbow flexion with numbness of the lateral forearm", "musculocutaneous nerve"),
+         ("Trendelenburg gait", "superior gluteal nerve")),
+    ),
+    Relation(
+        "karyotype", "Pathology",
+        ("The karyotype in {key} is:", "{key} is associated with:"),
+        "Which chromosomal abnormality underlies {key}?",
+        "{key} is caused by {answer}.",
+        (("Down syndrome", "trisomy 21"), ("Edwards syndrome", "trisomy 18"), ("Patau syndrome", "trisomy 13"),
+         ("Turner syndrome", "45,X"), ("Klinefelter syndrome", "47,XXY"), ("Cri du chat syndrome", "deletion of 5p"),
+         ("chronic myeloid leukaemia", "t(9;22) Philadelphia chromosome"), ("Burkitt lymphoma", "t(8;14)")),
+    ),
+    Relation(
+        "enzyme deficiency", "Biochemistry",
+        ("{key} is due to deficiency of:", "The enzyme deficient in {key} is:"),
+        "In {key}, which enzyme is defective?",
+        "{key} is caused by deficiency of {answer}.",
+        (("phenylketonuria", "phenylalanine hydroxylase"), ("Gaucher disease", "glucocerebrosidase"),
+         ("Tay-Sachs disease", "hexosaminidase A"), ("Von Gierke disease", "glucose-6-phosphatase"),
+         ("Pompe disease", "acid alpha-glucosidase"), ("Fabry disease", "alpha-galactosidase A"),
+         ("Niemann-Pick disease", "sphingomyelinase"), ("Hurler syndrome", "alpha-L-iduronidase"),
+         ("Lesch-Nyhan syndrome", "HGPRT"), ("alkaptonuria", "homogentisate oxidase"),
+         ("McArdle disease", "muscle glycogen phosphorylase"),
+         ("classic galactosaemia", "galactose-1-phosphate uridyltransferase")),
+    ),
+    Relation(
+        "tumour marker", "Pathology",
+        ("{key} is a tumour marker for:", "Raised serum {key} is most characteristic of:"),
+        "A raised level of {key} is used to monitor which cancer?",
+        "{key} is the tumour marker of {answer}.",
+        (("alpha-fetoprotein", "hepatocellular carcinoma"), ("CA-125", "ovarian carcinoma"),
+         ("prostate-specific antigen", "prostate carcinoma"), ("carcinoembryonic antigen", "colorectal carcinoma"),
+         ("CA 19-9", "pancreatic carcinoma"), ("calcitonin", "medullary carcinoma of the thyroid"),
+         ("beta-hCG", "choriocarcinoma")),
+    ),
+]
+
+
+def _capitalise(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def _question_rows(rel: Relation, template: str, split: str, rng: random.Random) -> list[dict]:
+    answers = sorted({a for _, a in rel.facts})
+    rows = []
+    for key, answer in rel.facts:
+        distractors = rng.sample([a for a in answers if a != answer], 3)
+        options = distractors + [answer]
+        rng.shuffle(options)
+        question = template.format(key=key)
+        rows.append({
+            "id": str(uuid.uuid5(NAMESPACE, f"{rel.name}|{template}|{key}")),
+            "question": _capitalise(question),
+            "opa": options[0], "opb": options[1], "opc": options[2], "opd": options[3],
+            "cop": options.index(answer),  # 0-based: Hugging Face layout
+            "choice_type": "single",
+            "exp": _capitalise(rel.explanation.format(key=key, answer=answer)),
+            "subject_name": rel.subject,
+            "topic_name": f"Offline sample: {rel.name}",
+        })
+    return rows
+
+
+def generate(seed: int = 0) -> dict[str, list[dict]]:
+    rng = random.Random(seed)
+    splits: dict[str, list[dict]] = {"train": [], "validation": []}
+    for rel in RELATIONS:
+        for template in rel.train_templates:
+            splits["train"] += _question_rows(rel, template, "train", rng)
+        splits["validation"] += _question_rows(rel, rel.validation_template, "validation", rng)
+    rng.shuffle(splits["train"])
+    return splits
+
+
+def write(out_dir: Path = OUT_DIR) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for split, rows in generate().items():
+        with (out_dir / f"{split}.jsonl").open("w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+if __name__ == "__main__":
+    write()
+    print({split: len(rows) for split, rows in generate().items()}, "->", OUT_DIR)

@@ -1,0 +1,85 @@
+"""Text cleaning for MedMCQA fields: remove what breaks tokenisers and prompts, keep the wording.
+
+Handles the oddities listed in ../shared/medmcqa/README.md: HTML tags and entities, control
+characters (U+0001), zero-width and non-breaking spaces, ligatures, tabs and newlines inside
+questions, and the public copy's dropped "rt" letters ("aery", "hea", "impoant").
+"""
+
+from __future__ import annotations
+
+import html
+import re
+import unicodedata
+
+# A real tag: "<" + a letter-led name. "pH < 7.2 and > 6" and "<0.9" are text, not tags.
+_TAG = re.compile(r"</?[A-Za-z][A-Za-z0-9]*(?:\s[^<>]*)?/?>")
+_IMG = re.compile(r"<img\b[^>]*>", re.I)
+_BREAK_TAGS = re.compile(r"<(?:br|p|/p|div|/div|li)\b[^>]*>", re.I)
+# Zero-width space/joiners, word joiner, BOM, soft hyphen: invisible, and they split tokens.
+_INVISIBLE = re.compile("[\u200b\u200c\u200d\u2060\ufeff\u00ad]")
+_LIGATURES = {chr(c): unicodedata.normalize("NFKC", chr(c)) for c in range(0xFB00, 0xFB07)}
+_SPACES = re.compile(r"[^\S\n]+")  # any whitespace but newline (tabs, nbsp, thin spaces)
+_NEWLINES = re.compile(r"\s*\n\s*")
+
+# Words whose "rt" the public copy dropped. Built from the correct spellings so the list reads as
+# English; a corrupted form that is itself a word or abbreviation ("pa", "sho", "ove") is left alone.
+_RT_WORDS = """
+artery arteries arterial arteriole arterioles arteriolar arteritis arteriovenous arteriosclerosis
+heart hearts heartburn important importance importantly portal portion portions support supports
+supportive supported start started starts starting certain certainly report reported reports
+reporting partial partially particle particles particular particularly hypertrophy hypertrophic
+hypertension hypertensive aorta aortic cortex cortical cortisol cortico corticosteroid
+corticosteroids vertebra vertebrae vertebral fertility infertility fertile fertilization
+insertion inserted inverted converted shortness shortening shorter shortest quarter quarters
+articular artificial artifact assertion exertion exertional department
+mortality mortal portable shortly tortuous partner pertussis abortion
+""".split()
+_RT_BLOCKLIST = {"pa", "sho", "sta", "repo"}
+_RT_REPAIR = {w.replace("rt", ""): w for w in _RT_WORDS if w.replace("rt", "") not in _RT_BLOCKLIST}
+_RT_PATTERN = re.compile(r"\b(" + "|".join(sorted(map(re.escape, _RT_REPAIR), key=len, reverse=True)) + r")\b", re.I)
+
+
+def _is_control(ch: str) -> bool:
+    return unicodedata.category(ch) in ("Cc", "Cf") and ch not in "\n\t"
+
+
+def has_image(text: str) -> bool:
+    return bool(_IMG.search(text))
+
+
+def strip_html(text: str) -> str:
+    text = _BREAK_TAGS.sub("\n", text)
+    text = _TAG.sub(" ", text)
+    return html.unescape(text)
+
+
+def _match_case(word: str, fixed: str) -> str:
+    if word.isupper():
+        return fixed.upper()
+    if word[:1].isupper():
+        return fixed[:1].upper() + fixed[1:]
+    return fixed
+
+
+def repair_dropped_rt(text: str) -> tuple[str, bool]:
+    """("hea aery", False) -> ("heart artery", True): undo the public copy's lost "rt" letters."""
+    fixed, n = _RT_PATTERN.subn(lambda m: _match_case(m.group(0), _RT_REPAIR[m.group(0).lower()]), text)
+    return fixed, n > 0
+
+
+def _base_clean(text: str) -> str:
+    text = strip_html(text)
+    text = _INVISIBLE.sub("", text)
+    text = "".join(_LIGATURES.get(ch, ch) for ch in text if not _is_control(ch))
+    return unicodedata.normalize("NFC", text)
+
+
+def clean_inline(text: str) -> str:
+    """Questions and options: one line, single spaces."""
+    return " ".join(_base_clean(text).split())
+
+
+def clean_block(text: str) -> str:
+    """Explanations: keep line breaks (they carry structure), collapse everything else."""
+    text = _SPACES.sub(" ", _base_clean(text))
+    return _NEWLINES.sub("\n", text).strip()

@@ -1,0 +1,161 @@
+"""Prompt rendering, SFT targets and answer extraction: the one definition every stage imports.
+
+The generation prompt is the chat template's generation prompt followed by the reasoning start marker,
+so a completion is `reasoning <end> <SOLUTION>X</SOLUTION>`. The SFT target starts with the reasoning
+start marker too: SFT teaches the model to open its reasoning, GRPO samples after it.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, NamedTuple, Optional, Sequence
+
+from medmcqa_ray.config import FormatConfig, Markers
+
+LETTERS = "ABCD"
+
+
+def system_message(cfg: FormatConfig) -> str:
+    return cfg.system_prompt.format(**cfg.markers.model_dump())
+
+
+def user_message(question: str, options: Sequence[str], cfg: FormatConfig) -> str:
+    lines = [question.strip(), ""]
+    lines += [f"{LETTERS[i]}. {opt}" for i, opt in enumerate(options)]
+    lines += ["", cfg.instruction]
+    return "\n".join(lines)
+
+
+def prompt_messages(question: str, options: Sequence[str], cfg: FormatConfig) -> list[dict[str, str]]:
+    """Chat messages for one question (system + user); the trainers and evaluators apply the template."""
+    return [
+        {"role": "system", "content": system_message(cfg)},
+        {"role": "user", "content": user_message(question, options, cfg)},
+    ]
+
+
+def generation_prompt(messages: list[dict[str, str]], tokenizer: Any, markers: Markers) -> str:
+    """The text a model continues: the chat template's generation prompt, then the reasoning start marker."""
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return text + markers.reasoning_start
+
+
+def truncate_reasoning(text: str, max_chars: int) -> str:
+    """Cut at the last sentence end before max_chars, else at a word boundary, else hard."""
+    if len(text) <= max_chars:
+        return text
+    head = text[:max_chars]
+    sentence_end = max(head.rfind(". "), head.rfind(".\n"))
+    if sentence_end >= max_chars // 2:
+        return head[: sentence_end + 1]
+    space = head.rfind(" ")
+    return (head[:space] if space >= max_chars // 2 else head).rstrip() + " ..."
+
+
+def reasoning_text(explanation: Optional[str], options: Sequence[str], answer_index: int, cfg: FormatConfig) -> str:
+    """The reasoning an SFT target teaches: the dataset's explanation, or a plain statement of the answer."""
+    if explanation and explanation.strip():
+        return truncate_reasoning(explanation.strip(), cfg.max_reasoning_chars)
+    return f"The correct option is {LETTERS[answer_index]}: {options[answer_index]}."
+
+
+def sft_target(reasoning: str, letter: str, markers: Markers) -> str:
+    return (
+        f"{markers.reasoning_start}{reasoning}{markers.reasoning_end}"
+        f"{markers.solution_start}{letter}{markers.solution_end}"
+    )
+
+
+# ------------------------------------------------------------------------------------------- extraction
+
+
+class Extraction(NamedTuple):
+    letter: Optional[str]
+    """"A".."D", or None when no answer could be read."""
+    method: Optional[str]
+    """Which rule found it: tag, answer_phrase, lone_letter, option_text (None when nothing did)."""
+
+
+# Inside the solution tag: a lone letter in either case, "B. Vitamin C" / "(b) text", or "B text";
+# never a lowercase word such as "a beta blocker".
+_FRAGMENT_LETTER = re.compile(
+    r"^\s*(?:(?i:option)\s+)?(?:[(\[]?([A-Da-d])[)\]]?\s*$|[(\[]?([A-Da-d])[).:\]]|([A-D])[\s,\-])"
+)
+# "Answer: B", "The answer is (C)", "Ans. is 'a'" (MedMCQA's own explanations); the letter is
+# case-sensitive unless quoted, so "the answer is a drug" reads nothing.
+_ANSWER_PHRASE = re.compile(
+    r"(?i:\b(?:final\s+)?ans(?:wer)?\b\.?)\s*(?i:is\b)?\s*[:\-=]?\s*(?:(?i:option)\s+)?"
+    r"(?:['\"(\[]([A-Da-d])['\")\]]|([A-D])(?![A-Za-z]))"
+)
+_LONE_LETTER = re.compile(r"^\s*[(\[]?([A-D])[)\].]?\s*$", re.M)
+
+
+def _casefold_words(text: str) -> str:
+    return " ".join(re.findall(r"\w+", text.casefold()))
+
+
+def _option_letter(text: str, options: Optional[Sequence[str]]) -> Optional[str]:
+    """The letter of the one option whose text appears in `text` (None if none or several do)."""
+    if not options:
+        return None
+    hay = f" {_casefold_words(text)} "
+    hits = []
+    for i, opt in enumerate(options):
+        needle = _casefold_words(opt or "")
+        if len(needle) >= 2 and f" {needle} " in hay:
+            hits.append(i)
+    # "Vitamin C" inside "Vitamin C deficiency" must not also count "C": keep the longest, unless tied.
+    if len(hits) > 1:
+        longest = max(len(options[i]) for i in hits)
+        hits = [i for i in hits if len(options[i]) == longest]
+    return LETTERS[hits[0]] if len(hits) == 1 else None
+
+
+def _fragment_letter(fragment: str, options: Optional[Sequence[str]]) -> Optional[str]:
+    m = _FRAGMENT_LETTER.match(fragment)
+    if m:
+        return next(g for g in m.groups() if g).upper()
+    return _option_letter(fragment, options)
+
+
+def extract_answer(text: Optional[str], options: Optional[Sequence[str]] = None, markers: Markers = Markers()) -> Extraction:
+    """Read the chosen letter from a completion: the solution tag first, then "Answer: X", then a line
+    holding a lone letter, then the text of exactly one option. Only A-D count; a tag that is never
+    closed is not an answer (a truncated generation is incorrect, not half-right)."""
+    if not text:
+        return Extraction(None, None)
+    tag = re.compile(re.escape(markers.solution_start) + r"(.*?)" + re.escape(markers.solution_end), re.S)
+    for m in tag.finditer(text):
+        letter = _fragment_letter(m.group(1), options)
+        if letter:
+            return Extraction(letter, "tag")
+    # Fallbacks read the text after the reasoning when the model closed it: letters inside the
+    # reasoning ("option A is wrong because ...") are not the answer.
+    tail = text.split(markers.reasoning_end)[-1] if markers.reasoning_end in text else text
+    tail = tag.sub(" ", tail)
+    phrases = _ANSWER_PHRASE.findall(tail)
+    if phrases:
+        return Extraction("".join(phrases[-1]).upper(), "answer_phrase")
+    lone = _LONE_LETTER.findall(tail)
+    if lone:
+        return Extraction(lone[-1], "lone_letter")
+    letter = _option_letter(tail, options)
+    return Extraction(letter, "option_text" if letter else None)
+
+
+def format_row(row: dict, cfg: FormatConfig) -> dict:
+    """A processed row -> a formatted row (records.FORMATTED). Unlabelled rows get no SFT target."""
+    index = row.get("answer_index")
+    completion = None
+    if index is not None:
+        reasoning = reasoning_text(row.get("explanation"), row["options"], index, cfg)
+        completion = sft_target(reasoning, LETTERS[index], cfg.markers)
+    return {
+        "id": row["id"],
+        "prompt": prompt_messages(row["question"], row["options"], cfg),
+        "completion": completion,
+        "answer_label": row.get("answer_label"),
+        "explanation": row.get("explanation"),
+        "subject": row.get("subject"),
+        "options": list(row["options"]),
+    }

@@ -1,0 +1,92 @@
+"""The stages, their caching, and `all`.
+
+A stage is skipped when its manifest's config_hash equals the hash of the config sections it reads
+plus the identity of its inputs; `force=True` redoes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from medmcqa_ray.config import Config
+from medmcqa_ray.errors import StageError
+from medmcqa_ray.manifest import read_manifest, write_manifest
+from medmcqa_ray.runtime import ensure_ray
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    manifest: Callable[[Config], Path]
+    cache_key: Callable[[Config], str]
+    run: Callable[[Config], dict]
+
+
+def _hash(*parts: str) -> str:
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def _download_key(cfg: Config) -> str:
+    from medmcqa_ray.data.sources import source_key
+
+    return _hash(cfg.section_hash("data"), source_key(cfg.data))
+
+
+def _prep_key(cfg: Config) -> str:
+    upstream = read_manifest(Path(cfg.output_dir) / "data" / "manifest.json") or {}
+    return _hash(cfg.section_hash("format"), str(upstream.get("config_hash")))
+
+
+def _run_download(cfg: Config) -> dict:
+    from medmcqa_ray.data.download import run_download
+
+    return run_download(cfg)
+
+
+def _run_prep(cfg: Config) -> dict:
+    from medmcqa_ray.data.prep import run_prep
+
+    return run_prep(cfg)
+
+
+STAGES: dict[str, Stage] = {
+    "download": Stage("download", lambda c: Path(c.output_dir) / "data" / "manifest.json", _download_key, _run_download),
+    "prep": Stage("prep", lambda c: Path(c.output_dir) / "data" / "formatted" / "manifest.json", _prep_key, _run_prep),
+}
+ALL = ["download", "prep"]
+
+
+def check_writable(output_dir: Path) -> None:
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        probe = output_dir / ".write-probe"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise StageError(f"output_dir {output_dir} cannot be written ({e.strerror or e})") from None
+
+
+def run_stage(name: str, cfg: Config, force: bool = False) -> dict:
+    stage = STAGES[name]
+    check_writable(Path(cfg.output_dir))
+    key = stage.cache_key(cfg)
+    path = stage.manifest(cfg)
+    previous = read_manifest(path)
+    if not force and previous and previous.get("config_hash") == key:
+        log.info("%s: up to date (%s matches config_hash %s); skipped, --force redoes it", name, path, key)
+        return previous | {"skipped": True}
+    ensure_ray(cfg.ray)
+    manifest = stage.run(cfg) | {"config_hash": key}
+    write_manifest(path, manifest)
+    log.info("%s: done, manifest %s", name, path)
+    return manifest
+
+
+def run_all(cfg: Config, force: bool = False) -> dict[str, dict]:
+    return {name: run_stage(name, cfg, force=force) for name in ALL}

@@ -1,0 +1,34 @@
+"""Start or join Ray, once per process, as the config says."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import ray
+
+from medmcqa_ray.config import RayConfig
+
+log = logging.getLogger(__name__)
+
+
+def ensure_ray(cfg: RayConfig) -> None:
+    """Join ray.address or RAY_ADDRESS (as under `ray job submit`) when given, else start local Ray."""
+    if ray.is_initialized():
+        return
+    address = cfg.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        log.info("joined Ray cluster at %s", address)
+    else:
+        ray.init(num_cpus=cfg.num_cpus, include_dashboard=False, log_to_driver=True)
+        log.info("started local Ray (%s CPUs)", ray.cluster_resources().get("CPU"))
+    quiet_ray_data()
+
+
+def quiet_ray_data() -> None:
+    """Ray Data draws progress bars on a terminal; elsewhere (CI, job logs) it would log every operator
+    every few seconds, drowning our own lines, so it only does that when MEDMCQA_VERBOSE is set."""
+    if not sys.stdout.isatty() and not os.environ.get("MEDMCQA_VERBOSE"):
+        ray.data.DataContext.get_current().enable_progress_bars = False
