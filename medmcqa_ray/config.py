@@ -58,11 +58,10 @@ class DataConfig(Section):
 
     @model_validator(mode="after")
     def _check_source(self) -> "DataConfig":
-        if self.source == "local":
-            if self.path is None:
-                raise ValueError("data.path is required when data.source=local")
-            if not Path(self.path).exists():
-                raise ValueError(f"data.path: {self.path} does not exist")
+        if self.source == "local" and self.path is None:
+            raise ValueError("data.path is required when data.source=local")
+        if self.path is not None and not Path(self.path).exists():
+            raise ValueError(f"data.path: {self.path} does not exist")
         return self
 
 

@@ -11,6 +11,7 @@ import re
 from typing import Any, NamedTuple, Optional, Sequence
 
 from medmcqa_ray.config import FormatConfig, Markers
+from medmcqa_ray.data.text import strip_invisible
 
 LETTERS = "ABCD"
 
@@ -124,6 +125,7 @@ def extract_answer(text: Optional[str], options: Optional[Sequence[str]] = None,
     closed is not an answer (a truncated generation is incorrect, not half-right)."""
     if not text:
         return Extraction(None, None)
+    text = strip_invisible(text)
     tag = re.compile(re.escape(markers.solution_start) + r"(.*?)" + re.escape(markers.solution_end), re.S)
     for m in tag.finditer(text):
         letter = _fragment_letter(m.group(1), options)

@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
+from ray.data.expressions import col
 
 from medmcqa_ray.config import Config, DataConfig
 from medmcqa_ray.data.dataset_plan import KEY_COLUMNS, FinalisePlan, plan_finalise
@@ -124,7 +125,7 @@ def run_download(cfg: Config) -> dict:
     for split in splits:
         kept = final.map_batches(_select, batch_format="pyarrow", fn_kwargs={"split": split})
         write_split_parquet(kept, staging / "processed" / split, PROCESSED)
-    quarantined = final.filter(expr=f"status == '{QUARANTINED}'").select_columns(
+    quarantined = final.filter(expr=col("status") == QUARANTINED).select_columns(
         ["split", "ordinal", "source", "reason", "detail", "raw"]).take_all()
     write_quarantine(quarantined, staging / "quarantine", splits)
     counts = count_rows(_gather(final, ["split", "status", "reason", "flags"]), splits)

@@ -39,18 +39,20 @@ def as_text(value: Any) -> Optional[str]:
 
 
 def parse_cop(value: Any) -> tuple[Optional[int], bool]:
-    """(cop as int or None, valid). Accepts 2, 2.0, "2", "-1"; rejects True, 2.5, "b"."""
+    """(cop as int or None, valid). Accepts 2, 2.0, "2", "-1"; rejects True, 2.5, "b", 10**30."""
     if value is None or (isinstance(value, str) and not value.strip()):
         return None, True
+    cop: Optional[int] = None
     if isinstance(value, bool):
-        return None, False
-    if isinstance(value, int):
-        return value, True
-    if isinstance(value, float):
-        return (int(value), True) if value.is_integer() else (None, False)
-    if isinstance(value, str) and re.fullmatch(r"\s*-?\d{1,6}\s*", value):
-        return int(value), True
-    return None, False
+        pass
+    elif isinstance(value, int):
+        cop = value
+    elif isinstance(value, float) and value.is_integer():
+        cop = int(value)
+    elif isinstance(value, str) and re.fullmatch(r"\s*-?\d{1,6}\s*", value):
+        cop = int(value)
+    # Any small integer is "valid" here (range depends on the layout); huge ones would not fit int64.
+    return (cop, True) if cop is not None and abs(cop) < 10**6 else (None, False)
 
 
 def cop_to_index(cop: Optional[int], layout: str) -> tuple[Optional[int], bool]:

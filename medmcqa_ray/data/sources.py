@@ -101,7 +101,8 @@ def plan_read_tasks(files: list[tuple[Path, str]], chunk_bytes: int) -> list[Rea
             for group in range(meta.num_row_groups):
                 tasks.append(ReadTask("parquet", str(path), split, file_index, group, -1, first))
                 first += meta.row_group(group).num_rows
-        elif _first_byte(path) == b"[":
+        elif path.suffix.lower() == ".json" and _first_byte(path) == b"[":
+            # .json is an array or, as in the original MedMCQA release, JSON lines; .jsonl is always lines.
             tasks.append(ReadTask("json_array", str(path), split, file_index))
         else:
             tasks.extend(_jsonl_tasks(path, split, file_index, chunk_bytes))

@@ -47,6 +47,10 @@ def has_image(text: str) -> bool:
     return bool(_IMG.search(text))
 
 
+def strip_invisible(text: str) -> str:
+    return _INVISIBLE.sub("", text)
+
+
 def strip_html(text: str) -> str:
     text = _BREAK_TAGS.sub("\n", text)
     text = _TAG.sub(" ", text)
@@ -69,7 +73,7 @@ def repair_dropped_rt(text: str) -> tuple[str, bool]:
 
 def _base_clean(text: str) -> str:
     text = strip_html(text)
-    text = _INVISIBLE.sub("", text)
+    text = strip_invisible(text)
     text = "".join(_LIGATURES.get(ch, ch) for ch in text if not _is_control(ch))
     return unicodedata.normalize("NFC", text)
 

@@ -1,0 +1,1 @@
+"""Data sources, normalisation and the download/prep stages."""

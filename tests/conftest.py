@@ -1,0 +1,47 @@
+"""Shared fixtures. One Ray instance serves the whole session: starting Ray costs seconds on 2 cores."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_MEDMCQA = REPO.parent / "shared" / "medmcqa"
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    from medmcqa_ray.runtime import configure_ray_data
+
+    configure_ray_data()
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def shared_medmcqa() -> Path:
+    if not SHARED_MEDMCQA.is_dir():
+        pytest.skip(f"real MedMCQA rows not found at {SHARED_MEDMCQA} (../shared/medmcqa beside the repo)")
+    return SHARED_MEDMCQA
+
+
+@pytest.fixture
+def make_config(tmp_path):
+    """load_config over configs/ci.yaml with output_dir in a temporary folder, plus overrides."""
+    from medmcqa_ray.config import load_config
+
+    def _make(*overrides: str, output_dir: Path | None = None):
+        out = output_dir or tmp_path / "out"
+        return load_config([REPO / "configs" / "ci.yaml"], [f"output_dir={out}", *overrides])
+
+    return _make
