@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         err = user_error(e)
         if err is None:
             raise
-        print(f"medmcqa-ray: error: {err}", file=sys.stderr)
+        # Ray appends its retry advice to a task's exception message; ours is the first line.
+        print(f"medmcqa-ray: error: {str(err).splitlines()[0]}", file=sys.stderr)
         return 2
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from medmcqa_ray.data.normalise import cop_to_index
 from medmcqa_ray.data.records import KEPT
@@ -26,6 +27,11 @@ class FinalisePlan:
     duplicate_ordinals: set = field(default_factory=set)
     cross_split_ids: set = field(default_factory=set)
     limit_cutoffs: dict = field(default_factory=dict)  # split -> last ordinal kept (None: no limit)
+
+    @property
+    def changes_nothing_after(self) -> bool:
+        """True when pass 1 already resolved every answer and nothing needs the whole dataset."""
+        return not (self.duplicate_ordinals or self.cross_split_ids or self.limit_cutoffs)
 
     def kwargs(self, split: str) -> dict:
         return {"layout": self.layout, "duplicate_ordinals": self.duplicate_ordinals,
@@ -57,28 +63,35 @@ def detect_layout(cops_by_file: dict[str, set]) -> str:
 
 
 def plan_finalise(keys: pa.Table, layout: str, limit: Optional[int]) -> FinalisePlan:
-    cols = keys.select(KEY_COLUMNS).to_pydict()
-    rows = sorted(zip(*(cols[c] for c in KEY_COLUMNS)), key=lambda r: r[1])
-    rows = [r for r in rows if r[5] == KEPT]
+    """Vectorised over Arrow (183k rows in well under a second); Python only sees distinct values and
+    the rare duplicate rows."""
+    kept = keys.select(KEY_COLUMNS).filter(pc.equal(keys["status"], KEPT))
     if layout == "auto":
+        pairs = kept.group_by(["source_file", "cop_raw"]).aggregate([]).to_pydict()
         cops_by_file: dict[str, set] = defaultdict(set)
-        for split, _, _, source_file, cop, _ in rows:
-            cops_by_file[source_file].add(cop)
-        layout = detect_layout(cops_by_file) if rows else "hf"
+        for path, cop in zip(pairs["source_file"], pairs["cop_raw"]):
+            cops_by_file[path].add(cop)
+        layout = detect_layout(cops_by_file) if kept.num_rows else "hf"
     plan = FinalisePlan(layout)
-    seen: dict[str, set] = defaultdict(set)
-    splits_of_id: dict[str, set] = defaultdict(set)
-    kept_count: dict[str, int] = defaultdict(int)
-    for split, ordinal, row_id, _, cop, _ in rows:
-        if not cop_to_index(cop, layout)[1]:
-            continue
-        if row_id in seen[split]:
-            plan.duplicate_ordinals.add(ordinal)
-            continue
-        seen[split].add(row_id)
-        splits_of_id[row_id].add(split)
-        kept_count[split] += 1
-        if limit is not None and kept_count[split] == limit:
-            plan.limit_cutoffs[split] = ordinal
-    plan.cross_split_ids = {i for i, s in splits_of_id.items() if len(s) > 1}
+    # Rows whose cop the layout rejects will be quarantined, so they cannot be "the first" of an id.
+    in_range = [c for c in pc.unique(kept["cop_raw"]).to_pylist() if c is not None and cop_to_index(c, layout)[1]]
+    candidates = kept.filter(pc.or_(pc.is_null(kept["cop_raw"]), pc.is_in(kept["cop_raw"], pa.array(in_range, pa.int64()))))
+    counts = candidates.group_by(["split", "id"]).aggregate([("ordinal", "count")])
+    repeated = counts.filter(pc.greater(counts["ordinal_count"], 1))
+    if repeated.num_rows:
+        rows = candidates.filter(pc.is_in(candidates["id"], repeated["id"])).sort_by("ordinal").to_pydict()
+        seen: set = set()
+        for split, row_id, ordinal in zip(rows["split"], rows["id"], rows["ordinal"]):
+            if (split, row_id) in seen:
+                plan.duplicate_ordinals.add(ordinal)
+            seen.add((split, row_id))
+    splits_per_id = candidates.group_by("id").aggregate([("split", "count_distinct")])
+    plan.cross_split_ids = set(splits_per_id.filter(pc.greater(splits_per_id["split_count_distinct"], 1))["id"].to_pylist())
+    if limit is not None:
+        duplicates = pa.array(sorted(plan.duplicate_ordinals), pa.int64())
+        unique = candidates.filter(pc.invert(pc.is_in(candidates["ordinal"], duplicates)))
+        for split in pc.unique(unique["split"]).to_pylist():
+            ordinals = unique.filter(pc.equal(unique["split"], split)).sort_by("ordinal")["ordinal"]
+            if len(ordinals) >= limit:
+                plan.limit_cutoffs[split] = ordinals[limit - 1].as_py()
     return plan

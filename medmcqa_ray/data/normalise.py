@@ -25,6 +25,9 @@ _IMAGE_REFERENCE = re.compile(
 )
 
 
+_TWO_ALNUM = re.compile(r"[^\W_].*?[^\W_]", re.S)  # a placeholder explanation (".", "A") has fewer
+
+
 class _BadType(Exception):
     pass
 
@@ -90,7 +93,7 @@ def _explanation(raw: dict, flags: list[str], repair_rt: bool) -> Optional[str]:
         flags.append("no_explanation")
         return None
     text = clean_block(text)
-    if sum(ch.isalnum() for ch in text) < 2:
+    if not _TWO_ALNUM.search(text):
         flags.append("placeholder_explanation")
         return None
     if repair_rt:
@@ -102,9 +105,10 @@ def _explanation(raw: dict, flags: list[str], repair_rt: bool) -> Optional[str]:
 
 def normalise_row(
     raw: Any, *, split: str, source: str, source_file: str = "", ordinal: int = 0,
-    max_question_chars: int = 4000, repair_rt: bool = True,
+    max_question_chars: int = 4000, repair_rt: bool = True, layout: Optional[str] = None,
 ) -> dict:
-    """Clean one raw MedMCQA row. Never raises: a row that cannot serve comes back quarantined."""
+    """Clean one raw MedMCQA row. Never raises: a row that cannot serve comes back quarantined.
+    With the layout known up front, the answer is resolved here; otherwise `finalise_row` does it."""
     rec = _base(raw, split, source, source_file, ordinal)
     if not isinstance(raw, dict):
         return _quarantine(rec, "not_an_object", f"row is a {type(raw).__name__}")
@@ -178,24 +182,30 @@ def normalise_row(
         choice_type=clean_inline(choice or "") or None,
         explanation=_explanation(raw, flags, repair_rt),
     )
+    return _resolve_answer(rec, layout) if layout else rec
+
+
+def _resolve_answer(rec: dict, layout: str) -> dict:
+    index, in_range = cop_to_index(rec["cop_raw"], layout)
+    if not in_range:
+        return _quarantine(rec, "cop_out_of_range", f"cop {rec['cop_raw']} outside the {layout} layout's range")
+    if index is None and "unlabelled" not in rec["flags"]:
+        rec["flags"] = [*rec["flags"], "unlabelled"]
+    rec.update(answer_index=index, answer_label=None if index is None else LETTERS[index])
     return rec
 
 
 def finalise_row(rec: dict, layout: str, duplicate_ordinals: set, cross_split_ids: set, limit_cutoff: Optional[int]) -> dict:
-    """Apply what needs the whole dataset: the cop layout, duplicate ids, and data.limit."""
+    """Apply what needs the whole dataset: the cop layout (idempotent), duplicate ids, and data.limit."""
     if rec["status"] != KEPT:
         return rec
-    index, in_range = cop_to_index(rec["cop_raw"], layout)
-    if not in_range:
-        return _quarantine(rec, "cop_out_of_range", f"cop {rec['cop_raw']} outside the {layout} layout's range")
+    rec = _resolve_answer(rec, layout)
+    if rec["status"] != KEPT:
+        return rec
     if rec["ordinal"] in duplicate_ordinals:
         return _quarantine(rec, "duplicate_id", f"id {rec['id']} seen earlier in this split")
-    flags = list(rec["flags"])
-    if index is None:
-        flags.append("unlabelled")
     if rec["id"] in cross_split_ids:
-        flags.append("duplicate_id_across_splits")
-    rec.update(answer_index=index, answer_label=None if index is None else LETTERS[index], flags=flags)
+        rec["flags"] = [*rec["flags"], "duplicate_id_across_splits"]
     if limit_cutoff is not None and rec["ordinal"] > limit_cutoff:
         rec["status"] = LIMITED
     return rec

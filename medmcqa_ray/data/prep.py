@@ -15,7 +15,7 @@ import ray
 
 from medmcqa_ray.config import Config, FormatConfig
 from medmcqa_ray.data.download import write_split_parquet
-from medmcqa_ray.data.records import FORMATTED
+from medmcqa_ray.data.records import FORMATTED, PROCESSED
 from medmcqa_ray.errors import StageError
 from medmcqa_ray.formatting import format_row
 
@@ -24,6 +24,26 @@ log = logging.getLogger(__name__)
 
 def format_batch(batch: pa.Table, cfg: FormatConfig) -> pa.Table:
     return pa.Table.from_pylist([format_row(r, cfg) for r in batch.to_pylist()], schema=FORMATTED)
+
+
+def _read_and_format(batch: pa.Table, cfg: FormatConfig) -> pa.Table:
+    # Each task reads whole processed shards itself: measured here, ray.data.read_parquet took 4.3 s
+    # to load what pyarrow reads in 0.7 s, and made 3 blocks of 50 files, which capped parallelism.
+    return pa.concat_tables([format_batch(pq.read_table(p, schema=PROCESSED), cfg) for p in batch["path"].to_pylist()])
+
+
+def parquet_rows(folder: Path) -> int:
+    return sum(pq.ParquetFile(p).metadata.num_rows for p in folder.glob("*.parquet"))
+
+
+def parquet_nulls(folder: Path, column: str) -> int:
+    """Null count of a column from the files' statistics (no data read)."""
+    total = 0
+    for p in folder.glob("*.parquet"):
+        meta = pq.ParquetFile(p).metadata
+        index = meta.schema.names.index(column)
+        total += sum(meta.row_group(g).column(index).statistics.null_count for g in range(meta.num_row_groups))
+    return total
 
 
 def processed_splits(data_dir: Path) -> list[str]:
@@ -39,19 +59,19 @@ def run_prep(cfg: Config) -> dict:
     shutil.rmtree(staging, ignore_errors=True)
     counts = {}
     for split in processed_splits(data_dir):
-        rows = pq.ParquetDataset(data_dir / "processed" / split).read().num_rows
+        rows = parquet_rows(data_dir / "processed" / split)
         counts[split] = {"rows": rows, "with_target": 0, "shards": 1}
         out = staging / split
         if rows == 0:
             out.mkdir(parents=True)
             pq.write_table(FORMATTED.empty_table(), out / "part-empty.parquet")
             continue
-        ds = ray.data.read_parquet(str(data_dir / "processed" / split))
-        ds = ds.map_batches(format_batch, batch_format="pyarrow", fn_kwargs={"cfg": cfg.format})
-        ds = ds.repartition(min(cfg.format.num_shards, rows)).materialize()
+        shards = [{"path": str(p)} for p in sorted((data_dir / "processed" / split).glob("*.parquet"))]
+        ds = ray.data.from_items(shards, override_num_blocks=len(shards))
+        ds = ds.map_batches(_read_and_format, batch_size=1, batch_format="pyarrow", fn_kwargs={"cfg": cfg.format})
+        ds = ds.repartition(min(cfg.format.num_shards, rows))
         write_split_parquet(ds, out, FORMATTED)
-        completions = pq.ParquetDataset(out).read(columns=["completion"]).column("completion")
-        counts[split]["with_target"] = rows - completions.null_count
+        counts[split]["with_target"] = rows - parquet_nulls(out, "completion")
         counts[split]["shards"] = len(list(out.glob("*.parquet")))
         log.info("prep: %s: %d rows in %d shards", split, rows, counts[split]["shards"])
     final = data_dir / "formatted"

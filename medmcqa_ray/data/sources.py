@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 import re
 from dataclasses import asdict, dataclass
@@ -79,14 +80,19 @@ def _first_byte(path: Path) -> bytes:
 
 
 def _jsonl_tasks(path: Path, split: str, file_index: int, chunk_bytes: int) -> Iterator[ReadTask]:
-    data = path.read_bytes()
-    start, line = 0, 1
-    while start < len(data):
-        end = data.find(b"\n", min(start + chunk_bytes, len(data)) - 1)
-        end = len(data) if end == -1 else end + 1
-        yield ReadTask("jsonl", str(path), split, file_index, start, end, line)
-        line += data.count(b"\n", start, end)
-        start = end
+    """Byte ranges ending at line ends, with the line number each starts at (mmap: the driver never
+    holds the file in memory)."""
+    size = path.stat().st_size
+    if size == 0:
+        return
+    with path.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        start, line = 0, 1
+        while start < size:
+            end = data.find(b"\n", min(start + chunk_bytes, size) - 1)
+            end = size if end == -1 else end + 1
+            yield ReadTask("jsonl", str(path), split, file_index, start, end, line)
+            line += data[start:end].count(b"\n")
+            start = end
 
 
 def plan_read_tasks(files: list[tuple[Path, str]], chunk_bytes: int) -> list[ReadTask]:

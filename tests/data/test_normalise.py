@@ -123,3 +123,14 @@ def test_any_row_is_kept_or_quarantined_with_a_reason(raw):
         assert len(rec["question"]) <= 4000
     fin = finalise_row(rec, "hf", set(), set(), None)
     pa.Table.from_pylist([fin], schema=NORMALISED)  # every record fits the Arrow schema
+
+
+def test_known_layout_resolves_the_answer_in_the_first_pass_and_finalise_agrees():
+    early = normalise_row(GOOD | {"cop": 7}, split="train", source="s", layout="hf")
+    assert early["reason"] == "cop_out_of_range"
+    test_row = normalise_row(GOOD | {"cop": -1}, split="test", source="s", layout="hf")
+    assert test_row["answer_index"] is None and test_row["flags"] == ["unlabelled"]
+    again = finalise_row(dict(test_row), "hf", set(), set(), None)
+    assert again["flags"] == ["unlabelled"]  # finalising twice adds nothing
+    row = normalise_row(GOOD, split="train", source="s", layout="original")
+    assert row["answer_label"] == "B" == finalise_row(dict(row), "original", set(), set(), None)["answer_label"]

@@ -112,3 +112,19 @@ def test_any_file_is_fully_accounted_or_rejected_naming_the_line(tmp_path_factor
     for r in recs:
         assert r["status"] in (KEPT, QUARANTINED)
         assert r["status"] == KEPT or r["reason"] in QUARANTINE_REASONS
+
+
+def test_plan_finds_duplicates_cross_split_ids_and_limit_cutoffs():
+    from medmcqa_ray.data.dataset_plan import KEY_COLUMNS, plan_finalise
+
+    rows = [  # split, ordinal, id, file, cop, status
+        ("train", 5, "a", "f", 0, KEPT), ("train", 1, "a", "f", 7, KEPT),  # ordinal 1 is out of range: 5 wins
+        ("train", 9, "a", "f", 1, KEPT), ("train", 2, "b", "f", 2, KEPT), ("train", 3, "c", "f", 3, QUARANTINED),
+        ("validation", 4, "b", "g", None, KEPT), ("train", 8, "d", "f", -1, KEPT),
+    ]
+    keys = pa.Table.from_pylist([dict(zip(KEY_COLUMNS, r)) for r in rows])
+    plan = plan_finalise(keys, "auto", limit=2)
+    assert plan.layout == "hf"
+    assert plan.duplicate_ordinals == {9}
+    assert plan.cross_split_ids == {"b"}
+    assert plan.limit_cutoffs == {"train": 5}  # train's valid unique rows by ordinal: 2 (b), 5 (a), 8 (d)
