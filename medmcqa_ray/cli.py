@@ -14,7 +14,7 @@ import sys
 import yaml
 
 from medmcqa_ray.config import Config, load_config, resolved_dict
-from medmcqa_ray.errors import MedmcqaError, user_error
+from medmcqa_ray.errors import user_error
 
 COMMANDS = ["config", "download", "prep", "all"]
 

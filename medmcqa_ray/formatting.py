@@ -119,7 +119,10 @@ def _fragment_letter(fragment: str, options: Optional[Sequence[str]]) -> Optiona
     return _option_letter(fragment, options)
 
 
-def extract_answer(text: Optional[str], options: Optional[Sequence[str]] = None, markers: Markers = Markers()) -> Extraction:
+DEFAULT_MARKERS = Markers()
+
+
+def extract_answer(text: Optional[str], options: Optional[Sequence[str]] = None, markers: Markers = DEFAULT_MARKERS) -> Extraction:
     """Read the chosen letter from a completion: the solution tag first, then "Answer: X", then a line
     holding a lone letter, then the text of exactly one option. Only A-D count; a tag that is never
     closed is not an answer (a truncated generation is incorrect, not half-right)."""

@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 class Stage:
     name: str
     manifest: Callable[[Config], Path]
+    output: Callable[[Config], Path]
     cache_key: Callable[[Config], str]
     run: Callable[[Config], dict]
 
@@ -56,8 +57,10 @@ def _run_prep(cfg: Config) -> dict:
 
 
 STAGES: dict[str, Stage] = {
-    "download": Stage("download", lambda c: Path(c.output_dir) / "data" / "manifest.json", _download_key, _run_download),
-    "prep": Stage("prep", lambda c: Path(c.output_dir) / "data" / "formatted" / "manifest.json", _prep_key, _run_prep),
+    "download": Stage("download", lambda c: Path(c.output_dir) / "data" / "manifest.json",
+                      lambda c: Path(c.output_dir) / "data" / "processed", _download_key, _run_download),
+    "prep": Stage("prep", lambda c: Path(c.output_dir) / "data" / "formatted" / "manifest.json",
+                  lambda c: Path(c.output_dir) / "data" / "formatted", _prep_key, _run_prep),
 }
 ALL = ["download", "prep"]
 
@@ -78,7 +81,7 @@ def run_stage(name: str, cfg: Config, force: bool = False) -> dict:
     key = stage.cache_key(cfg)
     path = stage.manifest(cfg)
     previous = read_manifest(path)
-    if not force and previous and previous.get("config_hash") == key:
+    if not force and previous and previous.get("config_hash") == key and stage.output(cfg).is_dir():
         log.info("%s: up to date (%s matches config_hash %s); skipped, --force redoes it", name, path, key)
         return previous | {"skipped": True}
     ensure_ray(cfg.ray)

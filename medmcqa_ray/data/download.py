@@ -2,10 +2,11 @@
 
 Pass 1 (parallel): each read task parses its slice of a file and normalises every row into a
 `records.NORMALISED` record. The driver then gathers six light columns and decides what needs all
-rows (layout, duplicate ids, limit). Pass 2 (parallel) applies those decisions. Kept rows go to
-data/processed/<split>/, quarantined rows (with their raw text) to data/quarantine/<split>.jsonl, and
-data/manifest.json counts every row read. Everything is written to a staging folder first and swapped in at the end, so
-an interrupted run never leaves a half-written output that looks complete.
+rows (layout, duplicate ids, limit). Pass 2 (parallel) applies those decisions; it is skipped when
+the layout was known in pass 1 and nothing else needs doing. Kept rows go to data/processed/<split>/,
+quarantined rows (with their raw text) to data/quarantine/<split>.jsonl, and data/manifest.json
+counts every row read. Outputs are written to a staging folder and swapped in at the end, with the
+old manifest removed first, so an interrupted run never leaves an output that looks complete.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from collections import Counter, defaultdict
+from collections import defaultdict
 from pathlib import Path
 
 import pyarrow as pa
@@ -81,12 +82,16 @@ def _blocks(ds: "ray.data.MaterializedDataset", columns: list[str]) -> pa.Table:
     return pa.concat_tables(tables) if tables else NORMALISED.empty_table().select(columns)
 
 
+def write_empty_parquet(folder: Path, schema: pa.Schema) -> None:
+    """An empty split still gets one file, so readers see its schema."""
+    folder.mkdir(parents=True, exist_ok=True)
+    pq.write_table(schema.empty_table(), folder / "part-empty.parquet")
+
+
 def write_split_parquet(ds: "ray.data.Dataset", folder: Path, schema: pa.Schema) -> None:
-    """Ray Data's parquet writer; an empty split still gets one empty file, so readers see the schema."""
     ds.write_parquet(str(folder))
     if not any(folder.glob("*.parquet")):
-        folder.mkdir(parents=True, exist_ok=True)
-        pq.write_table(schema.empty_table(), folder / "part-empty.parquet")
+        write_empty_parquet(folder, schema)
 
 
 def _value_counts(values: pa.Array) -> dict:
@@ -155,6 +160,8 @@ def run_download(cfg: Config) -> dict:
     quarantined = bookkeeping.filter(pc.equal(bookkeeping["status"], QUARANTINED)).to_pylist()
     write_quarantine(quarantined, staging / "quarantine", splits)
 
+    # A manifest must never describe outputs it was not written for: drop the old one before the swap.
+    (data_dir / "manifest.json").unlink(missing_ok=True)
     for name in ("processed", "quarantine"):
         shutil.rmtree(data_dir / name, ignore_errors=True)
         (staging / name).rename(data_dir / name)

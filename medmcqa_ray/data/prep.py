@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import ray
 
 from medmcqa_ray.config import Config, FormatConfig
-from medmcqa_ray.data.download import write_split_parquet
+from medmcqa_ray.data.download import write_empty_parquet, write_split_parquet
 from medmcqa_ray.data.records import FORMATTED, PROCESSED
 from medmcqa_ray.errors import StageError
 from medmcqa_ray.formatting import format_row
@@ -37,12 +37,16 @@ def parquet_rows(folder: Path) -> int:
 
 
 def parquet_nulls(folder: Path, column: str) -> int:
-    """Null count of a column from the files' statistics (no data read)."""
+    """Null count of a column, from the files' statistics where written (else by reading the column)."""
     total = 0
     for p in folder.glob("*.parquet"):
         meta = pq.ParquetFile(p).metadata
         index = meta.schema.names.index(column)
-        total += sum(meta.row_group(g).column(index).statistics.null_count for g in range(meta.num_row_groups))
+        stats = [meta.row_group(g).column(index).statistics for g in range(meta.num_row_groups)]
+        if all(s is not None and s.has_null_count for s in stats):
+            total += sum(s.null_count for s in stats)
+        else:
+            total += pq.read_table(p, columns=[column]).column(column).null_count
     return total
 
 
@@ -63,8 +67,7 @@ def run_prep(cfg: Config) -> dict:
         counts[split] = {"rows": rows, "with_target": 0, "shards": 1}
         out = staging / split
         if rows == 0:
-            out.mkdir(parents=True)
-            pq.write_table(FORMATTED.empty_table(), out / "part-empty.parquet")
+            write_empty_parquet(out, FORMATTED)
             continue
         shards = [{"path": str(p)} for p in sorted((data_dir / "processed" / split).glob("*.parquet"))]
         ds = ray.data.from_items(shards, override_num_blocks=len(shards))

@@ -48,7 +48,7 @@ def real_runs(ray_session, shared_medmcqa, tmp_path_factory):
 def test_every_input_row_is_accounted_for(real_runs, shared_medmcqa):
     files = {"hf": {"train": "train.jsonl", "validation": "validation.jsonl", "test": "test.jsonl"},
              "original": {"train": "train.json", "validation": "dev.json", "test": "test.json"}}
-    for layout, (out, manifests) in real_runs.items():
+    for layout, (out, _) in real_runs.items():
         manifest = json.loads((out / "data" / "manifest.json").read_text())
         assert manifest["source"]["layout"] == layout
         for split, name in files[layout].items():
@@ -165,3 +165,14 @@ def test_bad_inputs_give_clear_errors_and_keep_the_last_good_output(ray_session,
     locked.write_text("a file, not a folder")
     with pytest.raises(StageError, match="cannot be written"):
         run_stage("download", make_config(output_dir=locked / "out"))
+
+
+@pytest.mark.slow
+def test_deleted_output_is_rebuilt_even_with_a_matching_manifest(ray_session, make_config):
+    import shutil
+
+    cfg = make_config("data.splits=[validation]")
+    run_stage("download", cfg)
+    shutil.rmtree(Path(cfg.output_dir) / "data" / "processed")
+    again = run_stage("download", cfg)
+    assert not again.get("skipped") and len(processed(Path(cfg.output_dir), "validation")) == 107

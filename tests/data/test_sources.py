@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from medmcqa_ray.data.dataset_plan import detect_layout
 from medmcqa_ray.data.download import normalise_task
 from medmcqa_ray.data.records import KEPT, QUARANTINE_REASONS, QUARANTINED
-from medmcqa_ray.data.sources import discover, plan_read_tasks, read_task_rows, split_of
+from medmcqa_ray.data.sources import discover, plan_read_tasks, split_of
 from medmcqa_ray.errors import DataFileError
 
 from .test_normalise import GOOD
