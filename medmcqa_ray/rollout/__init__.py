@@ -1,0 +1,1 @@
+"""Rollout engines (hf, vllm), the RolloutActor around one, and the RolloutPool over several."""

@@ -1,0 +1,40 @@
+"""The rollout engine interface. Engines: `hf` (transformers generate, hf_engine.py) and `vllm`
+(vllm_engine.py, GPU only, imported lazily so a CPU machine never needs vLLM)."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+from medmcqa_ray.rollout.types import AdapterUpdate, Completion, Sampling
+
+
+class RolloutEngine(ABC):
+    """Generates completions with the base model plus, after `load_adapter`, a LoRA adapter."""
+
+    policy_version: int = -1
+    """-1: the base model, no adapter; else the version of the last adapter loaded."""
+
+    @abstractmethod
+    def generate(self, prompts: list[str], sampling: Sampling) -> list[list[Completion]]:
+        """For each prompt (already rendered text, ending with the reasoning start marker), `sampling.n`
+        completions, each tagged with the policy version that produced it."""
+
+    @abstractmethod
+    def load_adapter(self, update: AdapterUpdate, weights: dict[str, Any]) -> None:
+        """Use this LoRA adapter from now on (weights: PEFT state-dict tensors, no base weights)."""
+
+    def health(self) -> dict[str, Any]:
+        return {"engine": type(self).__name__, "policy_version": self.policy_version}
+
+
+def make_engine(engine: str, **kwargs: Any) -> RolloutEngine:
+    if engine == "hf":
+        from medmcqa_ray.rollout.hf_engine import HFEngine
+
+        return HFEngine(**kwargs)
+    if engine == "vllm":
+        from medmcqa_ray.rollout.vllm_engine import VLLMEngine
+
+        return VLLMEngine(**kwargs)
+    raise ValueError(f"rollout.engine: unknown engine {engine!r}")

@@ -1,0 +1,50 @@
+"""What crosses the rollout actor boundary: sampling settings, completions, adapter updates. Defined once."""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Sampling(BaseModel):
+    """Sampling settings for one generate call. temperature 0 means greedy."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    n: int = Field(1, ge=1)
+    """Samples per prompt."""
+    temperature: float = Field(1.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=0)
+    """0 turns top-k off."""
+    min_p: float = Field(0.0, ge=0, le=1)
+    max_new_tokens: int = Field(256, ge=1)
+    seed: Optional[int] = None
+    """Fixes the samples for a given prompt batch (per call)."""
+
+
+class Completion(BaseModel):
+    """One sampled completion. `logprobs[i]` is the log-probability of `token_ids[i]` under the policy
+    that sampled it, from the raw (unprocessed) logits: temperature/top-p/top-k do not change it, so
+    the learner can compare it with its own logprobs of the same tokens."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt_index: int
+    sample_index: int
+    text: str
+    token_ids: list[int]
+    logprobs: list[float]
+    finish_reason: Literal["stop", "length"]
+    policy_version: int
+
+
+class AdapterUpdate(BaseModel):
+    """A LoRA adapter version. The tensors travel separately, through the object store."""
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+    version: int = Field(ge=0)
+    peft_config: dict[str, Any]
+    """The adapter's PEFT LoraConfig as a dict (what adapter_config.json holds)."""
