@@ -16,7 +16,11 @@ import yaml
 from medmcqa_ray.config import Config, load_config, resolved_dict
 from medmcqa_ray.errors import user_error
 
-COMMANDS = ["config", "download", "prep", "all"]
+COMMANDS = ["config", "download", "prep", "baseline", "eval", "all"]
+# The reference recipe's eval.py flags, kept so its users' commands work: flag -> config key.
+EVAL_FLAGS = {"formatted_jsonl": "eval.formatted_jsonl", "formatted_dir": "eval.formatted_dir", "model_name": "model.name",
+              "preformat_lora": "eval.sft_adapter", "grpo_lora": "eval.grpo_adapter", "out_dir": "eval.out_dir",
+              "batch_size": "eval.batch_size", "limit": "eval.limit"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,12 +30,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", action="append", default=[], metavar="FILE", help="YAML config; repeat to overlay")
     p.add_argument("--force", action="store_true", help="redo stages even when their manifest matches")
     p.add_argument("--json", action="store_true", help="print the manifests as JSON at the end")
+    ev = p.add_argument_group("baseline/eval (the reference recipe's eval.py flags; each sets the config key shown)")
+    for flag, key in EVAL_FLAGS.items():
+        ev.add_argument(f"--{flag}", metavar="VALUE", help=f"= {key}")
     return p
 
 
 def summary_table(manifest: dict) -> str:
     """A short human summary of a download/prep manifest."""
     rows = manifest.get("splits", {})
+    if manifest.get("stage") == "eval":
+        from medmcqa_ray.evaluation.report import table
+
+        return table(manifest["summary"])
     if manifest.get("stage") == "download":
         lines = [f"{'split':<12}{'read':>8}{'kept':>8}{'quarant.':>10}{'limited':>9}  top reasons"]
         for split, c in rows.items():
@@ -63,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_intermixed_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        cfg = load_config(args.config, args.overrides)
+        flags = [f"{key}={getattr(args, flag)}" for flag, key in EVAL_FLAGS.items() if getattr(args, flag) is not None]
+        cfg = load_config(args.config, flags + args.overrides)
         if args.stage == "config":
             print(yaml.safe_dump(resolved_dict(cfg), sort_keys=False), end="")
             return 0

@@ -170,6 +170,12 @@ class EvalConfig(Section):
     """Prompts per generate call."""
     max_new_tokens: PositiveInt = 256
     """Generation budget per answer (greedy)."""
+    formatted_dir: Optional[Path] = None
+    """Formatted Parquet folder to evaluate instead of output_dir/data/formatted/<split>."""
+    formatted_jsonl: Optional[Path] = None
+    """Or a JSON-lines file of formatted rows (id, prompt, answer_label, options, subject)."""
+    out_dir: Optional[Path] = None
+    """Where eval files go (default: output_dir/eval)."""
 
 
 class TrackingConfig(Section):

@@ -37,5 +37,7 @@ def user_error(exc: BaseException) -> MedmcqaError | None:
             # prefer the original cause when Ray kept it.
             cause = getattr(e, "cause", None)
             return cause if isinstance(cause, MedmcqaError) else e
-        stack.extend([getattr(e, "cause", None), e.__cause__, e.__context__])
+        # ActorDiedError carries the constructor's RayTaskError in its args, not as a cause.
+        stack.extend([getattr(e, "cause", None), e.__cause__, e.__context__,
+                      *(a for a in getattr(e, "args", ()) if isinstance(a, BaseException))])
     return None

@@ -70,6 +70,20 @@ def sft_target(reasoning: str, letter: str, markers: Markers) -> str:
 # ------------------------------------------------------------------------------------------- extraction
 
 
+def is_well_formatted(completion: str, markers: Markers = Markers()) -> bool:
+    """The exact format (the prompt already ends with the reasoning start marker): non-empty reasoning,
+    the reasoning end marker, then exactly one solution tag holding one letter A-D, then nothing but
+    whitespace. Evaluation's format compliance and the format_exact reward are this test."""
+    m = markers
+    if any(completion.count(x) != 1 for x in (m.reasoning_end, m.solution_start, m.solution_end)):
+        return False
+    if m.reasoning_start in completion:
+        return False
+    pattern = (r"\s*(?P<reasoning>.*?\S.*?)\s*" + re.escape(m.reasoning_end) + r"\s*" + re.escape(m.solution_start)
+               + r"\s*[A-D]\s*" + re.escape(m.solution_end) + r"\s*")
+    return re.fullmatch(pattern, completion, re.S) is not None
+
+
 class Extraction(NamedTuple):
     letter: Optional[str]
     """"A".."D", or None when no answer could be read."""

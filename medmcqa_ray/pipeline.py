@@ -44,6 +44,41 @@ def _prep_key(cfg: Config) -> str:
     return _hash(cfg.section_hash("format"), str(upstream.get("config_hash")))
 
 
+def _adapter_fingerprint(path: Path) -> str:
+    files = sorted(path.glob("*")) if path.is_dir() else []
+    return "|".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
+
+
+def _eval_key(heads: list[str]) -> Callable[[Config], str]:
+    def key(cfg: Config) -> str:
+        from medmcqa_ray.evaluation.stage import eval_source
+
+        upstream = read_manifest(Path(cfg.output_dir) / "data" / "formatted" / "manifest.json") or {}
+        adapters = [_adapter_fingerprint(Path(getattr(cfg.eval, f"{h}_adapter", None) or Path(cfg.output_dir) / "checkpoints" / h))
+                    for h in heads if h != "base"]
+        src = eval_source(cfg)
+        return _hash(cfg.section_hash("model", "format", "eval"), cfg.rollout.engine, ",".join(heads),
+                     str(upstream.get("config_hash")), str(src), _adapter_fingerprint(src) if src.is_dir() else "", *adapters)
+
+    return key
+
+
+def _run_eval(heads: list[str]) -> Callable[[Config], dict]:
+    def run(cfg: Config) -> dict:
+        from medmcqa_ray.evaluation.stage import run_eval
+
+        # baseline is the base head whatever eval.heads says; eval does the configured heads.
+        return run_eval(cfg, heads if heads == ["base"] else [h for h in heads if h in cfg.eval.heads])
+
+    return run
+
+
+def _eval_dir(cfg: Config) -> Path:
+    from medmcqa_ray.evaluation.stage import eval_dir
+
+    return eval_dir(cfg)
+
+
 def _run_download(cfg: Config) -> dict:
     from medmcqa_ray.data.download import run_download
 
@@ -61,8 +96,12 @@ STAGES: dict[str, Stage] = {
                       lambda c: Path(c.output_dir) / "data" / "processed", _download_key, _run_download),
     "prep": Stage("prep", lambda c: Path(c.output_dir) / "data" / "formatted" / "manifest.json",
                   lambda c: Path(c.output_dir) / "data" / "formatted", _prep_key, _run_prep),
+    "baseline": Stage("baseline", lambda c: _eval_dir(c) / "baseline_manifest.json", _eval_dir,
+                      _eval_key(["base"]), _run_eval(["base"])),
+    "eval": Stage("eval", lambda c: _eval_dir(c) / "manifest.json", _eval_dir,
+                  _eval_key(["base", "sft", "grpo"]), _run_eval(["base", "sft", "grpo"])),
 }
-ALL = ["download", "prep"]
+ALL = ["download", "prep", "eval"]
 
 
 def check_writable(output_dir: Path) -> None:

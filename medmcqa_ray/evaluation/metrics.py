@@ -1,0 +1,45 @@
+"""Accuracy with a Wilson 95% interval, per-subject accuracy, and an exact McNemar test between heads."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+
+def wilson_ci(correct: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """Wilson score interval: honest at small n and near 0 or 1, where the normal interval is not."""
+    if n == 0:
+        return (0.0, 0.0)
+    p = correct / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def mcnemar_p(base: list[bool], head: list[bool]) -> float:
+    """Exact two-sided McNemar test on paired outcomes (same questions, two heads)."""
+    b = sum(1 for x, y in zip(base, head) if x and not y)
+    c = sum(1 for x, y in zip(base, head) if y and not x)
+    n = b + c
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, k) for k in range(min(b, c) + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+def summarise(records: list[dict]) -> dict:
+    """One head's summary from its per-example records (keys: correct, compliant, subject)."""
+    n = len(records)
+    correct = sum(r["correct"] for r in records)
+    by_subject: dict[str, list[bool]] = defaultdict(list)
+    for r in records:
+        by_subject[r["subject"] or "Unknown"].append(r["correct"])
+    return {
+        "n": n,
+        "correct": correct,
+        "accuracy": correct / n if n else 0.0,
+        "ci95": list(wilson_ci(correct, n)),
+        "format_compliance": sum(r["compliant"] for r in records) / n if n else 0.0,
+        "extracted": sum(r["extracted"] is not None for r in records) / n if n else 0.0,
+        "per_subject": {s: {"n": len(v), "accuracy": sum(v) / len(v)} for s, v in sorted(by_subject.items())},
+    }

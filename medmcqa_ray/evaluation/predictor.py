@@ -1,0 +1,52 @@
+"""The callable class Ray Data maps over the evaluation rows: one rollout engine per actor, loaded once,
+with the head's adapter (if any); greedy generation; the shared extraction and format check."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import pyarrow as pa
+
+from medmcqa_ray.adapters import read_adapter
+from medmcqa_ray.config import FormatConfig, ModelConfig, RolloutConfig
+from medmcqa_ray.errors import StageError
+from medmcqa_ray.formatting import extract_answer, generation_prompt, is_well_formatted
+from medmcqa_ray.models import load_tokenizer
+from medmcqa_ray.rollout.engine import make_engine
+from medmcqa_ray.rollout.types import AdapterUpdate, Sampling
+
+RESULT = pa.schema([("id", pa.string()), ("subject", pa.string()), ("prompt", pa.string()), ("generation", pa.string()),
+                    ("extracted", pa.string()), ("gold", pa.string()), ("correct", pa.bool_()), ("compliant", pa.bool_()),
+                    ("finish_reason", pa.string())])
+
+
+class HeadPredictor:
+    def __init__(self, model_cfg: ModelConfig, rollout_cfg: RolloutConfig, format_cfg: FormatConfig,
+                 adapter: Optional[str], max_new_tokens: int):
+        self.format_cfg = format_cfg
+        self.tokenizer = load_tokenizer(model_cfg)
+        self.engine = make_engine(rollout_cfg.engine, model_cfg=model_cfg, rollout_cfg=rollout_cfg)
+        if adapter:
+            peft_config, weights = read_adapter(Path(adapter))
+            try:
+                self.engine.load_adapter(AdapterUpdate(version=0, peft_config=peft_config), weights)
+            except Exception as e:  # shape mismatches surface as RuntimeError/ValueError from PEFT/torch
+                raise StageError(f"adapter {adapter} does not fit model {model_cfg.name}: {str(e).splitlines()[0][:300]}") from None
+        self.sampling = Sampling(temperature=0, max_new_tokens=max_new_tokens)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = batch.to_pylist()
+        markers = self.format_cfg.markers
+        prompts = [generation_prompt(r["prompt"], self.tokenizer, markers) for r in rows]
+        outputs = self.engine.generate(prompts, self.sampling)
+        results = []
+        for row, prompt, group in zip(rows, prompts, outputs):
+            completion = group[0]
+            letter = extract_answer(completion.text, row["options"], markers).letter
+            results.append({
+                "id": row["id"], "subject": row["subject"], "prompt": prompt, "generation": completion.text,
+                "extracted": letter, "gold": row["answer_label"], "correct": letter == row["answer_label"],
+                "compliant": is_well_formatted(completion.text, markers), "finish_reason": completion.finish_reason,
+            })
+        return pa.Table.from_pylist(results, schema=RESULT)

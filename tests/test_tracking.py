@@ -1,0 +1,236 @@
+"""MLflow tracking against real stores: a sqlite file in tmp_path, a closed port, a real server killed mid-run."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from medmcqa_ray.config import load_config
+from medmcqa_ray.tracking import (
+    PARAM_LIMIT,
+    Tracker,
+    TrackingUnavailableError,
+    replay_offline,
+    ui_command,
+)
+
+SECRET = "hf_SECRET123"
+
+
+@pytest.fixture(autouse=True)
+def _no_ambient_store(monkeypatch, tmp_path):
+    # Neither the environment's tracking URI nor the working directory may decide where runs go.
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    yield
+    assert list(cwd.iterdir()) == [], "something was written to the working directory"
+
+
+def _cfg(out: Path, *overrides: str):
+    return load_config([], [f"output_dir={out}", f"data.hub_token={SECRET}", *overrides])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _pipeline(tracker: Tracker, report: Path) -> dict[str, str | None]:
+    """Two nested stages with every kind of call; returns the run ids."""
+    ids: dict[str, str | None] = {}
+    with tracker.pipeline_run("all") as ids["all"]:
+        with tracker.stage_run("sft") as ids["sft"]:
+            for step in range(3):
+                tracker.log_metrics({"loss": 1.0 / (step + 1)}, step=step)
+            tracker.log_params({"lr": 1e-4, "long": "x" * (PARAM_LIMIT + 500)})
+            tracker.log_dict({"accuracy": 0.5, "n": 3}, "eval/summary.json")
+            tracker.log_artifact(report, "reports")
+        with tracker.stage_run("eval") as ids["eval"]:
+            tracker.log_metrics({"accuracy": 0.4})
+            tracker.set_tags({"head": "sft"})
+    return ids
+
+
+def _check_store(client: mlflow.MlflowClient, parent_id: str) -> None:
+    """What `_pipeline` wrote, read back through MLflow."""
+    parent = client.get_run(parent_id)
+    assert parent.info.status == "FINISHED" and parent.info.run_name == "all"
+    assert parent.data.params["data.hub_token"] == "***"
+    assert parent.data.params["tracking.experiment"] == "medmcqa-ray"
+    assert parent.data.tags["medmcqa_ray.data_source"] == "offline"
+    assert parent.data.tags["medmcqa_ray.version"]
+    exp = parent.info.experiment_id
+    children = client.search_runs([exp], f"tags.mlflow.parentRunId = '{parent_id}'")
+    by_name = {r.info.run_name: r for r in children}
+    assert set(by_name) == {"sft", "eval"}
+    sft, ev = by_name["sft"], by_name["eval"]
+    assert [(m.step, m.value) for m in client.get_metric_history(sft.info.run_id, "loss")] == [
+        (0, 1.0), (1, 0.5), (2, pytest.approx(1 / 3))]
+    assert len(sft.data.params["long"]) == PARAM_LIMIT  # truncated, not refused
+    assert [a.path for a in client.list_artifacts(sft.info.run_id, "eval")] == ["eval/summary.json"]
+    assert [a.path for a in client.list_artifacts(sft.info.run_id, "reports")] == ["reports/report.txt"]
+    summary = json.loads(Path(client.download_artifacts(sft.info.run_id, "eval/summary.json")).read_text())
+    assert summary == {"accuracy": 0.5, "n": 3}
+    assert ev.data.metrics == {"accuracy": 0.4} and ev.data.tags["head"] == "sft"
+    for run in client.search_runs([exp]):
+        assert run.info.status == "FINISHED"
+        assert SECRET not in json.dumps([run.data.params, run.data.tags])
+
+
+@pytest.fixture
+def report(tmp_path) -> Path:
+    path = tmp_path / "report.txt"
+    path.write_text("a report\n")
+    return path
+
+
+def test_pipeline_run_with_nested_stages_in_local_store(tmp_path, report):
+    out = tmp_path / "out"
+    cfg = _cfg(out)
+    ids = _pipeline(Tracker(cfg), report)
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+    _check_store(client, ids["all"])
+    exp = client.get_experiment_by_name("medmcqa-ray")
+    assert exp.artifact_location == (out / "mlartifacts").as_uri()
+    assert (out / "mlartifacts").is_dir() and not (out / "tracking").exists()
+    assert ui_command(cfg) == f"mlflow ui --backend-store-uri sqlite:///{out.resolve() / 'mlflow.db'}"
+
+    # A stage run alone is a top-level run that carries the config; an exception marks it FAILED.
+    # A call the store refuses (a param changed) is a warning, not a reason to go offline.
+    tracker = Tracker(cfg)
+    with pytest.raises(RuntimeError), tracker.stage_run("grpo") as run_id:
+        tracker.log_params({"data.limit": 5})
+        tracker.log_metrics({"reward": 0.1}, step=0)
+        raise RuntimeError("boom")
+    assert not tracker.offline and not (out / "tracking").exists()
+    run = client.get_run(run_id)
+    assert run.info.status == "FAILED" and "mlflow.parentRunId" not in run.data.tags
+    assert run.data.params["data.hub_token"] == "***" and run.data.metrics == {"reward": 0.1}
+
+
+def test_ui_command_for_a_server(tmp_path):
+    assert ui_command(_cfg(tmp_path, "tracking.uri=http://mlflow.example:5000")) == (
+        "open http://mlflow.example:5000 in a browser (MLflow tracking server)")
+
+
+def test_unreachable_server_records_offline_then_replays(tmp_path, report, caplog):
+    out = tmp_path / "out"
+    cfg = _cfg(out, f"tracking.uri=http://127.0.0.1:{_free_port()}")
+    start = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="medmcqa_ray.tracking"):
+        tracker = Tracker(cfg)
+        ids = _pipeline(tracker, report)
+    assert time.monotonic() - start < 10
+    warnings = [r for r in caplog.records if r.name == "medmcqa_ray.tracking" and r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "unreachable" in warnings[0].getMessage()
+    assert tracker.offline and all(i and i.startswith("offline-") for i in ids.values())
+
+    offline = out / "tracking" / "offline"
+    files = sorted(offline.glob("*.jsonl"))
+    assert {f.stem for f in files} == set(ids.values())
+    records = [json.loads(line) for f in files for line in f.read_text().splitlines()]
+    assert {"run", "name", "parent", "kind", "payload", "timestamp"} <= set(records[0])
+    assert {r["parent"] for r in records if r["name"] == "sft"} == {ids["all"]}
+    assert SECRET not in "".join(f.read_text() for f in files)
+    report.unlink()  # the offline copy must be what gets replayed
+
+    with pytest.raises(TrackingUnavailableError):
+        replay_offline(cfg)  # the server is still down: records stay put
+    target = f"sqlite:///{tmp_path / 'replay' / 'mlflow.db'}"
+    assert replay_offline(cfg, target_uri=target) == len(records)
+    assert not list(offline.glob("*.jsonl")) and len(list((offline / "replayed").glob("*.jsonl"))) == 3
+    assert replay_offline(cfg, target_uri=target) == 0
+
+    client = mlflow.MlflowClient(tracking_uri=target)
+    exp = client.get_experiment_by_name("medmcqa-ray")
+    assert exp.artifact_location == (tmp_path / "replay" / "mlartifacts").as_uri()
+    (parent,) = client.search_runs([exp.experiment_id], "attributes.run_name = 'all'")
+    _check_store(client, parent.info.run_id)
+
+
+def test_disabled_tracker_does_nothing(tmp_path, report):
+    out = tmp_path / "out"
+    for tracker in (Tracker(_cfg(out, "tracking.enabled=false")), Tracker(_cfg(out), enabled=False)):
+        ids = _pipeline(tracker, report)
+        assert set(ids.values()) == {None} and tracker.run_id is None
+    assert not out.exists()
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """A real `mlflow server` on a free port; yields (uri, stop)."""
+    port = _free_port()
+    uri = f"http://127.0.0.1:{port}"
+    env = os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no job-runner processes
+    log_file = open(tmp_path / "server.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+         "--artifacts-destination", str(tmp_path / "server-artifacts")],
+        cwd=tmp_path, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def stop() -> None:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)  # the group we started: mlflow and its uvicorn child
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(uri + "/health", timeout=1).close()
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                stop()
+                pytest.fail("mlflow server did not start:\n" + (tmp_path / "server.log").read_text()[-3000:])
+            time.sleep(0.2)
+    yield uri, stop
+    stop()
+    log_file.close()
+
+
+def test_server_dying_mid_run_switches_to_offline(tmp_path, mlflow_server, caplog):
+    uri, stop = mlflow_server
+    cfg = _cfg(tmp_path / "out", f"tracking.uri={uri}")
+    tracker = Tracker(cfg)
+    with caplog.at_level(logging.WARNING, logger="medmcqa_ray.tracking"):
+        with tracker.pipeline_run("all") as parent_id, tracker.stage_run("sft") as sft_id:
+            tracker.log_metrics({"loss": 1.0}, step=0)
+            assert not tracker.offline
+            stop()
+            start = time.monotonic()
+            tracker.log_metrics({"loss": 0.5}, step=1)
+            tracker.log_params({"lr": 0.1})
+        assert time.monotonic() - start < 10
+    assert tracker.offline
+    assert len([r for r in caplog.records if r.name == "medmcqa_ray.tracking"]) == 1
+    assert {f.stem for f in (tmp_path / "out" / "tracking" / "offline").glob("*.jsonl")} == {parent_id, sft_id}
+
+    # The server's own store still has the live runs: replay continues them instead of making new ones.
+    target = f"sqlite:///{tmp_path / 'server.db'}"
+    assert replay_offline(cfg, target_uri=target) == 4  # metrics, params, two ends
+    client = mlflow.MlflowClient(tracking_uri=target)
+    assert [m.value for m in client.get_metric_history(sft_id, "loss")] == [1.0, 0.5]
+    sft = client.get_run(sft_id)
+    assert sft.data.params["lr"] == "0.1" and sft.info.status == "FINISHED"
+    assert sft.data.tags["mlflow.parentRunId"] == parent_id
+    assert client.get_run(parent_id).info.status == "FINISHED"
