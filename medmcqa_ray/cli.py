@@ -59,14 +59,19 @@ def summary_table(manifest: dict) -> str:
 
 def run(args: argparse.Namespace, cfg: Config) -> list[dict]:
     from medmcqa_ray.pipeline import ALL, run_stage
+    from medmcqa_ray.tracking import Tracker, ui_command
 
     names = ALL if args.stage == "all" else [args.stage]
     manifests = []
-    for name in names:
-        m = run_stage(name, cfg, force=args.force)
-        manifests.append(m)
-        print(f"\n== {name}{' (skipped: up to date)' if m.get('skipped') else ''}")
-        print(summary_table(m))
+    tracker = Tracker(cfg)
+    with tracker.pipeline_run(args.stage):
+        for name in names:
+            m = run_stage(name, cfg, force=args.force, tracker=tracker)
+            manifests.append(m)
+            print(f"\n== {name}{' (skipped: up to date)' if m.get('skipped') else ''}")
+            print(summary_table(m))
+    if tracker.enabled:
+        print(f"\nMLflow: {ui_command(cfg)}")
     return manifests
 
 

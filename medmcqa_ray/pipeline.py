@@ -10,12 +10,13 @@ import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 from medmcqa_ray.config import Config
 from medmcqa_ray.errors import StageError
 from medmcqa_ray.manifest import read_manifest, write_manifest
 from medmcqa_ray.runtime import ensure_ray
+from medmcqa_ray.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -114,21 +115,55 @@ def check_writable(output_dir: Path) -> None:
         raise StageError(f"output_dir {output_dir} cannot be written ({e.strerror or e})") from None
 
 
-def run_stage(name: str, cfg: Config, force: bool = False) -> dict:
+def manifest_metrics(manifest: dict) -> dict[str, float]:
+    """The numbers of a stage's manifest that belong in MLflow as metrics."""
+    metrics: dict[str, float] = {}
+    if manifest.get("stage") == "download":
+        for split, c in manifest["splits"].items():
+            metrics |= {f"data/{split}/{k}": c[k] for k in ("read", "kept", "quarantined", "limited")}
+    elif manifest.get("stage") == "prep":
+        metrics |= {f"prep/{split}/rows": c["rows"] for split, c in manifest["splits"].items()}
+    elif manifest.get("stage") == "eval":
+        for head, s in manifest["summary"]["heads"].items():
+            metrics |= {f"eval/{head}/accuracy": s["accuracy"], f"eval/{head}/ci95_low": s["ci95"][0],
+                        f"eval/{head}/ci95_high": s["ci95"][1], f"eval/{head}/format_compliance": s["format_compliance"],
+                        f"eval/{head}/n": s["n"]}
+    return metrics
+
+
+def _record(tracker: Tracker, name: str, cfg: Config, manifest: dict) -> None:
+    tracker.log_metrics(manifest_metrics(manifest))
+    tracker.log_dict(manifest, f"{name}_manifest.json")
+    if manifest.get("stage") == "eval":
+        from medmcqa_ray.evaluation.stage import eval_dir
+
+        for artifact in ("summary.json", "accuracy.png", "eval_results.jsonl"):
+            tracker.log_artifact(eval_dir(cfg) / artifact, "eval")
+
+
+def run_stage(name: str, cfg: Config, force: bool = False, tracker: Optional[Tracker] = None) -> dict:
+    """Run one stage (or skip it when its manifest matches), recorded as an MLflow run nested under the
+    open pipeline run, if any."""
     stage = STAGES[name]
     check_writable(Path(cfg.output_dir))
-    key = stage.cache_key(cfg)
-    path = stage.manifest(cfg)
-    previous = read_manifest(path)
-    if not force and previous and previous.get("config_hash") == key and stage.output(cfg).is_dir():
-        log.info("%s: up to date (%s matches config_hash %s); skipped, --force redoes it", name, path, key)
-        return previous | {"skipped": True}
-    ensure_ray(cfg.ray)
-    manifest = stage.run(cfg) | {"config_hash": key}
-    write_manifest(path, manifest)
-    log.info("%s: done, manifest %s", name, path)
-    return manifest
+    tracker = tracker or Tracker(cfg)
+    with tracker.stage_run(name):
+        key = stage.cache_key(cfg)
+        path = stage.manifest(cfg)
+        previous = read_manifest(path)
+        if not force and previous and previous.get("config_hash") == key and stage.output(cfg).is_dir():
+            log.info("%s: up to date (%s matches config_hash %s); skipped, --force redoes it", name, path, key)
+            tracker.set_tags({"medmcqa_ray.skipped": "true"})
+            return previous | {"skipped": True}
+        ensure_ray(cfg.ray)
+        manifest = stage.run(cfg) | {"config_hash": key}
+        write_manifest(path, manifest)
+        _record(tracker, name, cfg, manifest)
+        log.info("%s: done, manifest %s", name, path)
+        return manifest
 
 
-def run_all(cfg: Config, force: bool = False) -> dict[str, dict]:
-    return {name: run_stage(name, cfg, force=force) for name in ALL}
+def run_all(cfg: Config, force: bool = False, tracker: Optional[Tracker] = None) -> dict[str, dict]:
+    tracker = tracker or Tracker(cfg)
+    with tracker.pipeline_run("all"):
+        return {name: run_stage(name, cfg, force=force, tracker=tracker) for name in ALL}

@@ -221,8 +221,8 @@ class Tracker:
             status = "KILLED"
             raise
         finally:
-            self._record("end", {"status": status, "end_time": int(time.time() * 1000)}, run)
             self._stack.pop()
+            self._record("end", {"status": status, "end_time": int(time.time() * 1000)}, run)
 
     def _start(self, name: str, parent: Optional[_Run], tags: dict[str, str]) -> _Run:
         # Connect lazily: building a tracker (every rank, every CLI call) costs nothing until a run opens.

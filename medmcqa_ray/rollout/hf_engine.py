@@ -79,8 +79,9 @@ class HFEngine(RolloutEngine):
             if generator_state is not None:
                 torch.random.set_rng_state(generator_state)
         new_tokens = out.sequences[:, enc["input_ids"].shape[1]:]
-        logprobs = torch.stack(out.logits, dim=1).float().log_softmax(-1)  # (rows, steps, vocab), raw logits
-        chosen = logprobs.gather(-1, new_tokens.unsqueeze(-1)).squeeze(-1)
+        # Step by step: stacking (rows x steps x vocab) would cost hundreds of MB at 32 x 128 x 49k.
+        chosen = torch.stack([step.float().log_softmax(-1).gather(-1, new_tokens[:, t:t + 1]).squeeze(-1)
+                              for t, step in enumerate(out.logits)], dim=1)
         results: list[list[Completion]] = [[] for _ in prompts]
         for row in range(new_tokens.shape[0]):
             ids = new_tokens[row].tolist()
