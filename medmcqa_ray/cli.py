@@ -16,7 +16,7 @@ import yaml
 from medmcqa_ray.config import Config, load_config, resolved_dict
 from medmcqa_ray.errors import user_error
 
-COMMANDS = ["config", "download", "prep", "baseline", "eval", "all"]
+COMMANDS = ["config", "download", "prep", "baseline", "eval", "all", "tracking-replay"]
 # The reference recipe's eval.py flags, kept so its users' commands work: flag -> config key.
 EVAL_FLAGS = {"formatted_jsonl": "eval.formatted_jsonl", "formatted_dir": "eval.formatted_dir", "model_name": "model.name",
               "preformat_lora": "eval.sft_adapter", "grpo_lora": "eval.grpo_adapter", "out_dir": "eval.out_dir",
@@ -83,6 +83,12 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, flags + args.overrides)
         if args.stage == "config":
             print(yaml.safe_dump(resolved_dict(cfg), sort_keys=False), end="")
+            return 0
+        if args.stage == "tracking-replay":
+            from medmcqa_ray.tracking import offline_dir, replay_offline, tracking_uri
+
+            sent = replay_offline(cfg)
+            print(f"sent {sent} offline tracking records from {offline_dir(cfg)} to {tracking_uri(cfg)}")
             return 0
         manifests = run(args, cfg)
         if args.json:
