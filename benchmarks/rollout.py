@@ -66,8 +66,11 @@ def main() -> None:
     engine.generate(batch[:1], Sampling(max_new_tokens=4))  # warm-up
 
     start = time.perf_counter()
-    batched = tokens(engine.generate(batch, sampling))
+    out = engine.generate(batch, sampling)
     batched_s = time.perf_counter() - start
+    batched = tokens(out)
+    # generate keeps finished samples in the batch until the longest ends: count those slots too.
+    slots = len(batch) * args.n * max(len(c.token_ids) for g in out for c in g)
 
     one = sampling.model_copy(update={"n": 1})
     start, looped = time.perf_counter(), 0
@@ -82,11 +85,13 @@ def main() -> None:
     print(json.dumps({
         "benchmark": "hf rollout engine", "model": args.model, "parameters": params, "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
-        "batched": {"prompts": args.prompts, "n": args.n, "tokens": batched, "seconds": round(batched_s, 2), "tokens_per_s": round(rate, 1)},
+        "batched": {"prompts": args.prompts, "n": args.n, "tokens": batched, "seconds": round(batched_s, 2), "tokens_per_s": round(rate, 1),
+                    "batch_slots_per_s": round(slots / batched_s, 1)},
         "one_at_a_time": {"tokens": looped, "seconds": round(looped_s, 2), "tokens_per_s": round(looped / looped_s, 1)},
         "speedup_batched_vs_loop": round(rate / (looped / looped_s), 2),
         "matmul_gflops": round(gflops, 1), "ceiling_tokens_per_s": round(ceiling, 1),
         "fraction_of_ceiling": round(rate / ceiling, 3),
+        "slots_fraction_of_ceiling": round(slots / batched_s / ceiling, 3),
     }, indent=2))
 
 

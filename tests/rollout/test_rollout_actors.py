@@ -83,3 +83,19 @@ def test_actor_adapter_sync_and_restart(ray_session):
         assert {h["policy_version"] for h in pool.health()} == {1}
     finally:
         pool.shutdown()
+
+
+def test_shared_prefill_changes_nothing_but_speed():
+    """n samples continue from one prefill of their prompt: same tokens and logprobs as n=1 (greedy),
+    with prompts of different lengths (left padding) in the batch."""
+    from medmcqa_ray.rollout.hf_engine import HFEngine
+
+    engine = HFEngine(TINY, device="cpu")
+    batch = [PROMPT, "a much shorter prompt", PROMPT + " and more words at the end"]
+    shared = engine.generate(batch, Sampling(n=3, temperature=0, max_new_tokens=10))
+    single = engine.generate(batch, Sampling(n=1, temperature=0, max_new_tokens=10))
+    for group, (alone,) in zip(shared, single):
+        assert len(group) == 3
+        for c in group:
+            assert c.token_ids == alone.token_ids
+            assert c.logprobs == pytest.approx(alone.logprobs, abs=1e-4)
