@@ -93,6 +93,8 @@ class RolloutPool:
             except ray.exceptions.RayActorError:
                 if attempt == 2:
                     raise
+            if attempt == 2:
+                break
             self._resync(actor)
             ref = actor.generate.remote(prompts, sampling)
         raise RuntimeError("rollout actor stayed at a stale policy version after 3 re-syncs")

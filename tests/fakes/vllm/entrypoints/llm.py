@@ -137,9 +137,9 @@ class LLM:
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         params = sampling_params if sampling_params is not None else SamplingParams()
         if not isinstance(params, SamplingParams):
-            raise NotImplementedError("the fake takes one SamplingParams for all prompts")
+            raise TypeError("the fake takes one SamplingParams for all prompts")
         if isinstance(lora_request, Sequence):
-            raise NotImplementedError("the fake takes one LoRARequest for all prompts")
+            raise TypeError("the fake takes one LoRARequest for all prompts")
         self.generate_calls.append({"prompts": prompts, "sampling_params": params, "use_tqdm": use_tqdm,
                                         "lora_request": lora_request})
         if lora_request is not None:
