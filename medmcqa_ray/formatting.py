@@ -75,6 +75,7 @@ def is_well_formatted(completion: str, markers: Markers = Markers()) -> bool:
     the reasoning end marker, then exactly one solution tag holding one letter A-D, then nothing but
     whitespace. Evaluation's format compliance and the format_exact reward are this test."""
     m = markers
+    completion = strip_invisible(completion)  # as extract_answer does: zero-width characters are not text
     if any(completion.count(x) != 1 for x in (m.reasoning_end, m.solution_start, m.solution_end)):
         return False
     if m.reasoning_start in completion:

@@ -20,7 +20,8 @@ def ray_session():
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        # The dashboard serves Ray's state API, which tests use to check where work ran.
+        ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False)
     from medmcqa_ray.runtime import configure_ray_data
 
     configure_ray_data()

@@ -1,0 +1,1 @@
+"""Reward components (pure functions), the similarity scorer, custom components, and the reward actors."""

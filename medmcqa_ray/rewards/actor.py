@@ -1,0 +1,54 @@
+"""RewardActor: a Ray actor that loads the embedding model once and scores batches. RewardPool: splits a
+batch over several actors; `score_async` returns handles so scoring can overlap the next generation."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import ray
+
+from medmcqa_ray.config import Markers, RewardsConfig
+from medmcqa_ray.rewards.scoring import RewardBatch, RewardScores, Scorer
+
+
+@ray.remote
+class RewardActor:
+    def __init__(self, cfg: RewardsConfig, markers: Markers):
+        self.scorer = Scorer(cfg, markers)
+        self.scored = 0
+
+    def score(self, batch: RewardBatch) -> RewardScores:
+        self.scored += len(batch.completions)
+        return self.scorer.score(batch)
+
+    def info(self) -> dict:
+        return {"scored": self.scored, "similarity_scorer": self.scorer.similarity.kind,
+                "components": self.scorer.names()}
+
+
+class RewardPool:
+    def __init__(self, cfg: RewardsConfig, markers: Markers, actor_options: Optional[dict] = None):
+        options = {"num_cpus": cfg.num_cpus_per_actor, "max_restarts": 2} | (actor_options or {})
+        self.actors = [RewardActor.options(**options).remote(cfg, markers) for _ in range(cfg.num_actors)]
+
+    def score_async(self, batch: RewardBatch) -> list[ray.ObjectRef]:
+        """Start scoring (contiguous slices, one per actor) and return at once."""
+        if not batch.completions:
+            return [self.actors[0].score.remote(batch)]
+        size = -(-len(batch.completions) // len(self.actors)) or 1
+        return [a.score.remote(batch.slice(i * size, (i + 1) * size))
+                for i, a in enumerate(self.actors) if i * size < len(batch.completions)]
+
+    @staticmethod
+    def gather(refs: list[ray.ObjectRef]) -> RewardScores:
+        return RewardScores.merge(ray.get(refs))
+
+    def score(self, batch: RewardBatch) -> RewardScores:
+        return self.gather(self.score_async(batch))
+
+    def info(self) -> list[dict]:
+        return ray.get([a.info.remote() for a in self.actors])
+
+    def shutdown(self) -> None:
+        for a in self.actors:
+            ray.kill(a, no_restart=True)

@@ -1,0 +1,95 @@
+"""Every component on hand-written completions, with the value it must give."""
+
+import pytest
+
+from medmcqa_ray.config import Markers, RewardsConfig, load_config
+from medmcqa_ray.errors import ConfigError
+from medmcqa_ray.rewards.scoring import RewardBatch, Scorer, reward_weights
+
+M = Markers()
+OPTS = ["Vitamin A", "Vitamin B12", "Vitamin C", "Vitamin D"]
+GOLD = "C"
+EXP = "Scurvy is caused by a deficiency of vitamin C, which is needed to make collagen."
+
+# completion -> (format_exact, format_approx, correct)
+CASES = {
+    "exact": ("Scurvy comes from too little vitamin C.<end_working_out><SOLUTION>C</SOLUTION>", 1.0, 1.5, 1.0),
+    "exact, trailing space": ("Because.<end_working_out>\n<SOLUTION>C</SOLUTION>\n", 1.0, 1.5, 1.0),
+    "missing end marker": ("Vitamin C deficiency.<SOLUTION>C</SOLUTION>", 0.0, 0.5, 1.0),
+    "two SOLUTION blocks": ("x<end_working_out><SOLUTION>C</SOLUTION><SOLUTION>A</SOLUTION>", 0.0, -0.5, 1.0),
+    "lowercase letter": ("x<end_working_out><SOLUTION>c</SOLUTION>", 0.0, 1.5, 1.0),
+    "letter and text in tags": ("x<end_working_out><SOLUTION>B. Vitamin C</SOLUTION>", 0.0, 1.5, 0.0),
+    "option text instead of a letter": ("x<end_working_out><SOLUTION>Vitamin C</SOLUTION>", 0.0, 1.5, 1.0),
+    "wrong letter": ("x<end_working_out><SOLUTION>A</SOLUTION>", 1.0, 1.5, 0.0),
+    "text after the tag": ("x<end_working_out><SOLUTION>C</SOLUTION> I hope", 0.0, 1.5, 1.0),
+    "empty string": ("", 0.0, -1.5, 0.0),
+    "20,000 characters": ("w " * 10000 + "<end_working_out><SOLUTION>C</SOLUTION>", 1.0, 1.5, 1.0),
+    "odd unicode": ("\u200bVit\u00e1min \U0001F9EA C\u202e<end_working_out><SOLUTION>\u200bC</SOLUTION>", 1.0, 1.5, 1.0),
+    "never closed": ("thinking forever about vitamin", 0.0, -1.5, 0.0),
+}
+
+
+@pytest.fixture(scope="module")
+def scorer():
+    return Scorer(RewardsConfig(), M)
+
+
+def test_every_component_on_hand_written_completions(scorer):
+    names = list(CASES)
+    batch = RewardBatch(completions=[CASES[n][0] for n in names], answer_labels=[GOLD] * len(names),
+                        explanations=[EXP] * len(names), options=[OPTS] * len(names))
+    scores = scorer.score(batch)
+    assert scores.similarity_scorer == "embedding" and set(scores.errors.values()) == {0}
+    for i, name in enumerate(names):
+        _, exact, approx, correct = CASES[name]
+        got = (scores.components["format_exact"][i], scores.components["format_approx"][i], scores.components["correct"][i])
+        assert got == (exact, approx, correct), name
+        assert -1.0 <= scores.components["similarity"][i] <= 1.0
+    assert scores.components["similarity"][names.index("empty string")] == 0.0  # no reasoning: neutral
+
+
+def test_correct_is_reported_whatever_the_weights_and_unlabelled_rows_score_zero(scorer):
+    cfg = RewardsConfig(weights={"correct": 0.0, "format_exact": 1.0})
+    assert "correct" in Scorer(cfg, M).names()
+    assert reward_weights(cfg) == [1.0, 0.0, 0.0, 0.0]
+    s = scorer.score(RewardBatch(completions=[CASES["exact"][0]], answer_labels=[None], explanations=[None], options=[OPTS]))
+    assert s.components["correct"] == [0.0] and s.components["similarity"] == [0.0]  # no explanation: neutral
+
+
+def test_similarity_orders_paraphrase_above_unrelated_with_model_and_fallback():
+    from medmcqa_ray.rewards.similarity import SimilarityScorer
+
+    paraphrase = "Lack of vitamin C causes scurvy because collagen cannot be made properly."
+    unrelated = "The femur is the longest bone and the stapes the smallest."
+    real = SimilarityScorer()
+    fallback = SimilarityScorer("/nonexistent/model/folder")
+    assert real.kind == "embedding" and fallback.kind == "token_overlap" and fallback.load_error
+    for s in (real, fallback):
+        para, other = s.score([paraphrase, unrelated], [EXP, EXP])
+        assert para > other, s.kind
+
+
+def test_custom_component_loads_from_config_and_bad_ones_fail_at_load():
+    cfg = load_config([], ["rewards.custom.brevity.path=tests.rewards.custom_reward:brevity", "rewards.custom.brevity.weight=0.25"])
+    scorer = Scorer(cfg.rewards, M)
+    assert scorer.names()[-1] == "brevity" and reward_weights(cfg.rewards)[-1] == 0.25
+    s = scorer.score(RewardBatch(completions=["", "x" * 1000], answer_labels=["A", "A"], explanations=[None, None], options=[OPTS, OPTS]))
+    assert s.components["brevity"] == [1.0, 0.5]
+    for path, msg in [("tests.rewards.custom_reward:wrong_signature", "must have the signature fn(completions, **kwargs)"),
+                      ("tests.rewards.custom_reward:missing", "has no function 'missing'"),
+                      ("tests.rewards.nope:brevity", "cannot import 'tests.rewards.nope'"),
+                      ("no_colon", "must look like package.module:function")]:
+        with pytest.raises(ConfigError, match="rewards.custom"):
+            load_config([], [f"rewards.custom.x.path={path}"])
+        with pytest.raises(ConfigError) as e:
+            load_config([], [f"rewards.custom.x.path={path}"])
+        assert msg in str(e.value)
+    with pytest.raises(ConfigError, match="rewards.weights: unknown component"):
+        load_config([], ["rewards.weights.corect=1.0"])
+
+
+def test_a_raising_scorer_gives_none_and_is_counted():
+    cfg = load_config([], ["rewards.custom.explodes.path=tests.rewards.custom_reward:explodes"])
+    s = Scorer(cfg.rewards, M).score(RewardBatch(completions=["a", "b"], answer_labels=["A", "B"], explanations=["e", "e"], options=[OPTS, OPTS]))
+    assert s.components["explodes"] == [None, None] and s.errors["explodes"] == 2
+    assert s.components["correct"] == [0.0, 0.0]  # the others still score
