@@ -1,5 +1,7 @@
 """Reward actors really do the scoring (checked through Ray's state API), custom components included."""
 
+import time
+
 import pytest
 
 from medmcqa_ray.config import load_config
@@ -33,9 +35,16 @@ def test_pool_scores_in_actors_with_custom_component(ray_session):
 
         actors = list_actors(filters=[("class_name", "=", "RewardActor"), ("state", "=", "ALIVE")])
         assert len(actors) == 2
-        tasks = list_tasks(filters=[("func_or_class_name", "=", "RewardActor.score")])
         ours = {a.actor_id for a in actors}
-        assert {t.actor_id for t in tasks if t.state == "FINISHED"} == ours  # both actors scored
+
+        def scored_by() -> set:
+            tasks = list_tasks(filters=[("func_or_class_name", "=", "RewardActor.score")])
+            return {t.actor_id for t in tasks if t.state == "FINISHED"} & ours
+
+        deadline = time.monotonic() + 60  # task events reach the state API in periodic batches
+        while scored_by() != ours and time.monotonic() < deadline:
+            time.sleep(1)
+        assert scored_by() == ours  # both actors scored
         assert pool.score(RewardBatch(completions=[], answer_labels=[], explanations=[], options=[])).components["correct"] == []
     finally:
         pool.shutdown()
