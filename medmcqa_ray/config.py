@@ -178,6 +178,49 @@ class EvalConfig(Section):
     """Where eval files go (default: output_dir/eval)."""
 
 
+class LoraSection(Section):
+    r: PositiveInt = 16
+    """LoRA rank."""
+    alpha: PositiveInt = 32
+    """LoRA alpha (scale = alpha / r)."""
+    dropout: float = Field(0.0, ge=0, lt=1)
+    """LoRA dropout."""
+    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    """Modules that get adapters: by default every attention and MLP projection."""
+
+
+class ScalingSection(Section):
+    num_workers: PositiveInt = 1
+    """Ray Train learner workers (data parallel)."""
+    use_gpu: bool = False
+    """One GPU per worker."""
+    resources_per_worker: dict[str, float] = {"CPU": 1}
+    """Ray resources per learner worker."""
+    max_failures: int = Field(1, ge=-1)
+    """Ray Train FailureConfig: worker-group restarts from the last checkpoint (-1: unlimited)."""
+
+
+class SFTSection(Section):
+    max_steps: PositiveInt = 60
+    """Optimiser steps."""
+    batch_size: PositiveInt = 4
+    """Sequences per device per step."""
+    grad_accum: PositiveInt = 1
+    """Gradient accumulation steps."""
+    learning_rate: float = Field(2e-4, gt=0)
+    """AdamW learning rate."""
+    max_length: PositiveInt = 1024
+    """Token budget per example; longer prompts+targets are truncated (and counted in the manifest)."""
+    save_steps: PositiveInt = 20
+    """Checkpoint (Ray Train) every this many steps."""
+    gradient_checkpointing: bool = False
+    """Trade compute for memory."""
+    seed: int = 0
+    """Training seed."""
+    lora: LoraSection = LoraSection()
+    """The adapter."""
+
+
 BUILTIN_REWARDS = ("format_exact", "format_approx", "correct", "similarity")
 
 
@@ -245,6 +288,10 @@ class Config(Section):
     """Rollout actors (generation for GRPO and evaluation)."""
     eval: EvalConfig = EvalConfig()
     """baseline and eval stages."""
+    scaling: ScalingSection = ScalingSection()
+    """Ray Train learners."""
+    sft: SFTSection = SFTSection()
+    """LoRA SFT stage."""
     rewards: RewardsConfig = RewardsConfig()
     """GRPO reward components and their weights."""
     tracking: TrackingConfig = TrackingConfig()

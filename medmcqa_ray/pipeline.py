@@ -80,6 +80,17 @@ def _eval_dir(cfg: Config) -> Path:
     return eval_dir(cfg)
 
 
+def _sft_key(cfg: Config) -> str:
+    upstream = read_manifest(Path(cfg.output_dir) / "data" / "formatted" / "manifest.json") or {}
+    return _hash(cfg.section_hash("model", "sft", "scaling"), str(upstream.get("config_hash")))
+
+
+def _run_sft(cfg: Config) -> dict:
+    from medmcqa_ray.training.sft import run_sft
+
+    return run_sft(cfg, key=_sft_key(cfg))
+
+
 def _run_download(cfg: Config) -> dict:
     from medmcqa_ray.data.download import run_download
 
@@ -97,12 +108,14 @@ STAGES: dict[str, Stage] = {
                       lambda c: Path(c.output_dir) / "data" / "processed", _download_key, _run_download),
     "prep": Stage("prep", lambda c: Path(c.output_dir) / "data" / "formatted" / "manifest.json",
                   lambda c: Path(c.output_dir) / "data" / "formatted", _prep_key, _run_prep),
+    "sft": Stage("sft", lambda c: Path(c.output_dir) / "checkpoints" / "sft_manifest.json",
+                 lambda c: Path(c.output_dir) / "checkpoints" / "sft", _sft_key, _run_sft),
     "baseline": Stage("baseline", lambda c: _eval_dir(c) / "baseline_manifest.json", _eval_dir,
                       _eval_key(["base"]), _run_eval(["base"])),
     "eval": Stage("eval", lambda c: _eval_dir(c) / "manifest.json", _eval_dir,
                   _eval_key(["base", "sft", "grpo"]), _run_eval(["base", "sft", "grpo"])),
 }
-ALL = ["download", "prep", "eval"]
+ALL = ["download", "prep", "sft", "eval"]
 
 
 def check_writable(output_dir: Path) -> None:
@@ -123,6 +136,8 @@ def manifest_metrics(manifest: dict) -> dict[str, float]:
             metrics |= {f"data/{split}/{k}": c[k] for k in ("read", "kept", "quarantined", "limited")}
     elif manifest.get("stage") == "prep":
         metrics |= {f"prep/{split}/rows": c["rows"] for split, c in manifest["splits"].items()}
+    elif manifest.get("stage") == "sft":
+        metrics |= {"sft/first_loss": manifest["first_loss"], "sft/last_loss": manifest["last_loss"]}
     elif manifest.get("stage") == "eval":
         for head, s in manifest["summary"]["heads"].items():
             metrics |= {f"eval/{head}/accuracy": s["accuracy"], f"eval/{head}/ci95_low": s["ci95"][0],
@@ -133,6 +148,10 @@ def manifest_metrics(manifest: dict) -> dict[str, float]:
 
 def _record(tracker: Tracker, name: str, cfg: Config, manifest: dict) -> None:
     tracker.log_metrics(manifest_metrics(manifest))
+    for entry in manifest.get("history", []):  # the trainer's per-step log (loss, learning rate, grad norm, ...)
+        step = entry.get("step")
+        if step is not None:
+            tracker.log_metrics({f"{name}/{k}": v for k, v in entry.items() if isinstance(v, (int, float)) and k != "step"}, step=step)
     tracker.log_dict(manifest, f"{name}_manifest.json")
     if manifest.get("stage") == "eval":
         from medmcqa_ray.evaluation.stage import eval_dir

@@ -22,7 +22,8 @@ def ensure_ray(cfg: RayConfig) -> None:
         ray.init(address=address, log_to_driver=True)
         log.info("joined Ray cluster at %s", address)
     else:
-        ray.init(num_cpus=cfg.num_cpus, include_dashboard=False, log_to_driver=True)
+        # The dashboard serves Ray's state API, which Ray Train's controller and our tests query.
+        ray.init(num_cpus=cfg.num_cpus, log_to_driver=True)
         log.info("started local Ray (%s CPUs)", ray.cluster_resources().get("CPU"))
     configure_ray_data(cfg.data_resource_reservation)
 

@@ -60,3 +60,10 @@ def test_malformed_file_error_names_file_and_line(tmp_path):
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("medmcqa-ray: error:") and "train.jsonl:2: invalid JSON" in last
     assert not (Path(tmp_path) / "o" / "data" / "manifest.json").exists()
+
+
+def test_every_stage_is_a_cli_command():
+    from medmcqa_ray.cli import COMMANDS
+    from medmcqa_ray.pipeline import STAGES
+
+    assert set(STAGES) <= set(COMMANDS)
