@@ -39,6 +39,29 @@ def training_rows(cfg: Config) -> list[dict]:
     return rows
 
 
+def _throughput_callback():
+    import time
+
+    from transformers import TrainerCallback
+
+    class Throughput(TrainerCallback):
+        """Adds tokens_per_second to each logged step (TRL logs the running token count, not a rate)."""
+
+        def __init__(self):
+            self.last: tuple[float, float] | None = None
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            entry = state.log_history[-1] if state.log_history else {}
+            if "num_tokens" not in entry:
+                return
+            now = time.monotonic()
+            if self.last is not None and now > self.last[0]:
+                entry["tokens_per_second"] = (entry["num_tokens"] - self.last[1]) / (now - self.last[0])
+            self.last = (now, entry["num_tokens"])
+
+    return Throughput()
+
+
 def _train_loop(loop_config: dict) -> None:
     import datasets
     import ray.train
@@ -70,6 +93,7 @@ def _train_loop(loop_config: dict) -> None:
                       target_modules=s.lora.target_modules, task_type="CAUSAL_LM")
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=lora)
     trainer.add_callback(RayTrainReportCallback())
+    trainer.add_callback(_throughput_callback())
     trainer = prepare_trainer(trainer)
     resume, resumed_from = None, 0
     checkpoint = ray.train.get_checkpoint()

@@ -52,7 +52,7 @@ def test_sft_learns_and_writes_a_peft_adapter(ray_session, tmp_path):
     runs = client.search_runs([client.get_experiment_by_name(cfg.tracking.experiment).experiment_id])
     sft_run = next(r for r in runs if r.data.tags.get("medmcqa_ray.stage") == "sft")
     losses = client.get_metric_history(sft_run.info.run_id, "sft/loss")
-    assert len(losses) >= 20 and {"sft/learning_rate", "sft/grad_norm"} <= set(sft_run.data.metrics)
+    assert len(losses) >= 20 and {"sft/learning_rate", "sft/grad_norm", "sft/tokens_per_second"} <= set(sft_run.data.metrics)
 
 
 @pytest.mark.slow
@@ -94,3 +94,11 @@ def test_empty_train_split_and_unwritable_output_say_so(tmp_path):
     locked.write_text("x")
     with pytest.raises(StageError, match="cannot be written"):
         run_stage("sft", config(locked / "out"))
+
+
+def test_rows_longer_than_max_length_are_counted():
+    from medmcqa_ray.training.sft import count_truncated
+
+    rows = [{"prompt": [{"role": "user", "content": "short question"}], "completion": "<start_working_out>x<end_working_out><SOLUTION>A</SOLUTION>"},
+            {"prompt": [{"role": "user", "content": "word " * 400}], "completion": "<start_working_out>y<end_working_out><SOLUTION>B</SOLUTION>"}]
+    assert count_truncated(config(Path("/tmp/unused"), "sft.max_length=128"), rows) == 1
