@@ -198,6 +198,9 @@ class ScalingSection(Section):
     """Ray resources per learner worker."""
     max_failures: int = Field(1, ge=-1)
     """Ray Train FailureConfig: worker-group restarts from the last checkpoint (-1: unlimited)."""
+    storage_path: Optional[str] = None
+    """Where Ray Train keeps checkpoints: a folder or a shared URI (s3://, gs://, NFS) on a cluster;
+    default output_dir/checkpoints/ray."""
 
 
 class SFTSection(Section):

@@ -146,19 +146,25 @@ def run_sft(cfg: Config, key: str = "") -> dict:
         log.warning("sft: %d of %d rows exceed sft.max_length=%d tokens and are truncated", truncated, len(rows), cfg.sft.max_length)
     out = Path(cfg.output_dir).resolve()
     final = out / "checkpoints" / "sft"
-    resuming = prepare_run_dir(out / "checkpoints" / "ray" / "sft", key)
+    storage = cfg.scaling.storage_path or str(out / "checkpoints" / "ray")
+    # The resume bookkeeping needs a local folder; on a URI store Ray Train's own restore applies.
+    if "://" not in storage:
+        storage = str(Path(storage).resolve())  # Ray Train wants an absolute local path
+    local_runs = None if "://" in storage else Path(storage) / "sft"
+    resuming = prepare_run_dir(local_runs, key) if local_runs else False
     trainer = TorchTrainer(
         _train_loop,
         # The Config object itself (pickled): a JSON dump would turn secrets such as model.hub_token into ***.
         train_loop_config={"cfg": cfg, "final_dir": str(final)},
         scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
                                      resources_per_worker=cfg.scaling.resources_per_worker),
-        run_config=RunConfig(name="sft", storage_path=str(out / "checkpoints" / "ray"),
+        run_config=RunConfig(name="sft", storage_path=storage,
                              failure_config=FailureConfig(max_failures=cfg.scaling.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
     )
     result = trainer.fit()
-    (out / "checkpoints" / "ray" / "sft" / "finished").write_text("ok")
+    if local_runs:
+        (local_runs / "finished").write_text("ok")
     history = json.loads((final / "log_history.json").read_text())
     resumed_from = json.loads((final / "resumed_from_step.json").read_text())
     losses = [h["loss"] for h in history if "loss" in h]
