@@ -102,3 +102,14 @@ def test_rows_longer_than_max_length_are_counted():
     rows = [{"prompt": [{"role": "user", "content": "short question"}], "completion": "<start_working_out>x<end_working_out><SOLUTION>A</SOLUTION>"},
             {"prompt": [{"role": "user", "content": "word " * 400}], "completion": "<start_working_out>y<end_working_out><SOLUTION>B</SOLUTION>"}]
     assert count_truncated(config(Path("/tmp/unused"), "sft.max_length=128"), rows) == 1
+
+
+@pytest.mark.slow
+def test_two_data_parallel_learners_write_one_adapter(ray_session, tmp_path):
+    cfg = config(tmp_path / "out", "scaling.num_workers=2", "scaling.resources_per_worker={CPU: 1}",
+                 "sft.max_steps=6", "sft.save_steps=3")
+    run_stage("download", cfg)
+    run_stage("prep", cfg)
+    m = run_stage("sft", cfg)
+    assert m["last_loss"] < m["first_loss"]
+    assert (Path(cfg.output_dir) / "checkpoints" / "sft" / "adapter_model.safetensors").is_file()
