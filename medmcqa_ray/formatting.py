@@ -14,6 +14,7 @@ from medmcqa_ray.config import FormatConfig, Markers
 from medmcqa_ray.data.text import strip_invisible
 
 LETTERS = "ABCD"
+DEFAULT_MARKERS = Markers()
 
 
 def system_message(cfg: FormatConfig) -> str:
@@ -70,7 +71,7 @@ def sft_target(reasoning: str, letter: str, markers: Markers) -> str:
 # ------------------------------------------------------------------------------------------- extraction
 
 
-def is_well_formatted(completion: str, markers: Markers = Markers()) -> bool:
+def is_well_formatted(completion: str, markers: Markers = DEFAULT_MARKERS) -> bool:
     """The exact format (the prompt already ends with the reasoning start marker): non-empty reasoning,
     the reasoning end marker, then exactly one solution tag holding one letter A-D, then nothing but
     whitespace. Evaluation's format compliance and the format_exact reward are this test."""
@@ -132,9 +133,6 @@ def _fragment_letter(fragment: str, options: Optional[Sequence[str]]) -> Optiona
     if m:
         return next(g for g in m.groups() if g).upper()
     return _option_letter(fragment, options)
-
-
-DEFAULT_MARKERS = Markers()
 
 
 def extract_answer(text: Optional[str], options: Optional[Sequence[str]] = None, markers: Markers = DEFAULT_MARKERS) -> Extraction:

@@ -52,11 +52,10 @@ def _adapter_fingerprint(path: Path) -> str:
 
 def _eval_key(heads: list[str]) -> Callable[[Config], str]:
     def key(cfg: Config) -> str:
-        from medmcqa_ray.evaluation.stage import eval_source
+        from medmcqa_ray.evaluation.stage import adapter_dir, eval_source
 
         upstream = read_manifest(Path(cfg.output_dir) / "data" / "formatted" / "manifest.json") or {}
-        adapters = [_adapter_fingerprint(Path(getattr(cfg.eval, f"{h}_adapter", None) or Path(cfg.output_dir) / "checkpoints" / h))
-                    for h in heads if h != "base"]
+        adapters = [_adapter_fingerprint(adapter_dir(cfg, h)) for h in heads if h != "base"]
         src = eval_source(cfg)
         return _hash(cfg.section_hash("model", "format", "eval"), cfg.rollout.engine, ",".join(heads),
                      str(upstream.get("config_hash")), str(src), _adapter_fingerprint(src) if src.is_dir() else "", *adapters)

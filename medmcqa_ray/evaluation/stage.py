@@ -56,6 +56,12 @@ def load_eval_rows(cfg: Config) -> pa.Table:
     return table.slice(0, cfg.eval.limit) if cfg.eval.limit else table
 
 
+def adapter_dir(cfg: Config, head: str) -> Path:
+    """The adapter folder of an sft/grpo head: eval.<head>_adapter, else output_dir/checkpoints/<head>."""
+    configured = {"sft": cfg.eval.sft_adapter, "grpo": cfg.eval.grpo_adapter}[head]
+    return Path(configured) if configured is not None else Path(cfg.output_dir) / "checkpoints" / head
+
+
 def head_adapters(cfg: Config, heads: list[str]) -> dict[str, Optional[str]]:
     """Adapter folder per head (None for base). A configured adapter must exist; a default one that does
     not exist yet (no SFT run) just drops that head, with a note."""
@@ -71,7 +77,7 @@ def head_adapters(cfg: Config, heads: list[str]) -> dict[str, Optional[str]]:
                 raise StageError(f"eval.{head}_adapter: {path} is not a PEFT adapter folder (no adapter_config.json)")
             out[head] = str(path)
             continue
-        default = Path(cfg.output_dir) / "checkpoints" / head
+        default = adapter_dir(cfg, head)
         if (default / "adapter_config.json").is_file():
             out[head] = str(default)
         else:

@@ -8,7 +8,7 @@ from typing import Callable, Optional
 
 from pydantic import BaseModel, ConfigDict
 
-from medmcqa_ray.config import Markers, RewardsConfig
+from medmcqa_ray.config import BUILTIN_REWARDS, Markers, RewardsConfig
 from medmcqa_ray.rewards import components
 from medmcqa_ray.rewards.custom import load_custom
 from medmcqa_ray.rewards.similarity import SimilarityScorer
@@ -55,7 +55,7 @@ class Scorer:
 
     def names(self) -> list[str]:
         """Component order: built-ins, then custom ones. `correct` is always among them."""
-        return [*components_order(), *self.custom]
+        return [*BUILTIN_REWARDS, *self.custom]
 
     def _per_completion(self, fn: Callable[[int], float], n: int, name: str, errors: dict) -> list[Optional[float]]:
         out: list[Optional[float]] = []
@@ -98,12 +98,6 @@ class Scorer:
         return RewardScores(components=comps, errors=errors, similarity_scorer=self.similarity.kind)
 
 
-def components_order() -> list[str]:
-    from medmcqa_ray.config import BUILTIN_REWARDS
-
-    return list(BUILTIN_REWARDS)
-
-
 def reward_weights(cfg: RewardsConfig) -> list[float]:
     """TRL's reward_weights, in Scorer.names() order (a built-in missing from rewards.weights weighs 0)."""
-    return [cfg.weights.get(name, 0.0) for name in components_order()] + [c.weight for c in cfg.custom.values()]
+    return [cfg.weights.get(name, 0.0) for name in BUILTIN_REWARDS] + [c.weight for c in cfg.custom.values()]
