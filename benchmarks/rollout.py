@@ -1,12 +1,16 @@
-"""Tokens/second of the hf rollout engine: batched sampling vs one prompt at a time, against the
-machine's measured matmul ceiling.
+"""Tokens/second of the hf rollout engine against plain transformers `generate`, a one-prompt-at-a-time
+loop, and the machine's measured matmul ceiling.
 
-    python benchmarks/rollout.py [--model embedded:smollm2-135m-instruct] [--prompts 8] [--n 4] [--tokens 128]
+    python benchmarks/rollout.py [--model embedded:smollm2-135m-instruct] [--prompts 64] [--n 4] [--tokens 128]
 
-Same run, same engine, same prompts (formatted offline-sample questions): (1) every prompt at once
-with n samples each, (2) a loop generating one prompt and one sample at a time. The ceiling is the
-measured fp32 matmul rate divided by ~2 x parameters FLOPs per token, so the figure reads as a
-fraction of what this CPU could do. Prints JSON.
+Same run, same model, same prompts (formatted offline-sample questions), temperature 1:
+(1) the engine on every prompt with n samples each (continuous batching, shared-prefix prefill);
+(2) the engine, plain batched `model.generate` and transformers' continuous batching (`generate_batch`)
+    on the first 8 prompts;
+(3) a loop generating one prompt and one sample at a time.
+The ceiling is the measured fp32 matmul rate divided by 2 x parameters FLOPs per token, so a figure
+reads as a fraction of what this CPU could do; `flop_utilisation` also counts the prompt tokens the
+engine had to prefill. Prints JSON.
 """
 
 from __future__ import annotations
@@ -24,8 +28,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from medmcqa_ray.config import FormatConfig, ModelConfig  # noqa: E402
-from medmcqa_ray.data.offline_sample import generate as offline_rows  # noqa: E402
 from medmcqa_ray.data.normalise import normalise_row  # noqa: E402
+from medmcqa_ray.data.offline_sample import generate as offline_rows  # noqa: E402
 from medmcqa_ray.formatting import format_row, generation_prompt  # noqa: E402
 from medmcqa_ray.rollout.hf_engine import HFEngine  # noqa: E402
 from medmcqa_ray.rollout.types import Sampling  # noqa: E402
@@ -53,45 +57,93 @@ def tokens(out) -> int:
     return sum(len(c.token_ids) for group in out for c in group)
 
 
+def plain_generate(engine: HFEngine, batch: list[str], sampling: Sampling) -> tuple[int, int, float]:
+    """transformers `generate` as a user would call it: left padding, num_return_sequences. Returns
+    generated tokens (up to each sample's EOS), batch slots (rows x steps) and seconds."""
+    engine.tokenizer.padding_side = "left"
+    enc = engine.tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False)
+    torch.manual_seed(0)
+    start = time.perf_counter()
+    out = engine.model.generate(**enc, do_sample=True, temperature=sampling.temperature, top_p=1.0, top_k=0,
+                                num_return_sequences=sampling.n, max_new_tokens=sampling.max_new_tokens,
+                                eos_token_id=sorted(engine.eos_ids), pad_token_id=engine.pad_id)
+    seconds = time.perf_counter() - start
+    new = out[:, enc["input_ids"].shape[1]:].tolist()
+    useful = sum(next((i + 1 for i, t in enumerate(row) if t in engine.eos_ids), len(row)) for row in new)
+    return useful, len(new) * len(new[0]), seconds
+
+
+def library_continuous_batching(engine: HFEngine, batch: list[str], sampling: Sampling) -> tuple[int, float]:
+    """transformers' own continuous batching (`generate_batch`), the library alternative to our loop."""
+    from transformers import GenerationConfig
+    from transformers.generation.configuration_utils import ContinuousBatchingConfig
+
+    ids = [engine.tokenizer(p, add_special_tokens=False)["input_ids"] for p in batch]
+    config = GenerationConfig(do_sample=True, temperature=sampling.temperature, top_k=0, top_p=1.0,
+                              num_return_sequences=sampling.n, max_new_tokens=sampling.max_new_tokens,
+                              eos_token_id=sorted(engine.eos_ids), pad_token_id=engine.pad_id)
+    start = time.perf_counter()
+    out = engine.model.generate_batch(ids, generation_config=config,
+                                      continuous_batching_config=ContinuousBatchingConfig(return_logprobs=True))
+    return sum(len(o.generated_tokens) for o in out.values()), time.perf_counter() - start
+
+
+def timed(engine: HFEngine, batch: list[str], sampling: Sampling) -> tuple[int, float]:
+    start = time.perf_counter()
+    out = engine.generate(batch, sampling)
+    return tokens(out), time.perf_counter() - start
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="embedded:smollm2-135m-instruct")
-    ap.add_argument("--prompts", type=int, default=8)
+    ap.add_argument("--prompts", type=int, default=64)
     ap.add_argument("--n", type=int, default=4)
     ap.add_argument("--tokens", type=int, default=128)
     args = ap.parse_args()
     engine = HFEngine(ModelConfig(name=args.model), device="cpu")
     batch = prompts(engine, args.prompts)
+    small = batch[:8]
     sampling = Sampling(n=args.n, max_new_tokens=args.tokens, temperature=1.0, seed=0)
     engine.generate(batch[:1], Sampling(max_new_tokens=4))  # warm-up
 
-    start = time.perf_counter()
-    out = engine.generate(batch, sampling)
-    batched_s = time.perf_counter() - start
-    batched = tokens(out)
-    # generate keeps finished samples in the batch until the longest ends: count those slots too.
-    slots = len(batch) * args.n * max(len(c.token_ids) for g in out for c in g)
-
+    full_tokens, full_s = timed(engine, batch, sampling)
+    stats = engine.last_stats
+    small_tokens, small_s = timed(engine, small, sampling)
+    plain_tokens, plain_slots, plain_s = plain_generate(engine, small, sampling)
+    library_tokens, library_s = library_continuous_batching(engine, small, sampling)
     one = sampling.model_copy(update={"n": 1})
-    start, looped = time.perf_counter(), 0
-    for p in batch[: max(1, args.prompts // 4)]:  # a quarter of the prompts, one sample each: the rate is what counts
-        looped += tokens(engine.generate([p], one))
-    looped_s = time.perf_counter() - start
+    loop_tokens, loop_s = 0, 0.0
+    for p in batch[:4]:  # the rate is what counts
+        t, s = timed(engine, [p], one)
+        loop_tokens, loop_s = loop_tokens + t, loop_s + s
 
     params = sum(p.numel() for p in engine.model.parameters())
     gflops = matmul_gflops()
     ceiling = gflops * 1e9 / (2 * params)
-    rate = batched / batched_s
+    rate = full_tokens / full_s
+    prefilled = stats.prompt_tokens - stats.prefix_tokens_reused
     print(json.dumps({
         "benchmark": "hf rollout engine", "model": args.model, "parameters": params, "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "batched": {"prompts": args.prompts, "n": args.n, "tokens": batched, "seconds": round(batched_s, 2), "tokens_per_s": round(rate, 1),
-                    "batch_slots_per_s": round(slots / batched_s, 1)},
-        "one_at_a_time": {"tokens": looped, "seconds": round(looped_s, 2), "tokens_per_s": round(looped / looped_s, 1)},
-        "speedup_batched_vs_loop": round(rate / (looped / looped_s), 2),
+        "torch_threads": torch.get_num_threads(), "n": args.n, "max_new_tokens": args.tokens,
         "matmul_gflops": round(gflops, 1), "ceiling_tokens_per_s": round(ceiling, 1),
-        "fraction_of_ceiling": round(rate / ceiling, 3),
-        "slots_fraction_of_ceiling": round(slots / batched_s / ceiling, 3),
+        "engine": {
+            "prompts": args.prompts, "tokens": full_tokens, "seconds": round(full_s, 2),
+            "tokens_per_s": round(rate, 1), "fraction_of_ceiling": round(rate / ceiling, 3),
+            "flop_utilisation": round((full_tokens + prefilled) / full_s / ceiling, 3),
+            "where_time_goes": {"prefill_s": round(stats.prefill_s, 2), "decode_s": round(stats.decode_s, 2),
+                                "decode_steps": stats.steps, "mean_running_rows": round(stats.mean_rows, 1),
+                                "prompt_tokens": stats.prompt_tokens, "shared_prefix_tokens_reused": stats.prefix_tokens_reused},
+        },
+        "same_8_prompts": {
+            "engine_tokens_per_s": round(small_tokens / small_s, 1),
+            "plain_generate_tokens_per_s": round(plain_tokens / plain_s, 1),
+            "plain_generate_useful_slot_fraction": round(plain_tokens / plain_slots, 3),
+            "transformers_generate_batch_tokens_per_s": round(library_tokens / library_s, 1),
+            "speedup": round((small_tokens / small_s) / (plain_tokens / plain_s), 2),
+        },
+        "one_at_a_time": {"tokens": loop_tokens, "seconds": round(loop_s, 2), "tokens_per_s": round(loop_tokens / loop_s, 1)},
+        "speedup_engine_vs_loop": round(rate / (loop_tokens / loop_s), 2),
     }, indent=2))
 
 

@@ -136,7 +136,10 @@ class ModelConfig(Section):
 
 class RolloutConfig(Section):
     engine: Literal["hf", "vllm"] = "hf"
-    """Generation engine in the rollout actors: transformers `generate` (CPU or GPU) or vLLM (GPU)."""
+    """Generation engine in the rollout actors: transformers (CPU or GPU) or vLLM (GPU)."""
+    max_batch_rows: PositiveInt = 128
+    """hf engine: sequences decoded together; a finished one is replaced at once by a waiting sample.
+    Its KV cache takes rows x (longest prompt + max_new_tokens) x ~46 KB for SmolLM2-135M in fp32."""
     num_actors: PositiveInt = 1
     """Rollout actors per learner (and for evaluation)."""
     max_restarts: int = Field(3, ge=0)

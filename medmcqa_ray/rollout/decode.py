@@ -1,0 +1,279 @@
+"""Sampling decode loop for the `hf` engine: continuous batching over a slot KV cache.
+
+Why not `model.generate`: on the 2-core CPU, generating 8 prompts x 4 samples x 128 tokens with
+`generate` kept every finished sample in the batch until the longest one ended (28% of the batch
+slots did useful work), grew its KV cache by concatenation (22% of a decode step), and drew each
+token with `torch.multinomial` (32 ms a step at 32 rows, as long as the model's matmuls). Here:
+
+- every running sequence owns a row ("slot") of a preallocated KV cache and writes at its own
+  position, so sequences of different lengths need no padding, a finished one is replaced at once by
+  the next waiting sample (prefilled, its KV copied in), and the batch stays full;
+- the model is the same transformers model (adapter included) called step by step with explicit
+  position ids and a 4D mask; the logits processors are transformers' own warpers;
+- tokens are drawn by inverse-CDF from the processed probabilities: the same categorical
+  distribution `multinomial` samples, at the cost of one cumsum.
+
+Logprobs are log-softmax of the RAW logits at the sampled token (see hf_engine.py).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+from transformers import (
+    LogitsProcessorList,
+    MinPLogitsWarper,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+from transformers.cache_utils import Cache, DynamicCache
+
+from medmcqa_ray.rollout.types import Sampling
+
+
+@dataclass
+class Sequence:
+    prompt_index: int
+    sample_index: int
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    finish_reason: Optional[str] = None
+
+
+class SlotCache(Cache):
+    """One KV row per running sequence, each written at its own position. Rows [0, active) are the
+    running ones; `update` returns only those rows and only up to the longest of them."""
+
+    def __init__(self, model_config, rows: int, max_len: int, dtype: torch.dtype, device: torch.device):
+        super().__init__(layers=[])
+        text = model_config.get_text_config(decoder=True)
+        if any(t != "full_attention" for t in (getattr(text, "layer_types", None) or ["full_attention"])):
+            raise ValueError(f"the hf engine's decode loop handles full-attention decoders; "
+                             f"{text.model_type} has {set(text.layer_types)} layers (use rollout.engine=vllm)")
+        heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
+        head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+        shape = (rows, heads, max_len, head_dim)
+        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(text.num_hidden_layers)]
+        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(text.num_hidden_layers)]
+        self.lengths = torch.zeros(rows, dtype=torch.long, device=device)
+        self.active = 0
+        self.span = 0
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        n = key_states.shape[0]
+        rows = torch.arange(n, device=key_states.device)
+        keys, values = self.keys[layer_idx], self.values[layer_idx]
+        keys[rows, :, self.lengths[:n]] = key_states[:, :, 0]
+        values[rows, :, self.lengths[:n]] = value_states[:, :, 0]
+        return keys[:n, :, :self.span], values[:n, :, :self.span]
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.span
+
+    def load(self, row: int, prefill: DynamicCache, prefill_row: int, spans: list[tuple[int, int]]) -> None:
+        """Copy one prefilled prompt into a slot: the [start, stop) spans of its prefill row (shared
+        prefix, then the prompt's own tokens past the padding), packed from position 0."""
+        length = 0
+        for start, stop in spans:
+            for layer, (k, v) in enumerate(_layers(prefill)):
+                self.keys[layer][row, :, length:length + stop - start] = k[prefill_row, :, start:stop]
+                self.values[layer][row, :, length:length + stop - start] = v[prefill_row, :, start:stop]
+            length += stop - start
+        self.lengths[row] = length
+
+    def move(self, src: int, dst: int) -> None:
+        length = int(self.lengths[src])
+        for keys, values in zip(self.keys, self.values):
+            keys[dst, :, :length] = keys[src, :, :length]
+            values[dst, :, :length] = values[src, :, :length]
+        self.lengths[dst] = length
+
+
+def _layers(cache: DynamicCache):
+    return [(layer.keys, layer.values) for layer in cache.layers]
+
+
+def warpers(sampling: Sampling) -> LogitsProcessorList:
+    procs = LogitsProcessorList()
+    if sampling.temperature not in (0, 1):
+        procs.append(TemperatureLogitsWarper(sampling.temperature))
+    if sampling.top_k:
+        procs.append(TopKLogitsWarper(sampling.top_k))
+    if sampling.top_p < 1:
+        procs.append(TopPLogitsWarper(sampling.top_p))
+    if sampling.min_p:
+        procs.append(MinPLogitsWarper(sampling.min_p))
+    return procs
+
+
+def draw(logits: torch.Tensor, sampling: Sampling, procs: LogitsProcessorList,
+         generator: Optional[torch.Generator]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next tokens for a (rows, vocab) block of raw logits, and their raw-logit logprobs."""
+    logits = logits.float()
+    if sampling.temperature == 0:
+        tokens = logits.argmax(-1)
+    else:
+        probs = procs(None, logits.clone()).softmax(-1)
+        cdf = probs.cumsum(-1)
+        u = torch.rand(cdf.shape[0], 1, generator=generator, device=cdf.device) * cdf[:, -1:]
+        tokens = torch.searchsorted(cdf, u).squeeze(-1).clamp_(max=cdf.shape[1] - 1)
+    chosen = logits.gather(-1, tokens[:, None]).squeeze(-1) - logits.logsumexp(-1)
+    return tokens, chosen
+
+
+@dataclass
+class DecodeStats:
+    """Where a decode call's time went (benchmarks/rollout.py prints these)."""
+
+    prompt_tokens: int = 0
+    prefix_tokens_reused: int = 0
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+    steps: int = 0
+    row_steps: int = 0
+
+    @property
+    def mean_rows(self) -> float:
+        return self.row_steps / max(self.steps, 1)
+
+
+class _Prefix:
+    """The KV of the tokens every prompt of the call starts with (system prompt, instructions), computed
+    once and copied into each admitted prompt's cache, as vLLM's prefix caching does. Half of each
+    offline-sample prompt (65 of 134 tokens) is this shared prefix."""
+
+    def __init__(self, model, prompts: list[list[int]], device):
+        length = len(os.path.commonprefix(prompts))
+        self.length = min(length, min(len(p) for p in prompts) - 1)  # every prompt keeps a token to prefill
+        self.layers: list[tuple[torch.Tensor, torch.Tensor]] = []
+        if self.length > 0:
+            ids = torch.tensor([prompts[0][:self.length]], device=device)
+            out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
+            self.layers = _layers(out.cache)
+
+    def cache_for(self, rows: int) -> Optional[DynamicCache]:
+        if not self.length:
+            return None
+        cache = DynamicCache()
+        for layer, (k, v) in enumerate(self.layers):
+            cache.update(k.expand(rows, -1, -1, -1).contiguous(), v.expand(rows, -1, -1, -1).contiguous(), layer)
+        return cache
+
+
+@torch.inference_mode()
+def decode(model, prompts: list[list[int]], sampling: Sampling, eos_ids: set[int], pad_id: int,
+           max_rows: int) -> tuple[list[Sequence], DecodeStats]:
+    """Sample `sampling.n` completions for each tokenised prompt, at most `max_rows` sequences at a
+    time. Returns them in (prompt, sample) order."""
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    n = sampling.n if sampling.temperature else 1  # greedy samples are identical: decode one, copy it
+    rows = max(max_rows, n)
+    cache = SlotCache(model.config, rows, max(len(p) for p in prompts) + sampling.max_new_tokens, dtype, device)
+    procs = warpers(sampling)
+    generator = torch.Generator(device=device).manual_seed(sampling.seed) if sampling.seed is not None else None
+    eos = torch.tensor(sorted(eos_ids), device=device)
+    stats = DecodeStats(prompt_tokens=sum(map(len, prompts)))
+    clock = time.perf_counter()
+    prefix = _Prefix(model, prompts, device)
+
+    waiting = deque(range(len(prompts)))
+    running: list[Sequence] = []
+    pending = torch.empty(0, dtype=torch.long, device=device)  # each running row's last token, not yet cached
+    done: list[Sequence] = []
+
+    def admit() -> None:
+        """Prefill as many waiting prompts as have free slots for their n samples; draw their first tokens."""
+        nonlocal pending
+        take = []
+        while waiting and len(running) + (len(take) + 1) * n <= rows:
+            take.append(waiting.popleft())
+        if not take:
+            return
+        p = prefix.length
+        suffixes = [prompts[i][p:] for i in take]
+        width = max(map(len, suffixes))
+        ids = torch.full((len(take), width), pad_id, dtype=torch.long, device=device)
+        mask = torch.zeros((len(take), p + width), dtype=torch.long, device=device)
+        mask[:, :p] = 1
+        for j, suffix in enumerate(suffixes):  # left padding, so every prompt's last token is the last column
+            ids[j, width - len(suffix):] = torch.tensor(suffix, device=device)
+            mask[j, p + width - len(suffix):] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, p:]
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=prefix.cache_for(len(take)),
+                    use_cache=True, logits_to_keep=1)
+        start = len(running)
+        for j, (i, suffix) in enumerate(zip(take, suffixes)):
+            for s in range(n):
+                cache.load(len(running), out.cache, j, [(0, p), (p + width - len(suffix), p + width)])
+                running.append(Sequence(i, s))
+        stats.prefix_tokens_reused += p * len(take)
+        tokens, logprobs = draw(out.logits[:, -1].repeat_interleave(n, 0), sampling, procs, generator)
+        pending = torch.cat([pending, _record(running, start, tokens, logprobs, eos, sampling.max_new_tokens)])
+
+    while waiting or running:
+        # Finished rows leave; running rows from the end move into their slots, so rows [0, active)
+        # stay dense and a move costs one row's copy, not a shift of everything behind it.
+        alive = [r for r, seq in enumerate(running) if seq.finish_reason is None]
+        if len(alive) < len(running):
+            done.extend(seq for seq in running if seq.finish_reason is not None)
+            order = list(range(len(running)))
+            holes = [r for r in range(len(alive)) if running[r].finish_reason is not None]
+            movers = [r for r in alive if r >= len(alive)]
+            for dst, src in zip(holes, movers):
+                cache.move(src, dst)
+                order[dst] = src
+            running = [running[r] for r in order[:len(alive)]]
+            pending = pending[torch.tensor(order[:len(alive)], dtype=torch.long, device=device)]
+        if waiting and len(running) + n <= rows:
+            now = time.perf_counter()
+            stats.decode_s += now - clock
+            admit()
+            clock = time.perf_counter()
+            stats.prefill_s += clock - now
+            continue  # new rows may have finished at their first token
+        if not running:
+            break
+        active = len(running)
+        stats.steps += 1
+        stats.row_steps += active
+        lengths = cache.lengths[:active]
+        cache.span = int(lengths.max()) + 1
+        slots = torch.arange(cache.span, device=device)
+        mask = torch.where(slots[None, :] <= lengths[:, None], 0.0, torch.finfo(dtype).min).to(dtype)
+        out = model(input_ids=pending[:, None], attention_mask=mask[:, None, None, :],
+                    position_ids=lengths[:, None].clone(), cache=cache, use_cache=True)
+        cache.lengths[:active] += 1
+        tokens, logprobs = draw(out.logits[:, -1], sampling, procs, generator)
+        pending = _record(running, 0, tokens, logprobs, eos, sampling.max_new_tokens)
+    stats.decode_s += time.perf_counter() - clock
+
+    done.sort(key=lambda s: (s.prompt_index, s.sample_index))
+    if n < sampling.n:
+        done = [Sequence(s.prompt_index, k, list(s.token_ids), list(s.logprobs), s.finish_reason)
+                for s in done for k in range(sampling.n)]
+    return done, stats
+
+
+def _record(running: list[Sequence], start: int, tokens: torch.Tensor, logprobs: torch.Tensor,
+            eos: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
+    """Append one sampled token to rows [start, start+len(tokens)) and mark the ones that finished."""
+    stops = torch.isin(tokens, eos).tolist()
+    for seq, token, lp, stop in zip(running[start:], tokens.tolist(), logprobs.tolist(), stops):
+        seq.token_ids.append(token)
+        seq.logprobs.append(lp)
+        if stop:
+            seq.finish_reason = "stop"
+        elif len(seq.token_ids) >= max_new_tokens:
+            seq.finish_reason = "length"
+    return tokens
+
