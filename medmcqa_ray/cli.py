@@ -16,7 +16,7 @@ import yaml
 from medmcqa_ray.config import Config, load_config, resolved_dict
 from medmcqa_ray.errors import user_error
 
-COMMANDS = ["config", "download", "prep", "baseline", "sft", "eval", "all", "tracking-replay"]
+COMMANDS = ["config", "download", "prep", "baseline", "sft", "grpo", "eval", "all", "tracking-replay"]
 # The reference recipe's eval.py flags, kept so its users' commands work: flag -> config key.
 EVAL_FLAGS = {"formatted_jsonl": "eval.formatted_jsonl", "formatted_dir": "eval.formatted_dir", "model_name": "model.name",
               "preformat_lora": "eval.sft_adapter", "grpo_lora": "eval.grpo_adapter", "out_dir": "eval.out_dir",

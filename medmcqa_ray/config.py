@@ -227,6 +227,59 @@ class SFTSection(Section):
     """The adapter."""
 
 
+class DynamicSamplingSection(Section):
+    enabled: bool = False
+    """DAPO-style dynamic sampling (TRL lacks it): re-sample the groups whose binary `correct` is the same
+    for every completion (zero variance, so zero advantage and no learning signal)."""
+    max_rounds: PositiveInt = 2
+    """Re-sampling rounds per batch at most; groups still flat after them are kept (and counted)."""
+
+
+class GRPOSection(Section):
+    adapter: Optional[Path] = None
+    """The SFT adapter GRPO continues to train (default: output_dir/checkpoints/sft)."""
+    max_steps: PositiveInt = 20
+    """Optimiser steps."""
+    prompts_per_step: PositiveInt = 4
+    """Distinct prompts per optimiser step per learner; each gets num_generations completions."""
+    num_generations: int = Field(4, ge=2)
+    """Completions per prompt (the GRPO group)."""
+    learning_rate: float = Field(1e-5, gt=0)
+    """AdamW learning rate."""
+    beta: float = Field(0.0, ge=0)
+    """KL coefficient (TRL's beta); 0 loads no reference model."""
+    epsilon: float = Field(0.2, gt=0)
+    """Lower clipping bound of the ratio."""
+    epsilon_high: Optional[float] = Field(None, gt=0)
+    """Upper clipping bound (DAPO's clip-higher); None: epsilon."""
+    loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo"] = "dapo"
+    """TRL's loss aggregation."""
+    importance_sampling_level: Literal["token", "sequence"] = "token"
+    """Token-level ratios, or sequence-level (GSPO)."""
+    scale_rewards: Literal["group", "batch", "none"] = "group"
+    """Advantage scaling: by the group's std, the batch's, or none (Dr. GRPO)."""
+    temperature: float = Field(1.0, gt=0)
+    """Sampling temperature (TRL's learner divides its logits by it too)."""
+    top_p: float = Field(1.0, gt=0, le=1)
+    """Nucleus sampling."""
+    top_k: int = Field(0, ge=0)
+    """Top-k sampling; 0 is off."""
+    max_completion_length: PositiveInt = 256
+    """Tokens per completion at most."""
+    mask_truncated_completions: bool = False
+    """Leave completions that hit max_completion_length out of the loss."""
+    save_steps: PositiveInt = 10
+    """Checkpoint (Ray Train) every this many steps."""
+    seed: int = 0
+    """Training seed (data order, sampling)."""
+    split: Literal["train", "validation"] = "train"
+    """Formatted split whose labelled prompts GRPO trains on."""
+    limit: Optional[PositiveInt] = None
+    """Use at most this many prompts."""
+    dynamic_sampling: DynamicSamplingSection = DynamicSamplingSection()
+    """Re-sample zero-variance groups."""
+
+
 BUILTIN_REWARDS = ("format_exact", "format_approx", "correct", "similarity")
 
 
@@ -298,6 +351,8 @@ class Config(Section):
     """Ray Train learners."""
     sft: SFTSection = SFTSection()
     """LoRA SFT stage."""
+    grpo: GRPOSection = GRPOSection()
+    """GRPO stage (continues the SFT adapter)."""
     rewards: RewardsConfig = RewardsConfig()
     """GRPO reward components and their weights."""
     tracking: TrackingConfig = TrackingConfig()

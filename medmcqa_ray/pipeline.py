@@ -90,6 +90,20 @@ def _run_sft(cfg: Config) -> dict:
     return run_sft(cfg, key=_sft_key(cfg))
 
 
+def _grpo_key(cfg: Config) -> str:
+    from medmcqa_ray.training.grpo import sft_adapter
+
+    upstream = read_manifest(Path(cfg.output_dir) / "data" / "formatted" / "manifest.json") or {}
+    return _hash(cfg.section_hash("model", "grpo", "rewards", "rollout", "scaling", "format"),
+                 str(upstream.get("config_hash")), _adapter_fingerprint(sft_adapter(cfg)))
+
+
+def _run_grpo(cfg: Config) -> dict:
+    from medmcqa_ray.training.grpo import run_grpo
+
+    return run_grpo(cfg, key=_grpo_key(cfg))
+
+
 def _run_download(cfg: Config) -> dict:
     from medmcqa_ray.data.download import run_download
 
@@ -109,12 +123,14 @@ STAGES: dict[str, Stage] = {
                   lambda c: Path(c.output_dir) / "data" / "formatted", _prep_key, _run_prep),
     "sft": Stage("sft", lambda c: Path(c.output_dir) / "checkpoints" / "sft_manifest.json",
                  lambda c: Path(c.output_dir) / "checkpoints" / "sft", _sft_key, _run_sft),
+    "grpo": Stage("grpo", lambda c: Path(c.output_dir) / "checkpoints" / "grpo_manifest.json",
+                  lambda c: Path(c.output_dir) / "checkpoints" / "grpo", _grpo_key, _run_grpo),
     "baseline": Stage("baseline", lambda c: _eval_dir(c) / "baseline_manifest.json", _eval_dir,
                       _eval_key(["base"]), _run_eval(["base"])),
     "eval": Stage("eval", lambda c: _eval_dir(c) / "manifest.json", _eval_dir,
                   _eval_key(["base", "sft", "grpo"]), _run_eval(["base", "sft", "grpo"])),
 }
-ALL = ["download", "prep", "sft", "eval"]
+ALL = ["download", "prep", "sft", "grpo", "eval"]
 
 
 def check_writable(output_dir: Path) -> None:
@@ -137,6 +153,8 @@ def manifest_metrics(manifest: dict) -> dict[str, float]:
         metrics |= {f"prep/{split}/rows": c["rows"] for split, c in manifest["splits"].items()}
     elif manifest.get("stage") == "sft":
         metrics |= {"sft/first_loss": manifest["first_loss"], "sft/last_loss": manifest["last_loss"]}
+    elif manifest.get("stage") == "grpo":
+        metrics |= {f"grpo/{k}": manifest[k] for k in ("first_correct", "last_correct") if manifest[k] is not None}
     elif manifest.get("stage") == "eval":
         for head, s in manifest["summary"]["heads"].items():
             metrics |= {f"eval/{head}/accuracy": s["accuracy"], f"eval/{head}/ci95_low": s["ci95"][0],

@@ -54,8 +54,12 @@ class Scorer:
         self.custom: dict[str, Callable] = {name: load_custom(c.path) for name, c in cfg.custom.items()}
 
     def names(self) -> list[str]:
+        return self.names_for(self.cfg)
+
+    @staticmethod
+    def names_for(cfg: RewardsConfig) -> list[str]:
         """Component order: built-ins, then custom ones. `correct` is always among them."""
-        return [*BUILTIN_REWARDS, *self.custom]
+        return [*BUILTIN_REWARDS, *cfg.custom]
 
     def _per_completion(self, fn: Callable[[int], float], n: int, name: str, errors: dict) -> list[Optional[float]]:
         out: list[Optional[float]] = []

@@ -13,7 +13,8 @@ token with `torch.multinomial` (32 ms a step at 32 rows, as long as the model's 
 - tokens are drawn by inverse-CDF from the processed probabilities: the same categorical
   distribution `multinomial` samples, at the cost of one cumsum.
 
-Logprobs are log-softmax of the RAW logits at the sampled token (see hf_engine.py).
+Logprobs are log-softmax of the RAW logits at the sampled token (see hf_engine.py), or of logits /
+temperature with `Sampling.tempered_logprobs`.
 """
 
 from __future__ import annotations
@@ -126,6 +127,8 @@ def draw(logits: torch.Tensor, sampling: Sampling, procs: LogitsProcessorList,
         cdf = probs.cumsum(-1)
         u = torch.rand(cdf.shape[0], 1, generator=generator, device=cdf.device) * cdf[:, -1:]
         tokens = torch.searchsorted(cdf, u).squeeze(-1).clamp_(max=cdf.shape[1] - 1)
+    if sampling.tempered_logprobs and sampling.temperature not in (0, 1):
+        logits = logits / sampling.temperature
     chosen = logits.gather(-1, tokens[:, None]).squeeze(-1) - logits.logsumexp(-1)
     return tokens, chosen
 

@@ -22,6 +22,8 @@ class Sampling(BaseModel):
     max_new_tokens: int = Field(256, ge=1)
     seed: Optional[int] = None
     """Fixes the samples for a given prompt batch (per call)."""
+    tempered_logprobs: bool = False
+    """Logprobs of logits / temperature, the policy TRL's GRPO learner computes, instead of the raw logits."""
 
 
 class Completion(BaseModel):

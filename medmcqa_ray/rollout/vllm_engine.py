@@ -109,6 +109,9 @@ class VLLMEngine(RolloutEngine):
             return []
         from vllm import SamplingParams
 
+        if sampling.tempered_logprobs and abs(sampling.temperature - 1.0) > GREEDY_EPS and sampling.temperature >= GREEDY_EPS:
+            raise ValueError("the vllm engine reports raw logprobs (logprobs_mode=raw_logprobs); tempered logprobs "
+                             "need temperature 1.0 (set grpo.temperature=1.0 or use rollout.engine=hf)")
         # vLLM rejects greedy sampling with n > 1; greedy samples are identical, so ask for one and copy it.
         greedy = sampling.temperature < GREEDY_EPS
         params = SamplingParams(

@@ -1,0 +1,127 @@
+"""GRPO on Ray Train with rollout and reward actors: it learns a toy rule, every sample comes from the
+rollout actors and every score from the reward actors, the rollout and learner policies agree after
+every update, dynamic sampling fires where groups are flat, and bad input fails before work starts."""
+
+import json
+import random
+import time
+from pathlib import Path
+
+import pytest
+
+from medmcqa_ray.errors import StageError
+from medmcqa_ray.pipeline import run_stage
+
+from ..conftest import REPO
+
+WORDS = ["apple", "river", "stone", "cloud", "maple", "ember", "frost", "grove", "harbor", "island", "jade", "kettle"]
+
+
+def toy_data(folder: Path) -> Path:
+    """The learnable rule: train rows (SFT) have answers spread over A-D; every validation row's answer
+    is C. GRPO trains on validation, so the policy must learn to prefer C, which SFT did not teach."""
+    rng = random.Random(0)
+    folder.mkdir(parents=True)
+
+    def row(split: str, i: int, cop: int) -> str:
+        opts = rng.sample(WORDS, 4)
+        return json.dumps({"id": f"{split}-{i}", "question": f"Toy question {i}: which option?", "opa": opts[0],
+                           "opb": opts[1], "opc": opts[2], "opd": opts[3], "cop": cop, "choice_type": "single",
+                           "exp": None, "subject_name": "Toy", "topic_name": "toy"}) + "\n"
+
+    (folder / "train.jsonl").write_text("".join(row("train", i, rng.randrange(4)) for i in range(160)))
+    (folder / "validation.jsonl").write_text("".join(row("validation", i, 2) for i in range(64)))
+    return folder
+
+
+def config(out: Path, *overrides: str):
+    from medmcqa_ray.config import load_config
+
+    return load_config([REPO / "configs" / "ci.yaml"], [f"output_dir={out}", *overrides])
+
+
+def steps(manifest: dict) -> list[dict]:
+    return [h for h in manifest["history"] if "rewards/correct/mean" in h]
+
+
+def task_count(name: str, expected: int, timeout_s: float = 60) -> int:
+    """Finished calls of an actor method, from Ray's state API (task events arrive with a delay)."""
+    from ray.util.state import list_tasks
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        tasks = list_tasks(filters=[("func_or_class_name", "=", name)], limit=10_000, raise_on_missing_output=False)
+        count = sum(t.state == "FINISHED" for t in tasks)
+        if count >= expected or time.monotonic() > deadline:
+            return count
+        time.sleep(1)
+
+
+@pytest.mark.slow
+def test_grpo_learns_a_toy_rule_in_actors(ray_session, tmp_path):
+    """SmolLM2-135M-Instruct, SFT on the toy train split, then GRPO on the always-C split."""
+    from ray.util.state import list_tasks
+
+    before = {n: len(list_tasks(filters=[("func_or_class_name", "=", n)], limit=10_000, raise_on_missing_output=False))
+              for n in ("RolloutActor.generate", "RewardActor.score")}
+    data = toy_data(tmp_path / "toy")
+    cfg = config(tmp_path / "out", "model.name=embedded:smollm2-135m-instruct", "data.source=local",
+                 f"data.path={data}", "data.layout=hf", "scaling.resources_per_worker={CPU: 2}",
+                 "rollout.num_cpus_per_actor=2", "sft.max_steps=16", "sft.learning_rate=0.0005",
+                 "sft.lora.r=16", "sft.lora.alpha=32", "grpo.split=validation", "grpo.max_steps=8",
+                 "grpo.prompts_per_step=2", "grpo.num_generations=4", "grpo.max_completion_length=32",
+                 "grpo.learning_rate=0.0002", "grpo.save_steps=4")
+    for stage in ("download", "prep", "sft"):
+        run_stage(stage, cfg)
+    m = run_stage("grpo", cfg)
+    history = steps(m)
+    assert len(history) == 8
+    correct = [h["rewards/correct/mean"] for h in history]
+    first, last = sum(correct[:2]) / 2, sum(correct[-3:]) / 3
+    assert last >= first + 0.25 and last >= 0.75, correct  # it learned to answer C
+
+    # Synchronous and in sync: every rollout used the adapter of the current step, and the rollout
+    # actors' logprobs equal the learner's on the sampled tokens, across 8 updates.
+    assert all(h["rollout/policy_version_lag"] == 0 for h in history)
+    assert all(h["rollout/logprob_abs_diff"] < 1e-3 for h in history), [h["rollout/logprob_abs_diff"] for h in history]
+    # (TRL logs kl only when beta > 0; beta is 0 here, so no reference model is loaded.)
+    for key in ("timing/generate", "timing/reward", "timing/sync", "timing/train", "entropy",
+                "completions/mean_length", "clip_ratio/region_mean", "rewards/similarity/mean"):
+        assert all(key in h for h in history), key
+
+    # All generation in rollout actors, all scoring in reward actors: Ray's state API counts one
+    # generate call and one score call per step, and the actors counted every completion.
+    completions = 8 * 2 * 4
+    assert task_count("RolloutActor.generate", before["RolloutActor.generate"] + 8) - before["RolloutActor.generate"] == 8
+    assert task_count("RewardActor.score", before["RewardActor.score"] + 8) - before["RewardActor.score"] == 8
+    assert sum(a["completions"] for a in m["rollout_actors"]) == completions
+    assert sum(a["scored"] for a in m["reward_actors"]) == completions
+
+    # The GRPO adapter continued the SFT one (same shape) and is a plain PEFT folder.
+    from peft import PeftConfig
+
+    grpo, sft = (PeftConfig.from_pretrained(Path(cfg.output_dir) / "checkpoints" / h) for h in ("grpo", "sft"))
+    assert (grpo.r, sorted(grpo.target_modules)) == (sft.r, sorted(sft.target_modules))
+
+
+@pytest.mark.slow
+def test_dynamic_sampling_resamples_flat_groups(ray_session, tmp_path):
+    """The tiny random model never answers correctly: every group is flat, so each step re-samples
+    every group max_rounds times, and says so."""
+    cfg = config(tmp_path / "out", "sft.max_steps=2", "grpo.max_steps=2", "grpo.save_steps=2",
+                 "grpo.max_completion_length=8", "grpo.dynamic_sampling.enabled=true",
+                 "grpo.dynamic_sampling.max_rounds=2")
+    for stage in ("download", "prep", "sft"):
+        run_stage(stage, cfg)
+    history = steps(run_stage("grpo", cfg))
+    assert [h["dynamic_sampling/resampled_groups"] for h in history] == [4, 4]  # 2 prompts x 2 rounds
+    assert [h["dynamic_sampling/flat_groups_left"] for h in history] == [2, 2]
+    assert all(h["rollout/logprob_abs_diff"] < 1e-3 for h in history)
+
+
+def test_grpo_fails_before_work_without_an_sft_adapter(tmp_path):
+    from medmcqa_ray.training.grpo import check_config
+
+    cfg = config(tmp_path / "out", f"grpo.adapter={tmp_path / 'nowhere'}")
+    with pytest.raises(StageError, match="nowhere"):
+        check_config(cfg)
