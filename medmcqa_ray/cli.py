@@ -37,8 +37,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def summary_table(manifest: dict) -> str:
-    """A short human summary of a download/prep manifest."""
+    """A short human summary of a stage's manifest."""
     rows = manifest.get("splits", {})
+    if manifest.get("stage") == "sft":
+        return (f"{manifest['steps']} steps, loss {manifest['first_loss']:.3f} -> {manifest['last_loss']:.3f}"
+                f"{', resumed from step ' + str(manifest['resumed_from_step']) if manifest.get('resumed_from_step') else ''}"
+                f"\nadapter: {manifest['adapter']}")
+    if manifest.get("stage") == "grpo":
+        steps = [h for h in manifest["history"] if "rewards/correct/mean" in h]
+        lines = [f"{'step':>5}{'correct':>9}{'format':>8}{'reward':>9}{'length':>8}{'lag':>5}{'|dlogp|':>10}"]
+        for h in steps:
+            lines.append(f"{h['step']:>5}{h['rewards/correct/mean']:>9.3f}{h['rewards/format_exact/mean']:>8.3f}"
+                         f"{h['reward']:>9.3f}{h['completions/mean_length']:>8.1f}{h['rollout/policy_version_lag']:>5.0f}"
+                         f"{h.get('rollout/logprob_abs_diff', float('nan')):>10.1e}")
+        return "\n".join(lines + [f"adapter: {manifest['adapter']} (continued {manifest['init_adapter']})"])
     if manifest.get("stage") == "eval":
         from medmcqa_ray.evaluation.report import table
 
