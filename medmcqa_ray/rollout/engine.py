@@ -1,4 +1,4 @@
-"""The rollout engine interface. Engines: `hf` (transformers generate, hf_engine.py) and `vllm`
+"""The rollout engine interface. Engines: `hf` (a transformers model, hf_engine.py) and `vllm`
 (vllm_engine.py, GPU only, imported lazily so a CPU machine never needs vLLM)."""
 
 from __future__ import annotations

@@ -3,7 +3,8 @@ continuous-batching loop in decode.py.
 
 Logprobs come from the RAW logits of each step, log-softmaxed, at the sampled token: they are the
 policy's own probabilities, untouched by temperature, top-p, top-k or min-p, so they compare
-directly with the learner's logprobs of the same tokens.
+directly with the learner's logprobs of the same tokens (`Sampling.tempered_logprobs` asks for
+logits / temperature instead, the policy TRL's GRPO learner scores).
 """
 
 from __future__ import annotations
