@@ -22,7 +22,8 @@ class RewardActor:
         return self.scorer.score(batch)
 
     def info(self) -> dict:
-        return {"scored": self.scored, "similarity_scorer": self.scorer.similarity.kind,
+        return {"scored": self.scored, "actor_id": ray.get_runtime_context().get_actor_id(),
+                "similarity_scorer": self.scorer.similarity.kind,
                 "components": self.scorer.names()}
 
 

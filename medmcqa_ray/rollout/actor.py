@@ -39,7 +39,8 @@ class RolloutActor:
         return out
 
     def health(self) -> dict[str, Any]:
-        return self.engine.health() | {"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id(),
+        ctx = ray.get_runtime_context()
+        return self.engine.health() | {"pid": os.getpid(), "node_id": ctx.get_node_id(), "actor_id": ctx.get_actor_id(),
                                        "completions": self.generated}
 
 

@@ -44,14 +44,14 @@ def steps(manifest: dict) -> list[dict]:
     return [h for h in manifest["history"] if "rewards/correct/mean" in h]
 
 
-def task_count(name: str, expected: int, timeout_s: float = 60) -> int:
-    """Finished calls of an actor method, from Ray's state API (task events arrive with a delay)."""
+def task_count(name: str, actor_ids: list[str], expected: int, timeout_s: float = 60) -> int:
+    """Finished calls of a method on these actors, from Ray's state API (task events arrive late)."""
     from ray.util.state import list_tasks
 
     deadline = time.monotonic() + timeout_s
     while True:
         tasks = list_tasks(filters=[("func_or_class_name", "=", name)], limit=10_000, raise_on_missing_output=False)
-        count = sum(t.state == "FINISHED" for t in tasks)
+        count = sum(t.state == "FINISHED" and t.actor_id in actor_ids for t in tasks)
         if count >= expected or time.monotonic() > deadline:
             return count
         time.sleep(1)
@@ -60,10 +60,6 @@ def task_count(name: str, expected: int, timeout_s: float = 60) -> int:
 @pytest.mark.slow
 def test_grpo_learns_a_toy_rule_in_actors(ray_session, tmp_path):
     """SmolLM2-135M-Instruct, SFT on the toy train split, then GRPO on the always-C split."""
-    from ray.util.state import list_tasks
-
-    before = {n: len(list_tasks(filters=[("func_or_class_name", "=", n)], limit=10_000, raise_on_missing_output=False))
-              for n in ("RolloutActor.generate", "RewardActor.score")}
     data = toy_data(tmp_path / "toy")
     cfg = config(tmp_path / "out", "model.name=embedded:smollm2-135m-instruct", "data.source=local",
                  f"data.path={data}", "data.layout=hf", "scaling.resources_per_worker={CPU: 2}",
@@ -92,8 +88,10 @@ def test_grpo_learns_a_toy_rule_in_actors(ray_session, tmp_path):
     # All generation in rollout actors, all scoring in reward actors: Ray's state API counts one
     # generate call and one score call per step, and the actors counted every completion.
     completions = 8 * 2 * 4
-    assert task_count("RolloutActor.generate", before["RolloutActor.generate"] + 8) - before["RolloutActor.generate"] == 8
-    assert task_count("RewardActor.score", before["RewardActor.score"] + 8) - before["RewardActor.score"] == 8
+    rollout_ids = [a["actor_id"] for a in m["rollout_actors"]]
+    reward_ids = [a["actor_id"] for a in m["reward_actors"]]
+    assert task_count("RolloutActor.generate", rollout_ids, 8) == 8
+    assert task_count("RewardActor.score", reward_ids, 8) == 8
     assert sum(a["completions"] for a in m["rollout_actors"]) == completions
     assert sum(a["scored"] for a in m["reward_actors"]) == completions
 
