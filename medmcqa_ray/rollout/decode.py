@@ -11,7 +11,7 @@ token with `torch.multinomial` (32 ms a step at 32 rows, as long as the model's 
 - the model is the same transformers model (adapter included) called step by step with explicit
   position ids and a 4D mask; the logits processors are transformers' own warpers;
 - tokens are drawn by inverse-CDF from the processed probabilities: the same categorical
-  distribution `multinomial` samples, at the cost of one cumsum.
+  distribution `multinomial` samples, at the cost of block sums and one short cumsum.
 
 Logprobs are log-softmax of the RAW logits at the sampled token (see hf_engine.py), or of logits /
 temperature with `Sampling.tempered_logprobs`.
@@ -120,17 +120,44 @@ def draw(logits: torch.Tensor, sampling: Sampling, procs: LogitsProcessorList,
          generator: Optional[torch.Generator]) -> tuple[torch.Tensor, torch.Tensor]:
     """Next tokens for a (rows, vocab) block of raw logits, and their raw-logit logprobs."""
     logits = logits.float()
+    scored = logits / sampling.temperature if sampling.tempered_logprobs and sampling.temperature not in (0, 1) else logits
     if sampling.temperature == 0:
         tokens = logits.argmax(-1)
+    elif procs:
+        tokens = sample_inverse_cdf(procs(None, logits.clone()).softmax(-1), generator)
     else:
-        probs = procs(None, logits.clone()).softmax(-1)
-        cdf = probs.cumsum(-1)
-        u = torch.rand(cdf.shape[0], 1, generator=generator, device=cdf.device) * cdf[:, -1:]
-        tokens = torch.searchsorted(cdf, u).squeeze(-1).clamp_(max=cdf.shape[1] - 1)
-    if sampling.tempered_logprobs and sampling.temperature not in (0, 1):
-        logits = logits / sampling.temperature
-    chosen = logits.gather(-1, tokens[:, None]).squeeze(-1) - logits.logsumexp(-1)
-    return tokens, chosen
+        # Plain temperature-1 sampling: exp(logits - max) is both the unnormalised distribution the
+        # sampler needs and the sum behind the logsumexp, one pass over the vocabulary for both.
+        top = logits.amax(-1, keepdim=True)
+        weights = (logits - top).exp_()
+        tokens = sample_inverse_cdf(weights, generator)
+        lse = top.squeeze(-1) + weights.sum(-1).log()
+        return tokens, logits.gather(-1, tokens[:, None]).squeeze(-1) - lse
+    return tokens, scored.gather(-1, tokens[:, None]).squeeze(-1) - scored.logsumexp(-1)
+
+
+def sample_inverse_cdf(weights: torch.Tensor, generator: Optional[torch.Generator], block: int = 256) -> torch.Tensor:
+    """One index per row with probability proportional to `weights` (rows, vocab), by inverse CDF in
+    two levels: pick a block of `block` tokens from the block sums, then a token inside it. The same
+    categorical draw as a cumsum over the whole vocabulary, but a row-wise cumsum over 49k entries is
+    a sequential scan (21 ms a step at 128 rows here) where the block sums vectorise. `right=True`
+    never lands on a zero-weight entry, so tokens removed by top-k/top-p are never drawn."""
+    rows, vocab = weights.shape
+    pad = (-vocab) % block
+    blocks = (torch.nn.functional.pad(weights, (0, pad)) if pad else weights).view(rows, -1, block)
+    block_cdf = blocks.sum(-1).cumsum(-1)
+    u = torch.rand(rows, 1, generator=generator, device=weights.device) * block_cdf[:, -1:]
+    # Rounding can put u a hair past a cumsum's end: take the last block / entry with weight then.
+    b = torch.minimum(torch.searchsorted(block_cdf, u, right=True), _last_positive(block_cdf))
+    before = torch.where(b > 0, block_cdf.gather(-1, (b - 1).clamp(min=0)), torch.zeros_like(u))
+    inner = blocks[torch.arange(rows, device=weights.device), b.squeeze(-1)].cumsum(-1)
+    j = torch.searchsorted(inner, u - before, right=True)
+    return (b * block + torch.minimum(j, _last_positive(inner))).squeeze(-1)
+
+
+def _last_positive(cdf: torch.Tensor) -> torch.Tensor:
+    """Per row, the index where a cumsum reaches its total: the last entry with non-zero weight."""
+    return (cdf < cdf[:, -1:]).sum(-1, keepdim=True)
 
 
 @dataclass

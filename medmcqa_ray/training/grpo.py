@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import tempfile
 import time
 from collections import defaultdict
@@ -32,6 +31,7 @@ import pyarrow.parquet as pq
 
 from medmcqa_ray.config import Config
 from medmcqa_ray.errors import StageError
+from medmcqa_ray.training.ray_run import fit, restored_checkpoint, save_final, training_info
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +182,7 @@ def _callbacks(pool: Any, rollout: RolloutFunction):
         rollout actors as policy version = global step."""
 
         trainer: Any = None
+        step_began = 0.0
 
         def sync(self, model: Any, version: int) -> float:
             start = time.monotonic()
@@ -192,11 +193,16 @@ def _callbacks(pool: Any, rollout: RolloutFunction):
         def on_train_begin(self, args, state, control, model=None, **kwargs):
             self.sync(model, state.global_step)
 
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.step_began = time.monotonic()
+
         def on_step_end(self, args, state, control, model=None, **kwargs):
             train = time.monotonic() - rollout.finished_at
             seconds = self.sync(model, state.global_step)
-            self.trainer._metrics["train"]["timing/train"].append(train)
-            self.trainer._metrics["train"]["timing/sync"].append(seconds)
+            metrics = self.trainer._metrics["train"]
+            metrics["timing/train"].append(train)
+            metrics["timing/sync"].append(seconds)
+            metrics["timing/step"].append(time.monotonic() - self.step_began)  # wall time, all of the above
 
     return AdapterSync()
 
@@ -229,21 +235,36 @@ def _trainer_class():
     return Trainer
 
 
+def grpo_args(cfg: Config, output_dir: Path, device: str) -> Any:
+    """TRL's GRPOConfig from the `grpo` section (also what benchmarks/grpo_step.py gives TRL alone)."""
+    from trl import GRPOConfig
+
+    from medmcqa_ray.rewards.scoring import reward_weights
+
+    g = cfg.grpo
+    return GRPOConfig(
+        output_dir=str(output_dir), max_steps=g.max_steps, per_device_train_batch_size=g.prompts_per_step * g.num_generations,
+        gradient_accumulation_steps=1, num_generations=g.num_generations, learning_rate=g.learning_rate,
+        beta=g.beta, epsilon=g.epsilon, epsilon_high=g.epsilon_high, loss_type=g.loss_type,
+        importance_sampling_level=g.importance_sampling_level, scale_rewards=g.scale_rewards,
+        temperature=g.temperature, top_p=g.top_p, top_k=g.top_k, max_completion_length=g.max_completion_length,
+        mask_truncated_completions=g.mask_truncated_completions, reward_weights=reward_weights(cfg.rewards),
+        disable_dropout=True, logging_steps=1, save_strategy="steps", save_steps=g.save_steps, save_total_limit=1,
+        report_to=[], seed=g.seed, bf16=device == "cuda", use_cpu=device == "cpu", dataloader_num_workers=0,
+    )
+
+
 def _train_loop(loop_config: dict) -> None:
     import datasets
     import ray.train
     import torch
     from peft import PeftModel
     from ray.train.huggingface.transformers import RayTrainReportCallback, prepare_trainer
-    from trl import GRPOConfig
-
     from medmcqa_ray.models import load_model, load_tokenizer
     from medmcqa_ray.rewards.actor import RewardPool
-    from medmcqa_ray.rewards.scoring import reward_weights
     from medmcqa_ray.rollout.actor import RolloutPool
 
     cfg: Config = loop_config["cfg"]
-    g = cfg.grpo
     ctx = ray.train.get_context()
     device = "cuda" if cfg.scaling.use_gpu and torch.cuda.is_available() else "cpu"
     rows = training_prompts(cfg)
@@ -254,41 +275,20 @@ def _train_loop(loop_config: dict) -> None:
     reward_pool = RewardPool(cfg.rewards, cfg.format.markers)
     rollout = RolloutFunction(cfg, tokenizer, rows, rollout_pool, reward_pool, ctx.get_world_rank())
     work = Path(tempfile.mkdtemp(prefix="grpo-"))
-    args = GRPOConfig(
-        output_dir=str(work), max_steps=g.max_steps, per_device_train_batch_size=g.prompts_per_step * g.num_generations,
-        gradient_accumulation_steps=1, num_generations=g.num_generations, learning_rate=g.learning_rate,
-        beta=g.beta, epsilon=g.epsilon, epsilon_high=g.epsilon_high, loss_type=g.loss_type,
-        importance_sampling_level=g.importance_sampling_level, scale_rewards=g.scale_rewards,
-        temperature=g.temperature, top_p=g.top_p, top_k=g.top_k, max_completion_length=g.max_completion_length,
-        mask_truncated_completions=g.mask_truncated_completions, reward_weights=reward_weights(cfg.rewards),
-        disable_dropout=True, logging_steps=1, save_strategy="steps", save_steps=g.save_steps, save_total_limit=1,
-        report_to=[], seed=g.seed, bf16=device == "cuda", use_cpu=device == "cpu", dataloader_num_workers=0,
-    )
+    args = grpo_args(cfg, work, device)
     sync = _callbacks(rollout_pool, rollout)
     trainer = _trainer_class()(model=model, reward_funcs=reward_funcs(rollout.components), args=args,
                                train_dataset=dataset, processing_class=tokenizer, rollout_func=rollout,
                                callbacks=[sync, RayTrainReportCallback()])
     sync.trainer = trainer
     trainer = prepare_trainer(trainer)
-    resume, resumed_from = None, 0
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as d:
-            resume = str(work / "resume")
-            shutil.copytree(Path(d) / RayTrainReportCallback.CHECKPOINT_NAME, resume)
-        resumed_from = json.loads((Path(resume) / "trainer_state.json").read_text())["global_step"]
+    resume, resumed_from = restored_checkpoint(work)
     try:
         trainer.train(resume_from_checkpoint=resume)
         if ctx.get_world_rank() == 0:
-            final = Path(loop_config["final_dir"])
-            tmp = final.with_name(final.name + ".tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
-            trainer.model.save_pretrained(tmp)
-            info = {"log_history": trainer.state.log_history, "resumed_from_step": resumed_from,
-                    "rollout_actors": rollout_pool.health(), "reward_actors": reward_pool.info()}
-            (tmp / "training_info.json").write_text(json.dumps(info, default=str))
-            shutil.rmtree(final, ignore_errors=True)
-            tmp.rename(final)
+            save_final(trainer.model, Path(loop_config["final_dir"]),
+                       {"log_history": trainer.state.log_history, "resumed_from_step": resumed_from,
+                        "rollout_actors": rollout_pool.health(), "reward_actors": reward_pool.info()})
     finally:
         rollout_pool.shutdown()
         reward_pool.shutdown()
@@ -306,32 +306,10 @@ def check_config(cfg: Config) -> None:
 
 
 def run_grpo(cfg: Config, key: str = "") -> dict:
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    from medmcqa_ray.training.sft import prepare_run_dir
-
     check_config(cfg)
-    out = Path(cfg.output_dir).resolve()
-    final = out / "checkpoints" / "grpo"
-    storage = cfg.scaling.storage_path or str(out / "checkpoints" / "ray")
-    if "://" not in storage:
-        storage = str(Path(storage).resolve())
-    local_runs = None if "://" in storage else Path(storage) / "grpo"
-    resuming = prepare_run_dir(local_runs, key) if local_runs else False
-    trainer = TorchTrainer(
-        _train_loop,
-        train_loop_config={"cfg": cfg, "final_dir": str(final)},
-        scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
-                                     resources_per_worker=cfg.scaling.resources_per_worker),
-        run_config=RunConfig(name="grpo", storage_path=storage,
-                             failure_config=FailureConfig(max_failures=cfg.scaling.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
-    )
-    result = trainer.fit()
-    if local_runs:
-        (local_runs / "finished").write_text("ok")
-    info = json.loads((final / "training_info.json").read_text())
+    final = Path(cfg.output_dir).resolve() / "checkpoints" / "grpo"
+    result, resuming = fit("grpo", _train_loop, cfg, key, final)
+    info = training_info(final)
     history = info["log_history"]
     steps = [h for h in history if "rewards/correct/mean" in h]
     return {"stage": "grpo", "adapter": str(final), "init_adapter": str(sft_adapter(cfg)), "resumed": resuming,

@@ -14,9 +14,7 @@ adapter is a plain PEFT folder in `checkpoints/sft/`.
 
 from __future__ import annotations
 
-import json
 import logging
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -24,6 +22,7 @@ import pyarrow.parquet as pq
 
 from medmcqa_ray.config import Config
 from medmcqa_ray.errors import StageError
+from medmcqa_ray.training.ray_run import fit, restored_checkpoint, save_final, training_info
 
 log = logging.getLogger(__name__)
 
@@ -95,23 +94,11 @@ def _train_loop(loop_config: dict) -> None:
     trainer.add_callback(RayTrainReportCallback())
     trainer.add_callback(_throughput_callback())
     trainer = prepare_trainer(trainer)
-    resume, resumed_from = None, 0
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as d:
-            resume = str(work / "resume")
-            shutil.copytree(Path(d) / RayTrainReportCallback.CHECKPOINT_NAME, resume)
-        resumed_from = json.loads((Path(resume) / "trainer_state.json").read_text())["global_step"]
+    resume, resumed_from = restored_checkpoint(work)
     trainer.train(resume_from_checkpoint=resume)
     if ctx.get_world_rank() == 0:
-        final = Path(loop_config["final_dir"])
-        tmp = final.with_name(final.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        trainer.model.save_pretrained(tmp)
-        (tmp / "log_history.json").write_text(json.dumps(trainer.state.log_history))
-        (tmp / "resumed_from_step.json").write_text(json.dumps(resumed_from))
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
+        save_final(trainer.model, Path(loop_config["final_dir"]),
+                   {"log_history": trainer.state.log_history, "resumed_from_step": resumed_from})
 
 
 def count_truncated(cfg: Config, rows: list[dict]) -> int:
@@ -124,52 +111,18 @@ def count_truncated(cfg: Config, rows: list[dict]) -> int:
     return sum(len(ids) > cfg.sft.max_length for ids in tok(texts, add_special_tokens=False)["input_ids"])
 
 
-def prepare_run_dir(run_dir: Path, key: str) -> bool:
-    """Resume only an interrupted run of the same config: a finished run, or one with other settings,
-    starts afresh (Ray Train restores any run stored under the same name). Returns True when resuming."""
-    marker = run_dir / "medmcqa_run_key"
-    if run_dir.exists() and (not marker.exists() or marker.read_text() != key or (run_dir / "finished").exists()):
-        shutil.rmtree(run_dir)
-    resuming = run_dir.exists()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    marker.write_text(key)
-    return resuming
-
-
 def run_sft(cfg: Config, key: str = "") -> dict:
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
     rows = training_rows(cfg)  # fail before starting workers when there is nothing to train on
     truncated = count_truncated(cfg, rows)
     if truncated:
         log.warning("sft: %d of %d rows exceed sft.max_length=%d tokens and are truncated", truncated, len(rows), cfg.sft.max_length)
-    out = Path(cfg.output_dir).resolve()
-    final = out / "checkpoints" / "sft"
-    storage = cfg.scaling.storage_path or str(out / "checkpoints" / "ray")
-    # The resume bookkeeping needs a local folder; on a URI store Ray Train's own restore applies.
-    if "://" not in storage:
-        storage = str(Path(storage).resolve())  # Ray Train wants an absolute local path
-    local_runs = None if "://" in storage else Path(storage) / "sft"
-    resuming = prepare_run_dir(local_runs, key) if local_runs else False
-    trainer = TorchTrainer(
-        _train_loop,
-        # The Config object itself (pickled): a JSON dump would turn secrets such as model.hub_token into ***.
-        train_loop_config={"cfg": cfg, "final_dir": str(final)},
-        scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
-                                     resources_per_worker=cfg.scaling.resources_per_worker),
-        run_config=RunConfig(name="sft", storage_path=storage,
-                             failure_config=FailureConfig(max_failures=cfg.scaling.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
-    )
-    result = trainer.fit()
-    if local_runs:
-        (local_runs / "finished").write_text("ok")
-    history = json.loads((final / "log_history.json").read_text())
-    resumed_from = json.loads((final / "resumed_from_step.json").read_text())
+    final = Path(cfg.output_dir).resolve() / "checkpoints" / "sft"
+    result, resuming = fit("sft", _train_loop, cfg, key, final)
+    info = training_info(final)
+    history = info["log_history"]
     losses = [h["loss"] for h in history if "loss" in h]
     return {"stage": "sft", "adapter": str(final), "rows": len(rows), "truncated_rows": truncated, "resumed": resuming,
-            "resumed_from_step": resumed_from,
+            "resumed_from_step": info["resumed_from_step"],
             "steps": cfg.sft.max_steps,
             "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
             "history": history, "checkpoint": str(result.checkpoint.path) if result.checkpoint else None}

@@ -10,7 +10,7 @@ from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogit
 
 from medmcqa_ray.config import ModelConfig
 from medmcqa_ray.models import load_model, load_tokenizer
-from medmcqa_ray.rollout.decode import decode
+from medmcqa_ray.rollout.decode import decode, sample_inverse_cdf
 from medmcqa_ray.rollout.types import Sampling
 
 SYSTEM = "<|im_start|>system\nYou are a medical expert. Answer in as few words as the question needs.<|im_end|>\n<|im_start|>user\n"
@@ -101,3 +101,18 @@ def test_seed_fixes_samples_and_slot_count_does_not_matter_for_greedy(tiny):
     wide, _ = decode(model, prompts, greedy, eos, 0, max_rows=64)
     narrow, _ = decode(model, prompts, greedy, eos, 0, max_rows=1)
     assert [s.token_ids for s in wide] == [s.token_ids for s in narrow]
+
+
+def test_inverse_cdf_sampler_matches_the_categorical_distribution():
+    """The two-level sampler against known probabilities on tokens that sit at block edges, in the
+    ragged last block, and beside zero-weight tokens: chi-square, and zero-weight tokens never drawn."""
+    vocab = 49152 + 17
+    support = torch.tensor([0, 255, 256, 257, 1000, 30000, vocab - 1])
+    probs = torch.tensor([0.05, 0.2, 0.1, 0.3, 0.05, 0.15, 0.15])
+    weights = torch.zeros(vocab)
+    weights[support] = probs * 3.0  # unnormalised on purpose
+    draws = torch.cat([sample_inverse_cdf(weights.expand(500, -1), torch.Generator().manual_seed(k))
+                       for k in range(40)])
+    counts = torch.bincount(draws, minlength=vocab)
+    assert counts[support].sum() == counts.sum() == 20000
+    assert chisquare(counts[support].tolist(), (probs * 20000).tolist()).pvalue > 1e-3

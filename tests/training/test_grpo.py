@@ -3,7 +3,11 @@ rollout actors and every score from the reward actors, the rollout and learner p
 every update, dynamic sampling fires where groups are flat, and bad input fails before work starts."""
 
 import json
+import os
 import random
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -115,6 +119,54 @@ def test_dynamic_sampling_resamples_flat_groups(ray_session, tmp_path):
     assert [h["dynamic_sampling/resampled_groups"] for h in history] == [4, 4]  # 2 prompts x 2 rounds
     assert [h["dynamic_sampling/flat_groups_left"] for h in history] == [2, 2]
     assert all(h["rollout/logprob_abs_diff"] < 1e-3 for h in history)
+
+
+@pytest.mark.slow
+def test_killed_grpo_resumes_from_its_checkpoint_and_reports_to_mlflow(ray_session, tmp_path):
+    """The whole `medmcqa-ray grpo` process group is SIGKILLed after its first checkpoint; the re-run
+    continues from that step, ends at the planned step, and MLflow holds the GRPO curves."""
+    from mlflow import MlflowClient
+
+    from medmcqa_ray.tracking import tracking_uri
+
+    out = tmp_path / "out"
+    overrides = ["sft.max_steps=2", "grpo.max_steps=6", "grpo.save_steps=2", "grpo.max_completion_length=8",
+                 "tracking.enabled=true"]
+    cfg = config(out, *overrides)
+    for stage in ("download", "prep", "sft"):
+        run_stage(stage, cfg)
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    env.pop("RAY_ADDRESS", None)
+    cmd = [sys.executable, "-m", "medmcqa_ray.cli", "grpo", "--config", "configs/ci.yaml", f"output_dir={out}", *overrides]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    runs = out / "checkpoints" / "ray" / "grpo"
+    deadline = time.monotonic() + 400
+    while not list(runs.glob("checkpoint_*")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+    assert list(runs.glob("checkpoint_*")), "no checkpoint appeared"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "checkpoints" / "grpo_manifest.json").exists()  # nothing marked complete
+
+    r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    manifest = json.loads((out / "checkpoints" / "grpo_manifest.json").read_text())
+    done = [h["step"] for h in steps(manifest)]
+    assert manifest["resumed"] and manifest["resumed_from_step"] in (2, 4), manifest["resumed_from_step"]
+    # The HF Trainer restored the log of the steps before the checkpoint: one entry per step, 1 to 6.
+    assert done == list(range(1, 7))
+    assert all(h["rollout/policy_version_lag"] == 0 for h in steps(manifest))  # actors got the restored adapter
+
+    client = MlflowClient(tracking_uri=tracking_uri(cfg))
+    experiment = client.get_experiment_by_name(cfg.tracking.experiment).experiment_id
+    grpo_run = next(r for r in client.search_runs([experiment], order_by=["start_time DESC"])
+                    if r.data.tags.get("medmcqa_ray.stage") == "grpo")
+    for metric in ("grpo/rewards/correct/mean", "grpo/rewards/format_exact/mean", "grpo/rollout/logprob_abs_diff",
+                   "grpo/rollout/policy_version_lag", "grpo/timing/generate", "grpo/timing/reward",
+                   "grpo/timing/sync", "grpo/timing/train", "grpo/timing/step", "grpo/entropy",
+                   "grpo/completions/mean_length", "grpo/clip_ratio/region_mean"):
+        history = client.get_metric_history(grpo_run.info.run_id, metric)
+        assert sorted(m.step for m in history) == done, metric
 
 
 def test_grpo_fails_before_work_without_an_sft_adapter(tmp_path):

@@ -1,0 +1,82 @@
+"""What the SFT and GRPO stages share around their Ray Train run: the TorchTrainer with its storage,
+scaling and failure settings, resuming an interrupted run of the same config, restoring the HF Trainer
+from the Ray Train checkpoint, and the atomic save of the final adapter."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from medmcqa_ray.config import Config
+
+
+def prepare_run_dir(run_dir: Path, key: str) -> bool:
+    """Resume only an interrupted run of the same config: a finished run, or one with other settings,
+    starts afresh (Ray Train restores any run stored under the same name). Returns True when resuming."""
+    marker = run_dir / "medmcqa_run_key"
+    if run_dir.exists() and (not marker.exists() or marker.read_text() != key or (run_dir / "finished").exists()):
+        shutil.rmtree(run_dir)
+    resuming = run_dir.exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    marker.write_text(key)
+    return resuming
+
+
+def fit(name: str, loop: Callable[[dict], None], cfg: Config, key: str, final_dir: Path) -> tuple[Any, bool]:
+    """Run `loop` on Ray Train workers as run `name` under the checkpoint storage. Returns Ray Train's
+    result and whether an interrupted run was resumed."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    storage = cfg.scaling.storage_path or str(Path(cfg.output_dir).resolve() / "checkpoints" / "ray")
+    # The resume bookkeeping needs a local folder; on a URI store Ray Train's own restore applies.
+    if "://" not in storage:
+        storage = str(Path(storage).resolve())  # Ray Train wants an absolute local path
+    local_runs = None if "://" in storage else Path(storage) / name
+    resuming = prepare_run_dir(local_runs, key) if local_runs else False
+    trainer = TorchTrainer(
+        loop,
+        # The Config object itself (pickled): a JSON dump would turn secrets such as model.hub_token into ***.
+        train_loop_config={"cfg": cfg, "final_dir": str(final_dir)},
+        scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
+                                     resources_per_worker=cfg.scaling.resources_per_worker),
+        run_config=RunConfig(name=name, storage_path=storage,
+                             failure_config=FailureConfig(max_failures=cfg.scaling.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+    )
+    result = trainer.fit()
+    if local_runs:
+        (local_runs / "finished").write_text("ok")
+    return result, resuming
+
+
+def restored_checkpoint(work: Path) -> tuple[Optional[str], int]:
+    """The HF checkpoint inside Ray Train's latest checkpoint, copied under `work` for
+    `trainer.train(resume_from_checkpoint=...)`, and its global step; (None, 0) on a fresh start."""
+    import ray.train
+    from ray.train.huggingface.transformers import RayTrainReportCallback
+
+    checkpoint = ray.train.get_checkpoint()
+    if not checkpoint:
+        return None, 0
+    with checkpoint.as_directory() as d:
+        resume = work / "resume"
+        shutil.copytree(Path(d) / RayTrainReportCallback.CHECKPOINT_NAME, resume)
+    return str(resume), json.loads((resume / "trainer_state.json").read_text())["global_step"]
+
+
+def save_final(model: Any, final_dir: Path, info: dict) -> None:
+    """The final PEFT adapter plus `training_info.json`, written beside and renamed into place, so a
+    crash never leaves a half-written adapter where the next stage looks for one."""
+    tmp = final_dir.with_name(final_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    (tmp / "training_info.json").write_text(json.dumps(info, default=str))
+    shutil.rmtree(final_dir, ignore_errors=True)
+    tmp.rename(final_dir)
+
+
+def training_info(final_dir: Path) -> dict:
+    return json.loads((final_dir / "training_info.json").read_text())
