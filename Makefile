@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: setup
-	$(BIN)/medmcqa-ray all --config $(CONFIG)
+	$(BIN)/python jobs/full.py --config $(CONFIG)
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -63,7 +63,7 @@ def step_times_callback():
     return StepTimes()
 
 
-def trl_alone(cfg, work: Path) -> list[float]:
+def trl_alone(cfg, work: Path) -> tuple[list[float], list[dict]]:
     """TRL's GRPOTrainer with in-process generation and in-process rewards."""
     import datasets
     from peft import PeftModel
@@ -99,7 +99,7 @@ def trl_alone(cfg, work: Path) -> list[float]:
     trainer = _trainer_class()(model=model, reward_funcs=[component(n) for n in Scorer.names_for(cfg.rewards)],
                                args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=[timer])
     trainer.train()
-    return timer.times
+    return timer.times, [h for h in trainer.state.log_history if "completions/mean_length" in h]
 
 
 def main() -> None:
@@ -123,7 +123,7 @@ def main() -> None:
 
     import torch
 
-    trl_steps = trl_alone(cfg, work / "trl")
+    trl_steps, trl_history = trl_alone(cfg, work / "trl")
     start = time.monotonic()
     manifest = run_stage("grpo", cfg)
     ours_wall = time.monotonic() - start
@@ -138,7 +138,8 @@ def main() -> None:
     print(json.dumps({
         "benchmark": "GRPO step", "model": args.model, "cores": os.cpu_count(), "torch_threads_driver": torch.get_num_threads(),
         "steps": args.steps, "prompts_per_step": args.prompts, "num_generations": args.n, "max_completion_length": args.tokens,
-        "trl_in_process": {"s_per_step": round(trl_s, 2), "step_times": [round(t, 2) for t in trl_steps]},
+        "trl_in_process": {"s_per_step": round(trl_s, 2), "step_times": [round(t, 2) for t in trl_steps],
+                           "mean_completion_tokens": round(statistics.mean(h["completions/mean_length"] for h in trl_history[1:] or trl_history), 1)},
         "ours_ray": {
             "s_per_step": round(ours_s, 2), "step_times": [round(t, 2) for t in ours_steps],
             "stage_wall_s": round(ours_wall, 1),

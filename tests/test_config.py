@@ -7,9 +7,25 @@ from .conftest import REPO
 
 
 def test_every_shipped_config_resolves():
+    names = {path.stem for path in (REPO / "configs").glob("*.yaml")}
+    assert {"local", "gpu", "cluster", "ci"} <= names
     for path in sorted((REPO / "configs").glob("*.yaml")):
         cfg = load_config([path])
         assert cfg.output_dir
+    gpu = load_config([REPO / "configs" / "gpu.yaml"])
+    # One GPU shared by the learner and the vLLM actor: their Ray shares must fit on one device.
+    assert gpu.scaling.resources_per_worker["GPU"] + gpu.rollout.num_actors * gpu.rollout.num_gpus_per_actor <= 1
+
+
+def test_cluster_manifests_run_the_shipped_job_and_configs():
+    import yaml
+
+    for path in (REPO / "cluster").rglob("*.yaml"):
+        assert yaml.safe_load(path.read_text()), path  # parses
+    job = yaml.safe_load((REPO / "cluster" / "kuberay" / "rayjob.yaml").read_text())
+    script, _, config = job["spec"]["entrypoint"].split()[1:4]
+    assert (REPO / script).is_file() and (REPO / config).is_file()
+    assert job["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"]
 
 
 def test_files_overlay_in_order_and_overrides_apply_last(tmp_path):

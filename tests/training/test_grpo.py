@@ -1,6 +1,7 @@
 """GRPO on Ray Train with rollout and reward actors: it learns a toy rule, every sample comes from the
 rollout actors and every score from the reward actors, the rollout and learner policies agree after
-every update, dynamic sampling fires where groups are flat, and bad input fails before work starts."""
+every update, a killed run resumes from its checkpoint with its curves in MLflow, dynamic sampling
+fires where groups are flat, and bad input fails before work starts."""
 
 import json
 import os
@@ -107,31 +108,18 @@ def test_grpo_learns_a_toy_rule_in_actors(ray_session, tmp_path):
 
 
 @pytest.mark.slow
-def test_dynamic_sampling_resamples_flat_groups(ray_session, tmp_path):
-    """The tiny random model never answers correctly: every group is flat, so each step re-samples
-    every group max_rounds times, and says so."""
-    cfg = config(tmp_path / "out", "sft.max_steps=2", "grpo.max_steps=2", "grpo.save_steps=2",
-                 "grpo.max_completion_length=8", "grpo.dynamic_sampling.enabled=true",
-                 "grpo.dynamic_sampling.max_rounds=2")
-    for stage in ("download", "prep", "sft"):
-        run_stage(stage, cfg)
-    history = steps(run_stage("grpo", cfg))
-    assert [h["dynamic_sampling/resampled_groups"] for h in history] == [4, 4]  # 2 prompts x 2 rounds
-    assert [h["dynamic_sampling/flat_groups_left"] for h in history] == [2, 2]
-    assert all(h["rollout/logprob_abs_diff"] < 1e-3 for h in history)
-
-
-@pytest.mark.slow
 def test_killed_grpo_resumes_from_its_checkpoint_and_reports_to_mlflow(ray_session, tmp_path):
     """The whole `medmcqa-ray grpo` process group is SIGKILLed after its first checkpoint; the re-run
-    continues from that step, ends at the planned step, and MLflow holds the GRPO curves."""
+    continues from that step, ends at the planned step, and MLflow holds the GRPO curves. Dynamic
+    sampling is on: the tiny random model never answers correctly, so every group is flat and each
+    step re-samples every group once, and says so."""
     from mlflow import MlflowClient
 
     from medmcqa_ray.tracking import tracking_uri
 
     out = tmp_path / "out"
     overrides = ["sft.max_steps=2", "grpo.max_steps=6", "grpo.save_steps=2", "grpo.max_completion_length=8",
-                 "tracking.enabled=true"]
+                 "grpo.dynamic_sampling.enabled=true", "grpo.dynamic_sampling.max_rounds=1", "tracking.enabled=true"]
     cfg = config(out, *overrides)
     for stage in ("download", "prep", "sft"):
         run_stage(stage, cfg)
@@ -156,6 +144,9 @@ def test_killed_grpo_resumes_from_its_checkpoint_and_reports_to_mlflow(ray_sessi
     # The HF Trainer restored the log of the steps before the checkpoint: one entry per step, 1 to 6.
     assert done == list(range(1, 7))
     assert all(h["rollout/policy_version_lag"] == 0 for h in steps(manifest))  # actors got the restored adapter
+    assert all(h["rollout/logprob_abs_diff"] < 1e-3 for h in steps(manifest))
+    assert [h["dynamic_sampling/resampled_groups"] for h in steps(manifest)] == [2] * 6  # 2 prompts x 1 round
+    assert [h["dynamic_sampling/flat_groups_left"] for h in steps(manifest)] == [2] * 6
 
     client = MlflowClient(tracking_uri=tracking_uri(cfg))
     experiment = client.get_experiment_by_name(cfg.tracking.experiment).experiment_id

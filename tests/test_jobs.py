@@ -1,0 +1,196 @@
+"""`ray job submit -- python jobs/full.py` against a real local Ray head, with MLflow on a real tracking
+server: every stage runs, the runs are on the server (checked through its REST API), a re-submitted job
+skips the finished stages, and a bad config key fails the job fast with the key in `ray job logs`."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from .conftest import REPO
+
+pytestmark = pytest.mark.slow
+BIN = Path(sys.executable).parent
+TINY = ["tracking.enabled=true", "sft.max_steps=2", "sft.save_steps=2", "grpo.max_steps=2", "grpo.save_steps=2",
+        "eval.limit=4"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout_s: float, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode} before {url} answered")
+        try:
+            urllib.request.urlopen(url, timeout=2).read()
+            return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer in {timeout_s} s")
+
+
+def stop_group(proc: subprocess.Popen, marker: str) -> None:
+    """Stop a server started in its own session, and anything it spawned that names `marker`."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+            proc.wait(timeout=15)
+            break
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            continue
+    for pid in filter(str.isdigit, os.listdir("/proc")):  # Ray workers may sit in other sessions
+        try:
+            if marker in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="ignore"):
+                os.kill(int(pid), signal.SIGKILL)
+        except (OSError, ProcessLookupError):
+            pass
+
+
+@pytest.fixture(scope="module")
+def env() -> dict:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1",
+               RAY_AUTH_MODE="disabled", PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")  # a job's `python` is the head's
+    env.pop("RAY_ADDRESS", None)
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return env
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(env):
+    folder = Path(tempfile.mkdtemp(prefix="mlflow-server-"))
+    port = free_port()
+    proc = subprocess.Popen([str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+                             "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
+                             "--artifacts-destination", str(folder / "artifacts")],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{url}/health", 120, proc)
+        yield url
+    finally:
+        stop_group(proc, str(folder))
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def ray_head(env):
+    """`ray start --head` with its own temp dir and ports, beside the test session's own Ray."""
+    temp = Path(tempfile.mkdtemp(prefix="rayhead-", dir="/tmp"))  # short: Ray's socket paths have a length limit
+    dashboard = free_port()
+    ports = {"--port": free_port(), "--dashboard-port": dashboard, "--ray-client-server-port": free_port(),
+             "--dashboard-agent-listen-port": free_port(), "--dashboard-agent-grpc-port": free_port(),
+             "--metrics-export-port": free_port(), "--runtime-env-agent-port": free_port(),
+             "--node-manager-port": free_port(), "--object-manager-port": free_port()}
+    cmd = [str(BIN / "ray"), "start", "--head", "--block", "--num-cpus=4", f"--temp-dir={temp}", "--include-dashboard=true",
+           "--dashboard-host=127.0.0.1", "--min-worker-port=21000", "--max-worker-port=21999",
+           *[f"{k}={v}" for k, v in ports.items()]]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    address = f"http://127.0.0.1:{dashboard}"
+    try:
+        wait_http(f"{address}/api/version", 120, proc)
+        yield address
+    finally:
+        stop_group(proc, str(temp))
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def job_out(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("job") / "out"
+
+
+def submit(address: str, env: dict, submission_id: str, *args: str) -> tuple[str, str]:
+    """`ray job submit` (it waits for the job), then the job's final status and logs."""
+    from ray.job_submission import JobSubmissionClient
+
+    runtime_env = json.dumps({"env_vars": {k: env[k] for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")}})
+    cmd = [str(BIN / "ray"), "job", "submit", "--address", address, "--submission-id", submission_id,
+           "--working-dir", ".", "--runtime-env-json", runtime_env, "--", "python", "jobs/full.py", *args]
+    subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
+    client = JobSubmissionClient(address)
+    deadline = time.monotonic() + 60
+    while not client.get_job_status(submission_id).is_terminal() and time.monotonic() < deadline:
+        time.sleep(1)
+    return str(client.get_job_status(submission_id)), client.get_job_logs(submission_id)
+
+
+def rest(url: str, path: str, body: dict | None = None) -> dict:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(f"{url}/api/2.0/mlflow/{path}", data=data, headers={"Content-Type": "application/json"})
+    return json.loads(urllib.request.urlopen(req, timeout=30).read())
+
+
+def test_submitted_job_runs_every_stage_into_a_tracking_server(ray_head, mlflow_server, env, job_out):
+    from medmcqa_ray.config import load_config
+    from medmcqa_ray.pipeline import ALL, STAGES
+
+    args = ["--config", "configs/ci.yaml", f"output_dir={job_out}", f"tracking.uri={mlflow_server}", *TINY]
+    status, logs = submit(ray_head, env, "medmcqa-full-1", *args)
+    assert status == "SUCCEEDED", logs[-3000:]
+    cfg = load_config([REPO / "configs" / "ci.yaml"], args[2:])
+    for name in ALL:
+        assert STAGES[name].manifest(cfg).is_file(), name
+    summary = json.loads((job_out / "eval" / "summary.json").read_text())
+    assert set(summary["heads"]) == {"base", "sft", "grpo"}
+    assert "joined Ray cluster" in logs  # it ran on the submitted-to cluster, not a Ray of its own
+    assert f"MLflow: open {mlflow_server}" in logs and "grpo" in logs.split("== eval")[-1]  # the accuracy table
+
+    # The tracking server holds the pipeline's parent run, a nested run per stage, metrics and artifacts.
+    experiment = rest(mlflow_server, "experiments/get-by-name?experiment_name=medmcqa-ray")["experiment"]["experiment_id"]
+    runs = rest(mlflow_server, "runs/search", {"experiment_ids": [experiment], "max_results": 100})["runs"]
+    tags = [{t["key"]: t["value"] for t in r["data"].get("tags", [])} for r in runs]
+    parents = [r for r, t in zip(runs, tags) if t.get("medmcqa_ray.kind") == "pipeline"]
+    assert len(parents) == 1
+    parent_id = parents[0]["info"]["run_id"]
+    stages = {t["medmcqa_ray.stage"]: r for r, t in zip(runs, tags)
+              if t.get("medmcqa_ray.kind") == "stage" and t.get("mlflow.parentRunId") == parent_id}
+    assert set(stages) == set(ALL)
+    assert {p["key"] for p in parents[0]["data"]["params"]} >= {"model.name", "grpo.max_steps", "rewards.weights.correct"}
+    grpo_id = stages["grpo"]["info"]["run_id"]
+    history = rest(mlflow_server, f"metrics/get-history?run_id={grpo_id}&metric_key=grpo/rewards/correct/mean")["metrics"]
+    assert sorted(m["step"] for m in history) == [1, 2]
+    eval_metrics = {m["key"] for m in stages["eval"]["data"]["metrics"]}
+    assert {"eval/base/accuracy", "eval/sft/accuracy", "eval/grpo/accuracy"} <= eval_metrics
+    files = rest(mlflow_server, f"artifacts/list?run_id={stages['eval']['info']['run_id']}&path=eval")["files"]
+    assert {"eval/summary.json", "eval/accuracy.png", "eval/eval_results.jsonl"} <= {f["path"] for f in files}
+
+
+def test_resubmitted_job_skips_finished_stages(ray_head, mlflow_server, env, job_out):
+    from medmcqa_ray.config import load_config
+    from medmcqa_ray.pipeline import ALL, STAGES
+
+    args = ["--config", "configs/ci.yaml", f"output_dir={job_out}", f"tracking.uri={mlflow_server}", *TINY]
+    cfg = load_config([REPO / "configs" / "ci.yaml"], args[2:])
+    if not STAGES["eval"].manifest(cfg).is_file():
+        pytest.skip("needs the first job's outputs")
+    before = {name: STAGES[name].manifest(cfg).stat().st_mtime_ns for name in ALL}
+    status, logs = submit(ray_head, env, "medmcqa-full-2", *args)
+    assert status == "SUCCEEDED", logs[-3000:]
+    assert all(f"== {name} (skipped: up to date)" in logs for name in ALL), logs[-3000:]
+    assert {name: STAGES[name].manifest(cfg).stat().st_mtime_ns for name in ALL} == before
+
+
+def test_bad_config_key_fails_the_job_fast_naming_it(ray_head, env, tmp_path):
+    start = time.monotonic()
+    status, logs = submit(ray_head, env, "medmcqa-bad-key", "--config", "configs/ci.yaml", f"output_dir={tmp_path}",
+                          "grpo.max_stepz=3")
+    assert status == "FAILED"
+    assert "grpo.max_stepz" in logs and "unknown key" in logs
+    assert time.monotonic() - start < 120
+    assert not (tmp_path / "data").exists()  # no work started
