@@ -23,7 +23,7 @@ from medmcqa_ray.config import Config
 from medmcqa_ray.errors import StageError
 from medmcqa_ray.evaluation.metrics import mcnemar_p, summarise
 from medmcqa_ray.evaluation.predictor import HeadPredictor
-from medmcqa_ray.evaluation.report import accuracy_plot, table
+from medmcqa_ray.evaluation.report import accuracy_plot
 
 log = logging.getLogger(__name__)
 HEADS = ("base", "sft", "grpo")
@@ -132,6 +132,5 @@ def run_eval(cfg: Config, heads: list[str]) -> dict:
         tmp = out / "heads" / f"{head}.jsonl.tmp"
         tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
         tmp.rename(out / "heads" / f"{head}.jsonl")
-    summary = build_summary(out, str(eval_source(cfg)))
-    print(table(summary))
+    summary = build_summary(out, str(eval_source(cfg)))  # the CLI prints its table
     return {"stage": "eval", "heads": list(adapters), "adapters": adapters, "rows": rows.num_rows, "summary": summary}
