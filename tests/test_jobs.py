@@ -4,6 +4,7 @@ skips the finished stages, and a bad config key fails the job fast with the key 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -45,6 +46,19 @@ def wait_http(url: str, timeout_s: float, proc: subprocess.Popen) -> None:
     raise TimeoutError(f"{url} did not answer in {timeout_s} s")
 
 
+@contextlib.contextmanager
+def serving(cmd: list[str], env: dict, health_url: str, folder: Path):
+    """Run a server in its own session until the block ends; `folder` holds its state and names its
+    processes, so whatever it spawned is stopped too and the folder removed."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_http(health_url, 120, proc)
+        yield
+    finally:
+        stop_group(proc, str(folder))
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def stop_group(proc: subprocess.Popen, marker: str) -> None:
     """Stop a server started in its own session, and anything it spawned that names `marker`."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
@@ -75,17 +89,11 @@ def env() -> dict:
 def mlflow_server(env):
     folder = Path(tempfile.mkdtemp(prefix="mlflow-server-"))
     port = free_port()
-    proc = subprocess.Popen([str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-                             "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
-                             "--artifacts-destination", str(folder / "artifacts")],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    cmd = [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+           "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}", "--artifacts-destination", str(folder / "artifacts")]
     url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(f"{url}/health", 120, proc)
+    with serving(cmd, env, f"{url}/health", folder):
         yield url
-    finally:
-        stop_group(proc, str(folder))
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -100,14 +108,9 @@ def ray_head(env):
     cmd = [str(BIN / "ray"), "start", "--head", "--block", "--num-cpus=4", f"--temp-dir={temp}", "--include-dashboard=true",
            "--dashboard-host=127.0.0.1", "--min-worker-port=21000", "--max-worker-port=21999",
            *[f"{k}={v}" for k, v in ports.items()]]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     address = f"http://127.0.0.1:{dashboard}"
-    try:
-        wait_http(f"{address}/api/version", 120, proc)
+    with serving(cmd, env, f"{address}/api/version", temp):
         yield address
-    finally:
-        stop_group(proc, str(temp))
-        shutil.rmtree(temp, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import pytest
 from medmcqa_ray.data.records import FORMATTED, PROCESSED, QUARANTINE_REASONS
 from medmcqa_ray.errors import DataFileError, StageError, user_error
 from medmcqa_ray.formatting import extract_answer
-from medmcqa_ray.pipeline import run_all, run_stage
+from medmcqa_ray.pipeline import run_stage
 
 from .test_normalise import GOOD
 
@@ -28,6 +28,11 @@ def line_count(path: Path) -> int:
     return sum(1 for ln in path.read_text().splitlines() if ln.strip())
 
 
+def data_stages(cfg) -> dict:
+    """download then prep: what these tests are about (training and eval have their own tests)."""
+    return {name: run_stage(name, cfg) for name in ("download", "prep")}
+
+
 @pytest.fixture(scope="module")
 def real_runs(ray_session, shared_medmcqa, tmp_path_factory):
     """Both real layouts through download + prep, once for the module."""
@@ -40,7 +45,7 @@ def real_runs(ray_session, shared_medmcqa, tmp_path_factory):
         out = tmp_path_factory.mktemp(layout)
         cfg = load_config([REPO / "configs" / "ci.yaml"],
                           [f"output_dir={out}", "data.source=local", f"data.path={shared_medmcqa / layout}"])
-        runs[layout] = (out, run_all(cfg))
+        runs[layout] = (out, data_stages(cfg))
     return runs
 
 
@@ -131,9 +136,9 @@ def test_duplicates_limit_and_missing_optional_fields(ray_session, make_config, 
 @pytest.mark.slow
 def test_caching_skips_and_force_redoes(ray_session, make_config, caplog):
     cfg = make_config()
-    first = run_all(cfg)
+    first = data_stages(cfg)
     assert first["download"]["source"]["name"] == "the offline sample"
-    again = run_all(cfg)
+    again = data_stages(cfg)
     assert again["download"].get("skipped") and again["prep"].get("skipped")
     forced = run_stage("download", cfg, force=True)
     assert not forced.get("skipped") and forced["config_hash"] == first["download"]["config_hash"]

@@ -4,11 +4,7 @@ every update, a killed run resumes from its checkpoint with its curves in MLflow
 fires where groups are flat, and bad input fails before work starts."""
 
 import json
-import os
 import random
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,6 +14,7 @@ from medmcqa_ray.errors import StageError
 from medmcqa_ray.pipeline import run_stage
 
 from ..conftest import REPO
+from .interrupt import kill_after_first_checkpoint_and_rerun
 
 WORDS = ["apple", "river", "stone", "cloud", "maple", "ember", "frost", "grove", "harbor", "island", "jade", "kettle"]
 
@@ -123,20 +120,7 @@ def test_killed_grpo_resumes_from_its_checkpoint_and_reports_to_mlflow(ray_sessi
     cfg = config(out, *overrides)
     for stage in ("download", "prep", "sft"):
         run_stage(stage, cfg)
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
-    env.pop("RAY_ADDRESS", None)
-    cmd = [sys.executable, "-m", "medmcqa_ray.cli", "grpo", "--config", "configs/ci.yaml", f"output_dir={out}", *overrides]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    runs = out / "checkpoints" / "ray" / "grpo"
-    deadline = time.monotonic() + 400
-    while not list(runs.glob("checkpoint_*")) and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.5)
-    assert list(runs.glob("checkpoint_*")), "no checkpoint appeared"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not (out / "checkpoints" / "grpo_manifest.json").exists()  # nothing marked complete
-
-    r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    r = kill_after_first_checkpoint_and_rerun("grpo", out, overrides)
     assert r.returncode == 0, r.stderr[-3000:]
     manifest = json.loads((out / "checkpoints" / "grpo_manifest.json").read_text())
     done = [h["step"] for h in steps(manifest)]

@@ -2,11 +2,6 @@
 stay put, metrics reach MLflow, and an interrupted run resumes from its checkpoint."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +11,7 @@ from medmcqa_ray.errors import StageError
 from medmcqa_ray.pipeline import run_stage
 
 from ..conftest import REPO
+from .interrupt import kill_after_first_checkpoint_and_rerun
 
 
 def config(out: Path, *overrides: str):
@@ -61,21 +57,7 @@ def test_interrupted_sft_resumes_from_its_checkpoint(ray_session, tmp_path):
     cfg = config(out, "sft.max_steps=12", "sft.save_steps=4")
     run_stage("download", cfg)
     run_stage("prep", cfg)
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
-    env.pop("RAY_ADDRESS", None)
-    cmd = [sys.executable, "-m", "medmcqa_ray.cli", "sft", "--config", "configs/ci.yaml", f"output_dir={out}",
-           "sft.max_steps=12", "sft.save_steps=4"]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    runs = out / "checkpoints" / "ray" / "sft"
-    deadline = time.monotonic() + 400
-    while not list(runs.glob("checkpoint_*")) and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(1)
-    assert list(runs.glob("checkpoint_*")), "no checkpoint appeared"
-    os.killpg(proc.pid, signal.SIGKILL)  # the whole job dies mid-run
-    proc.wait()
-    assert not (out / "checkpoints" / "sft_manifest.json").exists()
-
-    r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    r = kill_after_first_checkpoint_and_rerun("sft", out, ["sft.max_steps=12", "sft.save_steps=4"])
     assert r.returncode == 0, r.stderr[-3000:]
     manifest = json.loads((out / "checkpoints" / "sft_manifest.json").read_text())
     steps = [h["step"] for h in manifest["history"] if "loss" in h]
