@@ -16,7 +16,7 @@ import yaml
 from medmcqa_ray.config import Config, load_config, resolved_dict
 from medmcqa_ray.errors import user_error
 
-COMMANDS = ["config", "download", "prep", "baseline", "sft", "grpo", "eval", "all", "tracking-replay"]
+COMMANDS = ["config", "download", "prep", "baseline", "sft", "grpo", "eval", "sweep", "all", "sweep-all", "tracking-replay"]
 # The reference recipe's eval.py flags, kept so its users' commands work: flag -> config key.
 EVAL_FLAGS = {"formatted_jsonl": "eval.formatted_jsonl", "formatted_dir": "eval.formatted_dir", "model_name": "model.name",
               "preformat_lora": "eval.sft_adapter", "grpo_lora": "eval.grpo_adapter", "out_dir": "eval.out_dir",
@@ -51,6 +51,10 @@ def summary_table(manifest: dict) -> str:
                          f"{h['reward']:>9.3f}{h['completions/mean_length']:>8.1f}{h['rollout/policy_version_lag']:>5.0f}"
                          f"{h.get('rollout/logprob_abs_diff', float('nan')):>10.1e}")
         return "\n".join(lines + [f"adapter: {manifest['adapter']} (continued {manifest['init_adapter']})"])
+    if manifest.get("stage") == "sweep":
+        from medmcqa_ray.tuning import results_table
+
+        return results_table(manifest)
     if manifest.get("stage") == "eval":
         from medmcqa_ray.evaluation.report import table
 
@@ -70,10 +74,10 @@ def summary_table(manifest: dict) -> str:
 
 
 def run(args: argparse.Namespace, cfg: Config) -> list[dict]:
-    from medmcqa_ray.pipeline import ALL, run_stage
+    from medmcqa_ray.pipeline import ALL, SWEEP, run_stage
     from medmcqa_ray.tracking import Tracker, ui_command
 
-    names = ALL if args.stage == "all" else [args.stage]
+    names = {"all": ALL, "sweep-all": SWEEP}.get(args.stage, [args.stage])
     manifests = []
     tracker = Tracker(cfg)
     with tracker.pipeline_run(args.stage):

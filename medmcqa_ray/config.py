@@ -323,6 +323,67 @@ class RewardsConfig(Section):
         return self
 
 
+class SearchDimension(Section):
+    """One reward weight's search space: exactly one of the four."""
+
+    grid: Optional[list[float]] = None
+    """Every value, in every combination with the other grid dimensions (tune.grid_search)."""
+    choice: Optional[list[float]] = None
+    """One value drawn per sample (tune.choice)."""
+    uniform: Optional[tuple[float, float]] = None
+    """Drawn uniformly from [low, high] (tune.uniform)."""
+    loguniform: Optional[tuple[float, float]] = None
+    """Drawn log-uniformly from [low, high], both > 0 (tune.loguniform)."""
+
+    @model_validator(mode="after")
+    def _one(self) -> "SearchDimension":
+        given = [k for k in ("grid", "choice", "uniform", "loguniform") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of grid, choice, uniform, loguniform (got {given or 'none'})")
+        if self.loguniform is not None and min(self.loguniform) <= 0:
+            raise ValueError("loguniform bounds must be > 0")
+        return self
+
+
+class SweepConfig(Section):
+    name: str = Field("reward-weights", pattern=r"^[A-Za-z0-9_.-]+$")
+    """The sweep's folder: output_dir/sweeps/<name>/ (results, best.yaml, Tune's experiment state)."""
+    space: dict[str, SearchDimension] = {"correct": SearchDimension(grid=[1.0, 2.0]),
+                                         "similarity": SearchDimension(grid=[0.0, 0.5])}
+    """Reward weights to search, by component name; the other weights stay as rewards.weights says."""
+    search: Literal["basic", "optuna", "hyperopt"] = "basic"
+    """basic: Tune's grid/random variant generator; optuna or hyperopt: that search algorithm (installed separately)."""
+    num_samples: PositiveInt = 1
+    """Samples of the space (with grid dimensions: repeats of the whole grid)."""
+    max_concurrent_trials: PositiveInt = 1
+    """Trials at once; each starts its own learner, rollout and reward actors."""
+    metric: Literal["val_accuracy", "correct"] = "val_accuracy"
+    """What ASHA and the choice of the best trial maximise: greedy accuracy on the first `eval_rows`
+    labelled validation questions, or the mean `correct` reward of the last step."""
+    scheduler: Literal["asha", "fifo"] = "asha"
+    """asha: stop trials that trail at a rung (early stopping); fifo: run every trial to the end."""
+    grace_period: PositiveInt = 2
+    """ASHA: steps before a trial can be stopped."""
+    reduction_factor: float = Field(2.0, gt=1)
+    """ASHA: keep the best 1/reduction_factor of trials at each rung."""
+    eval_rows: PositiveInt = 16
+    """Validation questions every trial is scored on (the same fixed subset for all)."""
+    eval_every: PositiveInt = 2
+    """Steps between validation scorings (and the last step)."""
+    trial_cpus: float = Field(0.1, gt=0)
+    """CPUs for a trial's own driver process, which mostly waits (its learner and actors ask for theirs:
+    scaling.*, rollout.*, rewards.*); Tune needs it above 0."""
+
+    @model_validator(mode="after")
+    def _search_installed(self) -> "SweepConfig":
+        if self.search != "basic":
+            import importlib.util
+
+            if importlib.util.find_spec(self.search) is None:
+                raise ValueError(f"search: {self.search} is not installed (pip install {self.search}) ")
+        return self
+
+
 class TrackingConfig(Section):
     enabled: bool = True
     """Record runs in MLflow."""
@@ -357,6 +418,16 @@ class Config(Section):
     """GRPO reward components and their weights."""
     tracking: TrackingConfig = TrackingConfig()
     """MLflow."""
+    sweep: SweepConfig = SweepConfig()
+    """Ray Tune sweep of reward weights (the `sweep` stage)."""
+
+    @model_validator(mode="after")
+    def _sweep_names_rewards(self) -> "Config":
+        known = set(BUILTIN_REWARDS) | set(self.rewards.custom)
+        unknown = sorted(set(self.sweep.space) - known)
+        if unknown:
+            raise ValueError(f"sweep.space: unknown reward component(s) {unknown}; known: {sorted(known)}")
+        return self
 
     def section_hash(self, *sections: str) -> str:
         """Stable hash of some sections (secrets excluded), for stage caching."""

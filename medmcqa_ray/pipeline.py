@@ -104,6 +104,22 @@ def _run_grpo(cfg: Config) -> dict:
     return run_grpo(cfg, key=_grpo_key(cfg))
 
 
+def _sweep_key(cfg: Config) -> str:
+    return _hash(_grpo_key(cfg), cfg.section_hash("sweep"))
+
+
+def _run_sweep(cfg: Config) -> dict:
+    from medmcqa_ray.tuning import run_sweep
+
+    return run_sweep(cfg, key=_sweep_key(cfg))
+
+
+def _sweep_dir(cfg: Config) -> Path:
+    from medmcqa_ray.tuning import sweep_dir
+
+    return sweep_dir(cfg)
+
+
 def _run_download(cfg: Config) -> dict:
     from medmcqa_ray.data.download import run_download
 
@@ -129,8 +145,10 @@ STAGES: dict[str, Stage] = {
                       _eval_key(["base"]), _run_eval(["base"])),
     "eval": Stage("eval", lambda c: _eval_dir(c) / "manifest.json", _eval_dir,
                   _eval_key(["base", "sft", "grpo"]), _run_eval(["base", "sft", "grpo"])),
+    "sweep": Stage("sweep", lambda c: _sweep_dir(c) / "manifest.json", _sweep_dir, _sweep_key, _run_sweep),
 }
 ALL = ["download", "prep", "sft", "grpo", "eval"]
+SWEEP = ["download", "prep", "sft", "sweep"]  # what jobs/sweep.py runs
 
 
 def check_writable(output_dir: Path) -> None:
@@ -170,11 +188,29 @@ def _record(tracker: Tracker, name: str, cfg: Config, manifest: dict) -> None:
         if step is not None:
             tracker.log_metrics({f"{name}/{k}": v for k, v in entry.items() if isinstance(v, (int, float)) and k != "step"}, step=step)
     tracker.log_dict(manifest, f"{name}_manifest.json")
+    if manifest.get("stage") == "sweep":
+        _record_trials(tracker, manifest)
     if manifest.get("stage") == "eval":
         from medmcqa_ray.evaluation.stage import eval_dir
 
         for artifact in ("summary.json", "accuracy.png", "eval_results.jsonl"):
             tracker.log_artifact(eval_dir(cfg) / artifact, "eval")
+
+
+def _record_trials(tracker: Tracker, manifest: dict) -> None:
+    """A nested run per trial under the sweep's run (weights as params, curves as metrics); the sweep's
+    run holds the results table and the best weights."""
+    for t in manifest["trials"]:
+        with tracker.nested_run(f"trial-{t['trial_id']}", {"medmcqa_ray.kind": "trial", "medmcqa_ray.status": t["status"],
+                                                            "medmcqa_ray.early_stopped": str(t["status"] == "early_stopped").lower()}):
+            tracker.log_params({f"weight.{k}": v for k, v in t["weights"].items()})
+            for metric, points in t["curves"].items():
+                for step, value in points:
+                    tracker.log_metrics({metric: value}, step=step)
+    tracker.log_params({f"best.weight.{k}": v for k, v in manifest["best_weights"].items()})
+    tracker.log_metrics({f"best/{k}": v for k in ("val_accuracy", "correct") if (v := manifest["best"][k]) is not None})
+    tracker.log_dict(manifest["trials"], "sweep_results.json")
+    tracker.log_artifact(manifest["best_yaml"], "sweep")
 
 
 def run_stage(name: str, cfg: Config, force: bool = False, tracker: Optional[Tracker] = None) -> dict:

@@ -178,6 +178,10 @@ class Tracker:
     def stage_run(self, stage: str) -> contextlib.AbstractContextManager[Optional[str]]:
         return self._run(stage, {"medmcqa_ray.kind": "stage", "medmcqa_ray.stage": stage})
 
+    def nested_run(self, name: str, tags: dict[str, str]) -> contextlib.AbstractContextManager[Optional[str]]:
+        """A run nested under the open one (a sweep's trial under the sweep stage's run)."""
+        return self._run(name, tags)
+
     def log_metrics(self, metrics: Mapping[str, Any], step: Optional[int] = None) -> None:
         if not self.enabled:  # other ranks pay nothing, not even the float() of a tensor
             return

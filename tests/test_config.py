@@ -15,6 +15,8 @@ def test_every_shipped_config_resolves():
     gpu = load_config([REPO / "configs" / "gpu.yaml"])
     # One GPU shared by the learner and the vLLM actor: their Ray shares must fit on one device.
     assert gpu.scaling.resources_per_worker["GPU"] + gpu.rollout.num_actors * gpu.rollout.num_gpus_per_actor <= 1
+    sweep = load_config([REPO / "configs" / "gpu.yaml", REPO / "configs" / "sweep.yaml"])  # as its header says
+    assert sweep.model.name == gpu.model.name and set(sweep.sweep.space) == {"correct", "similarity", "format_exact"}
 
 
 def test_cluster_manifests_run_the_shipped_job_and_configs():
@@ -53,6 +55,10 @@ def test_files_overlay_in_order_and_overrides_apply_last(tmp_path):
         ("format.system_prompt=Use {reasoning_begin}", "format.system_prompt"),
         ("nosuchsection.x=1", "nosuchsection: unknown key"),
         ("data.limit.x=1", "data.limit"),
+        ("sweep.space={corect: {grid: [1.0]}}", "sweep.space: unknown reward component(s) ['corect']"),
+        ("sweep.space={correct: {grid: [1.0], uniform: [0, 1]}}", "sweep.space.correct"),
+        ("sweep.space={correct: {loguniform: [0, 1]}}", "sweep.space.correct"),
+        ("sweep.metric=loss", "sweep.metric"),
     ],
 )
 def test_bad_values_fail_at_load_naming_the_key(override, named):

@@ -29,7 +29,8 @@ class RewardActor:
 
 class RewardPool:
     def __init__(self, cfg: RewardsConfig, markers: Markers, actor_options: Optional[dict] = None):
-        options = {"num_cpus": cfg.num_cpus_per_actor, "max_restarts": 2} | (actor_options or {})
+        # "DEFAULT": not captured into a Tune trial's placement group (see RolloutPool)
+        options = {"num_cpus": cfg.num_cpus_per_actor, "max_restarts": 2, "scheduling_strategy": "DEFAULT"} | (actor_options or {})
         self.actors = [RewardActor.options(**options).remote(cfg, markers) for _ in range(cfg.num_actors)]
 
     def score_async(self, batch: RewardBatch) -> list[ray.ObjectRef]:

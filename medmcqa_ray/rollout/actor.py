@@ -48,8 +48,10 @@ class RolloutPool:
     """`num_actors` RolloutActors created with `max_restarts`; calls are spread in contiguous chunks."""
 
     def __init__(self, model_cfg: ModelConfig, rollout_cfg: RolloutConfig, actor_options: Optional[dict] = None):
+        # "DEFAULT": a learner inside a Tune trial's placement group would otherwise capture its actors
+        # into its own bundle, where they never fit.
         options = {"max_restarts": rollout_cfg.max_restarts, "num_cpus": rollout_cfg.num_cpus_per_actor,
-                   "num_gpus": rollout_cfg.num_gpus_per_actor} | (actor_options or {})
+                   "num_gpus": rollout_cfg.num_gpus_per_actor, "scheduling_strategy": "DEFAULT"} | (actor_options or {})
         self.actors = [RolloutActor.options(**options).remote(model_cfg, rollout_cfg) for _ in range(rollout_cfg.num_actors)]
         self.update: Optional[AdapterUpdate] = None
         self.weights_ref: Optional[ray.ObjectRef] = None

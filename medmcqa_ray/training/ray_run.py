@@ -24,9 +24,10 @@ def prepare_run_dir(run_dir: Path, key: str) -> bool:
     return resuming
 
 
-def fit(name: str, loop: Callable[[dict], None], cfg: Config, key: str, final_dir: Path) -> tuple[Any, bool]:
-    """Run `loop` on Ray Train workers as run `name` under the checkpoint storage. Returns Ray Train's
-    result and whether an interrupted run was resumed."""
+def fit(name: str, loop: Callable[[dict], None], cfg: Config, key: str, final_dir: Path,
+        extra: Optional[dict] = None, callbacks: Optional[list] = None) -> tuple[Any, bool]:
+    """Run `loop` on Ray Train workers as run `name` under the checkpoint storage (`extra` joins the loop's
+    config, `callbacks` the run's). Returns Ray Train's result and whether an interrupted run was resumed."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -39,12 +40,12 @@ def fit(name: str, loop: Callable[[dict], None], cfg: Config, key: str, final_di
     trainer = TorchTrainer(
         loop,
         # The Config object itself (pickled): a JSON dump would turn secrets such as model.hub_token into ***.
-        train_loop_config={"cfg": cfg, "final_dir": str(final_dir)},
+        train_loop_config={"cfg": cfg, "final_dir": str(final_dir)} | (extra or {}),
         scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
                                      resources_per_worker=cfg.scaling.resources_per_worker),
         run_config=RunConfig(name=name, storage_path=storage,
                              failure_config=FailureConfig(max_failures=cfg.scaling.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2), callbacks=callbacks),
     )
     result = trainer.fit()
     if local_runs:
