@@ -170,9 +170,11 @@ def manifest_metrics(manifest: dict) -> dict[str, float]:
     elif manifest.get("stage") == "prep":
         metrics |= {f"prep/{split}/rows": c["rows"] for split, c in manifest["splits"].items()}
     elif manifest.get("stage") == "sft":
-        metrics |= {"sft/first_loss": manifest["first_loss"], "sft/last_loss": manifest["last_loss"]}
+        metrics |= {"sft/first_loss": manifest["first_loss"], "sft/last_loss": manifest["last_loss"],
+                    "sft/worker_restarts": manifest.get("worker_restarts", 0)}
     elif manifest.get("stage") == "grpo":
         metrics |= {f"grpo/{k}": manifest[k] for k in ("first_correct", "last_correct") if manifest[k] is not None}
+        metrics["grpo/worker_restarts"] = manifest.get("worker_restarts", 0)
     elif manifest.get("stage") == "eval":
         for head, s in manifest["summary"]["heads"].items():
             metrics |= {f"eval/{head}/accuracy": s["accuracy"], f"eval/{head}/ci95_low": s["ci95"][0],

@@ -31,6 +31,23 @@ def ray_session():
 
 
 @pytest.fixture(scope="session")
+def toy_sft(ray_session, tmp_path_factory) -> tuple[Path, list[str]]:
+    """An output_dir holding the toy data, downloaded, prepped and fine-tuned (SmolLM2, tests/toy.py),
+    with the overrides that made it: later stages run into it and skip what is done."""
+    from medmcqa_ray.config import load_config
+    from medmcqa_ray.pipeline import run_stage
+
+    from .toy import toy_data, toy_overrides
+
+    out = tmp_path_factory.mktemp("toy-out")
+    overrides = toy_overrides(toy_data(tmp_path_factory.mktemp("toy") / "data"))
+    cfg = load_config([REPO / "configs" / "ci.yaml"], [f"output_dir={out}", *overrides])
+    for stage in ("download", "prep", "sft"):
+        run_stage(stage, cfg)
+    return out, overrides
+
+
+@pytest.fixture(scope="session")
 def shared_medmcqa() -> Path:
     if not SHARED_MEDMCQA.is_dir():
         pytest.skip(f"real MedMCQA rows not found at {SHARED_MEDMCQA} (../shared/medmcqa beside the repo)")

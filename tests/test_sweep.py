@@ -15,33 +15,24 @@ from pathlib import Path
 import pytest
 
 from .conftest import REPO
-from .training.test_grpo import toy_data
 
 pytestmark = pytest.mark.slow
 
 
-def test_sweep_stops_the_trailing_trial_writes_best_yaml_and_resumes(ray_session, tmp_path):
+def test_sweep_stops_the_trailing_trial_writes_best_yaml_and_resumes(toy_sft):
     """SmolLM2 after a short SFT on the toy split, then two trials on the always-C split: `correct`
     weighted +2 (GRPO learns to answer C) and -2 (it learns not to). ASHA stops the second at its
     first rung; the sweep process is killed once the first trial is done and run again."""
     from mlflow import MlflowClient
 
     from medmcqa_ray.config import load_config
-    from medmcqa_ray.pipeline import run_stage
     from medmcqa_ray.tracking import tracking_uri
 
-    data = toy_data(tmp_path / "toy")
-    out = tmp_path / "out"
-    overrides = [f"output_dir={out}", "ray.num_cpus=6", "model.name=embedded:smollm2-135m-instruct", "data.source=local", f"data.path={data}",
-                 "data.layout=hf", "scaling.resources_per_worker={CPU: 2}", "rollout.num_cpus_per_actor=2",
-                 "sft.max_steps=16", "sft.learning_rate=0.0005", "sft.lora.r=16", "sft.lora.alpha=32",
-                 "grpo.split=validation", "grpo.max_steps=4", "grpo.prompts_per_step=2", "grpo.num_generations=4",
-                 "grpo.max_completion_length=32", "grpo.learning_rate=0.0002", "grpo.save_steps=2",
+    out, toy = toy_sft  # its download, prep and sft are done: the sweep job skips them
+    overrides = [f"output_dir={out}", *toy, "ray.num_cpus=6", "grpo.max_steps=4", "grpo.save_steps=2",
                  "sweep.name=toy", "sweep.space={correct: {grid: [2.0, -2.0]}}", "sweep.metric=correct",
                  "sweep.grace_period=3", "sweep.eval_rows=4", "sweep.eval_every=2", "tracking.enabled=true"]
     cfg = load_config([REPO / "configs" / "ci.yaml"], overrides)
-    for stage in ("download", "prep", "sft"):
-        run_stage(stage, cfg)
 
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     env.pop("RAY_ADDRESS", None)

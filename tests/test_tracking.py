@@ -12,6 +12,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Callable, Optional
 
 import mlflow
 import pytest
@@ -171,18 +172,18 @@ def test_disabled_tracker_does_nothing(tmp_path, report):
     assert not out.exists()
 
 
-@pytest.fixture
-def mlflow_server(tmp_path):
-    """A real `mlflow server` on a free port; yields (uri, stop)."""
-    port = _free_port()
+def start_mlflow_server(folder: Path, port: Optional[int] = None) -> tuple[str, Callable[[], None]]:
+    """A real `mlflow server` on 127.0.0.1 (a free port unless given) with its store in `folder`;
+    returns (uri, stop). Started again on the same folder and port, it serves the same runs."""
+    port = port or _free_port()
     uri = f"http://127.0.0.1:{port}"
     env = os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no job-runner processes
-    log_file = open(tmp_path / "server.log", "w")
+    log_file = open(folder / "server.log", "a")
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-         "--artifacts-destination", str(tmp_path / "server-artifacts")],
-        cwd=tmp_path, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+         "--backend-store-uri", f"sqlite:///{folder / 'server.db'}",
+         "--artifacts-destination", str(folder / "server-artifacts")],
+        cwd=folder, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
 
     def stop() -> None:
         if proc.poll() is None:
@@ -192,20 +193,26 @@ def mlflow_server(tmp_path):
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+        log_file.close()
 
     deadline = time.monotonic() + 60
     while True:
         try:
             urllib.request.urlopen(uri + "/health", timeout=1).close()
-            break
+            return uri, stop
         except OSError:
             if proc.poll() is not None or time.monotonic() > deadline:
                 stop()
-                pytest.fail("mlflow server did not start:\n" + (tmp_path / "server.log").read_text()[-3000:])
+                pytest.fail("mlflow server did not start:\n" + (folder / "server.log").read_text()[-3000:])
             time.sleep(0.2)
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """A real `mlflow server` on a free port; yields (uri, stop)."""
+    uri, stop = start_mlflow_server(tmp_path)
     yield uri, stop
     stop()
-    log_file.close()
 
 
 def test_server_dying_mid_run_switches_to_offline(tmp_path, mlflow_server, caplog):

@@ -16,10 +16,10 @@ from typing import Optional
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import ray
 
 from medmcqa_ray.config import Config
+from medmcqa_ray.data.shards import read_shard
 from medmcqa_ray.errors import StageError
 from medmcqa_ray.evaluation.metrics import mcnemar_p, summarise
 from medmcqa_ray.evaluation.predictor import HeadPredictor
@@ -49,7 +49,7 @@ def load_eval_rows(cfg: Config) -> pa.Table:
         table = pa.Table.from_pylist(rows) if rows else pa.table({"answer_label": pa.array([], pa.string())})
     else:
         files = sorted(src.glob("*.parquet"))
-        table = pa.concat_tables([pq.read_table(f) for f in files]) if files else pa.table({"answer_label": pa.array([], pa.string())})
+        table = pa.concat_tables([read_shard(f) for f in files]) if files else pa.table({"answer_label": pa.array([], pa.string())})
     table = table.filter(pc.is_valid(table["answer_label"]))
     if table.num_rows == 0:
         raise StageError(f"{src} has no labelled rows: nothing to evaluate (is it the test split?)")
@@ -122,10 +122,10 @@ def build_summary(out: Path, dataset: str) -> dict:
 
 
 def run_eval(cfg: Config, heads: list[str]) -> dict:
+    adapters = head_adapters(cfg, heads)  # a configured adapter that is not there fails before any work
     rows = load_eval_rows(cfg)
     out = eval_dir(cfg)
     (out / "heads").mkdir(parents=True, exist_ok=True)
-    adapters = head_adapters(cfg, heads)
     for head, adapter in adapters.items():
         log.info("eval: %s head on %d rows%s", head, rows.num_rows, f" (adapter {adapter})" if adapter else "")
         records = evaluate_head(cfg, rows, adapter)

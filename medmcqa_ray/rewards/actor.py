@@ -29,8 +29,11 @@ class RewardActor:
 
 class RewardPool:
     def __init__(self, cfg: RewardsConfig, markers: Markers, actor_options: Optional[dict] = None):
-        # "DEFAULT": not captured into a Tune trial's placement group (see RolloutPool)
-        options = {"num_cpus": cfg.num_cpus_per_actor, "max_restarts": 2, "scheduling_strategy": "DEFAULT"} | (actor_options or {})
+        # "DEFAULT": not captured into a Tune trial's placement group (see RolloutPool). A reward actor
+        # holds no state a restart loses, so Ray re-runs a batch whose actor died mid-way on the
+        # restarted one (max_task_retries) and the learner never sees the fault.
+        options = {"num_cpus": cfg.num_cpus_per_actor, "max_restarts": 2, "max_task_retries": 2,
+                   "scheduling_strategy": "DEFAULT"} | (actor_options or {})
         self.actors = [RewardActor.options(**options).remote(cfg, markers) for _ in range(cfg.num_actors)]
 
     def score_async(self, batch: RewardBatch) -> list[ray.ObjectRef]:

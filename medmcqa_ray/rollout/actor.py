@@ -30,8 +30,9 @@ class RolloutActor:
         self.generated = 0
 
     def load_adapter(self, update: AdapterUpdate, weights: dict[str, Any]) -> int:
+        """Returns this process's pid: a pool that sees it change knows the actor was restarted."""
         self.engine.load_adapter(update, weights)
-        return self.engine.policy_version
+        return os.getpid()
 
     def generate(self, prompts: list[str], sampling: Sampling) -> list[list[Completion]]:
         out = self.engine.generate(prompts, sampling)
@@ -55,7 +56,8 @@ class RolloutPool:
         self.actors = [RolloutActor.options(**options).remote(model_cfg, rollout_cfg) for _ in range(rollout_cfg.num_actors)]
         self.update: Optional[AdapterUpdate] = None
         self.weights_ref: Optional[ray.ObjectRef] = None
-        self.resyncs = 0
+        self.pids: list[Optional[int]] = [None] * len(self.actors)
+        self.restarts = 0  # restarted actors noticed, each given the current adapter before it generated again
 
     @property
     def policy_version(self) -> int:
@@ -64,10 +66,25 @@ class RolloutPool:
     def load_adapter(self, update: AdapterUpdate, weights: dict[str, Any]) -> None:
         """Send the adapter to every actor (one object-store copy, shared)."""
         self.update, self.weights_ref = update, ray.put(weights)
-        ray.get([a.load_adapter.remote(update, self.weights_ref) for a in self.actors])
+        calls = [a.load_adapter.remote(update, self.weights_ref) for a in self.actors]
+        for i, ref in enumerate(calls):
+            try:
+                self._seen(i, ray.get(ref))
+            except ray.exceptions.RayActorError:  # it died with the call in flight: wait for its restart
+                self._resync(i)
 
-    def _resync(self, actor: Any, timeout_s: float = 300.0) -> None:
+    def _seen(self, i: int, pid: int) -> None:
+        """Note actor i's pid; a new one means Ray restarted it (and the call that returned it gave it
+        the current adapter)."""
+        if self.pids[i] is not None and self.pids[i] != pid:
+            self.restarts += 1
+            log.warning("rollout actor %d was restarted (pid %d -> %d); it now holds policy version %d",
+                        i, self.pids[i], pid, self.policy_version)
+        self.pids[i] = pid
+
+    def _resync(self, i: int, timeout_s: float = 300.0) -> None:
         """Wait for a (restarted) actor to answer, then give it the current adapter."""
+        actor = self.actors[i]
         deadline = time.monotonic() + timeout_s
         while True:
             try:
@@ -78,14 +95,12 @@ class RolloutPool:
                     raise
                 time.sleep(0.5)
         if self.update is not None:
-            ray.get(actor.load_adapter.remote(self.update, self.weights_ref))
-        self.resyncs += 1
-        log.warning("rollout actor re-synced to policy version %d", self.policy_version)
+            self._seen(i, ray.get(actor.load_adapter.remote(self.update, self.weights_ref)))
 
     def _fresh(self, out: list[list[Completion]]) -> bool:
         return all(c.policy_version == self.policy_version for group in out for c in group)
 
-    def _collect(self, actor: Any, ref: ray.ObjectRef, prompts: list[str], sampling: Sampling) -> list[list[Completion]]:
+    def _collect(self, i: int, ref: ray.ObjectRef, prompts: list[str], sampling: Sampling) -> list[list[Completion]]:
         """The chunk's result; if the actor died, or answered with a stale policy (it was restarted
         between calls and lost the adapter), re-sync it and generate the chunk again."""
         for attempt in range(3):
@@ -98,20 +113,20 @@ class RolloutPool:
                     raise
             if attempt == 2:
                 break
-            self._resync(actor)
-            ref = actor.generate.remote(prompts, sampling)
+            self._resync(i)
+            ref = self.actors[i].generate.remote(prompts, sampling)
         raise RuntimeError("rollout actor stayed at a stale policy version after 3 re-syncs")
 
     def generate(self, prompts: list[str], sampling: Sampling) -> list[list[Completion]]:
         """Completions for each prompt, in order; prompt_index refers to the position in `prompts`."""
         size = -(-len(prompts) // len(self.actors)) if prompts else 0
-        parts = [(a, prompts[i * size:(i + 1) * size]) for i, a in enumerate(self.actors)]
+        parts = [(i, prompts[i * size:(i + 1) * size]) for i in range(len(self.actors))]
         # Submit every chunk before collecting any, so the actors generate in parallel.
-        calls = [(a, p, a.generate.remote(p, sampling)) for a, p in parts if p]
+        calls = [(i, p, self.actors[i].generate.remote(p, sampling)) for i, p in parts if p]
         results: list[list[Completion]] = []
-        for actor, part, ref in calls:
+        for i, part, ref in calls:
             offset = len(results)
-            for group in self._collect(actor, ref, part, sampling):
+            for group in self._collect(i, ref, part, sampling):
                 for c in group:
                     c.prompt_index += offset
                 results.append(group)

@@ -27,11 +27,10 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Optional
 
-import pyarrow.parquet as pq
-
 from medmcqa_ray.config import Config
+from medmcqa_ray.data.shards import read_shard
 from medmcqa_ray.errors import StageError
-from medmcqa_ray.training.ray_run import fit, restored_checkpoint, save_final, training_info
+from medmcqa_ray.training.ray_run import fit, journal, restarts, restored_checkpoint, save_final, training_info
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +52,7 @@ def labelled_rows(cfg: Config, split: str, limit: Optional[int] = None) -> list[
     if not files:
         raise StageError(f"{folder} has no formatted shards: run download and prep first")
     columns = ["id", "prompt", "answer_label", "explanation", "options"]
-    rows = [r for f in files for r in pq.read_table(f, columns=columns).to_pylist() if r["answer_label"]]
+    rows = [r for f in files for r in read_shard(f, columns).to_pylist() if r["answer_label"]]
     if not rows:
         raise StageError(f"{folder}: the {split} split has no labelled rows")
     return rows[:limit] if limit else rows
@@ -94,15 +93,17 @@ class RolloutFunction:
     times in a row; we generate once per distinct prompt with n = num_generations and return one
     completion per input row, in order."""
 
-    def __init__(self, cfg: Config, tokenizer: Any, rows: list[dict], rollout_pool: Any, reward_pool: Any, rank: int):
+    def __init__(self, cfg: Config, tokenizer: Any, rows: list[dict], rollout_pool: Any, reward_pool: Any, rank: int,
+                 final_dir: Optional[str] = None):
         from medmcqa_ray.rewards.scoring import Scorer
 
-        self.cfg, self.tokenizer, self.rank = cfg, tokenizer, rank
+        self.cfg, self.tokenizer, self.rank, self.final_dir = cfg, tokenizer, rank, final_dir
         self.rows = {prompt_key(r["prompt"]): r for r in rows}
         self.rollout_pool, self.reward_pool = rollout_pool, reward_pool
         self.components = Scorer.names_for(cfg.rewards)
         self.finished_at = time.monotonic()
         self.calls = 0
+        self.restarts_seen = 0
 
     def _sampling(self, step: int, round_: int):
         from medmcqa_ray.rollout.types import Sampling
@@ -143,6 +144,8 @@ class RolloutFunction:
         rows = [self.rows[prompt_key(p)] for p in distinct]
         texts = [generation_prompt(p, self.tokenizer, self.cfg.format.markers) for p in distinct]
         step = trainer.state.global_step
+        if self.final_dir:  # the data order, step by step: a resumed run must continue it, not restart it
+            journal(self.final_dir, "step", step=step + 1, prompt_ids=[r["id"] for r in rows])
         metrics: dict[str, list] = defaultdict(list)
         groups, rewards, errors = self._generate_and_score(texts, rows, step, 0, metrics)
 
@@ -175,6 +178,9 @@ class RolloutFunction:
                     out[REWARD_FIELD.format(name)].append(rewards[i][name][j])
                 lags.append(step - c.policy_version)
         metrics["rollout/policy_version_lag"].append(max(lags))
+        # Rollout actors found restarted since the last step (each was given the current adapter first).
+        metrics["rollout/actor_restarts"].append(self.rollout_pool.restarts - self.restarts_seen)
+        self.restarts_seen = self.rollout_pool.restarts
         for name, count in errors.items():
             metrics[f"rewards/{name}/errors"].append(count)
         for name, values in metrics.items():
@@ -315,6 +321,7 @@ def _train_loop(loop_config: dict) -> None:
     import torch
     from peft import PeftModel
     from ray.train.huggingface.transformers import RayTrainReportCallback, prepare_trainer
+
     from medmcqa_ray.models import load_model, load_tokenizer
     from medmcqa_ray.rewards.actor import RewardPool
     from medmcqa_ray.rollout.actor import RolloutPool
@@ -328,7 +335,7 @@ def _train_loop(loop_config: dict) -> None:
     model = PeftModel.from_pretrained(load_model(cfg.model, device), str(sft_adapter(cfg)), is_trainable=True)
     rollout_pool = RolloutPool(cfg.model, cfg.rollout)
     reward_pool = RewardPool(cfg.rewards, cfg.format.markers)
-    rollout = RolloutFunction(cfg, tokenizer, rows, rollout_pool, reward_pool, ctx.get_world_rank())
+    rollout = RolloutFunction(cfg, tokenizer, rows, rollout_pool, reward_pool, ctx.get_world_rank(), loop_config["final_dir"])
     work = Path(tempfile.mkdtemp(prefix="grpo-"))
     args = grpo_args(cfg, work, device)
     validate = loop_config.get("validate")  # a sweep's trial: {"rows": n, "every": k}
@@ -341,6 +348,7 @@ def _train_loop(loop_config: dict) -> None:
     sync.trainer = trainer
     trainer = prepare_trainer(trainer)
     resume, resumed_from = restored_checkpoint(work)
+    journal(loop_config["final_dir"], "start", resumed_from_step=resumed_from)
     try:
         trainer.train(resume_from_checkpoint=resume)
         if ctx.get_world_rank() == 0:
@@ -374,7 +382,7 @@ def run_grpo(cfg: Config, key: str = "", name: str = "grpo", final_dir: Optional
     history = info["log_history"]
     steps = [h for h in history if "rewards/correct/mean" in h]
     return {"stage": "grpo", "adapter": str(final), "init_adapter": str(sft_adapter(cfg)), "resumed": resuming,
-            "resumed_from_step": info["resumed_from_step"], "steps": cfg.grpo.max_steps,
+            "resumed_from_step": info["resumed_from_step"], **restarts(final), "steps": cfg.grpo.max_steps,
             "first_correct": steps[0]["rewards/correct/mean"] if steps else None,
             "last_correct": steps[-1]["rewards/correct/mean"] if steps else None,
             "rollout_actors": info["rollout_actors"], "reward_actors": info["reward_actors"],

@@ -1,6 +1,11 @@
 """What the SFT and GRPO stages share around their Ray Train run: the TorchTrainer with its storage,
 scaling and failure settings, resuming an interrupted run of the same config, restoring the HF Trainer
-from the Ray Train checkpoint, and the atomic save of the final adapter."""
+from the Ray Train checkpoint, the run's journal, and the atomic save of the final adapter.
+
+The journal (`checkpoints/<stage>_journal.jsonl`, beside the final adapter) is what a Ray Train
+restart leaves no other trace of: one line per worker start (pid, the step it resumed from) and, for
+GRPO, the prompts each step trained on. It is kept across an interrupted run's re-runs and cleared when
+a run starts afresh."""
 
 from __future__ import annotations
 
@@ -37,6 +42,8 @@ def fit(name: str, loop: Callable[[dict], None], cfg: Config, key: str, final_di
         storage = str(Path(storage).resolve())  # Ray Train wants an absolute local path
     local_runs = None if "://" in storage else Path(storage) / name
     resuming = prepare_run_dir(local_runs, key) if local_runs else False
+    if not resuming:
+        journal_path(final_dir).unlink(missing_ok=True)
     trainer = TorchTrainer(
         loop,
         # The Config object itself (pickled): a JSON dump would turn secrets such as model.hub_token into ***.
@@ -66,6 +73,42 @@ def restored_checkpoint(work: Path) -> tuple[Optional[str], int]:
         resume = work / "resume"
         shutil.copytree(Path(d) / RayTrainReportCallback.CHECKPOINT_NAME, resume)
     return str(resume), json.loads((resume / "trainer_state.json").read_text())["global_step"]
+
+
+def journal_path(final_dir: Path) -> Path:
+    return Path(final_dir).with_name(f"{Path(final_dir).name}_journal.jsonl")
+
+
+def journal(final_dir: Path | str, event: str, **fields: Any) -> None:
+    """Append one event (every rank writes its own lines; each line is one small append)."""
+    import os
+    import time
+
+    import ray.train
+
+    record = {"event": event, "rank": ray.train.get_context().get_world_rank(), "pid": os.getpid(),
+              "time": time.time()} | fields
+    path = journal_path(Path(final_dir))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def read_journal(final_dir: Path) -> list[dict]:
+    path = journal_path(final_dir)
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def worker_starts(final_dir: Path) -> list[dict]:
+    """Rank 0's starts: the first, then one per restart (Ray Train's FailureConfig, or a re-run)."""
+    return [{"resumed_from_step": e["resumed_from_step"], "pid": e["pid"]}
+            for e in read_journal(final_dir) if e["event"] == "start" and e["rank"] == 0]
+
+
+def restarts(final_dir: Path) -> dict:
+    """What a stage's manifest says of its worker starts (and so MLflow: <stage>/worker_restarts)."""
+    starts = worker_starts(final_dir)
+    return {"worker_starts": starts, "worker_restarts": max(len(starts) - 1, 0), "journal": str(journal_path(final_dir))}
 
 
 def save_final(model: Any, final_dir: Path, info: dict) -> None:

@@ -18,11 +18,10 @@ import logging
 import tempfile
 from pathlib import Path
 
-import pyarrow.parquet as pq
-
 from medmcqa_ray.config import Config
+from medmcqa_ray.data.shards import read_shard
 from medmcqa_ray.errors import StageError
-from medmcqa_ray.training.ray_run import fit, restored_checkpoint, save_final, training_info
+from medmcqa_ray.training.ray_run import fit, journal, restarts, restored_checkpoint, save_final, training_info
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +31,7 @@ def training_rows(cfg: Config) -> list[dict]:
     files = sorted(folder.glob("*.parquet"))
     if not files:
         raise StageError(f"{folder} has no formatted train shards: run download and prep first")
-    rows = [r for f in files for r in pq.read_table(f, columns=["prompt", "completion"]).to_pylist() if r["completion"]]
+    rows = [r for f in files for r in read_shard(f, ["prompt", "completion"]).to_pylist() if r["completion"]]
     if not rows:
         raise StageError(f"{folder}: the train split has no labelled rows, so there is nothing to fine-tune on")
     return rows
@@ -95,6 +94,7 @@ def _train_loop(loop_config: dict) -> None:
     trainer.add_callback(_throughput_callback())
     trainer = prepare_trainer(trainer)
     resume, resumed_from = restored_checkpoint(work)
+    journal(loop_config["final_dir"], "start", resumed_from_step=resumed_from)
     trainer.train(resume_from_checkpoint=resume)
     if ctx.get_world_rank() == 0:
         save_final(trainer.model, Path(loop_config["final_dir"]),
@@ -122,7 +122,7 @@ def run_sft(cfg: Config, key: str = "") -> dict:
     history = info["log_history"]
     losses = [h["loss"] for h in history if "loss" in h]
     return {"stage": "sft", "adapter": str(final), "rows": len(rows), "truncated_rows": truncated, "resumed": resuming,
-            "resumed_from_step": info["resumed_from_step"],
+            "resumed_from_step": info["resumed_from_step"], **restarts(final),
             "steps": cfg.sft.max_steps,
             "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
             "history": history, "checkpoint": str(result.checkpoint.path) if result.checkpoint else None}

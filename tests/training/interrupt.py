@@ -1,4 +1,5 @@
-"""Kill a whole `medmcqa-ray` training run mid-way and run it again: what the resume tests share."""
+"""Kill a whole training run mid-way (SIGKILL to its process group) and run it again: what the resume
+tests share."""
 
 from __future__ import annotations
 
@@ -8,23 +9,39 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 from ..conftest import REPO
 
 
-def kill_after_first_checkpoint_and_rerun(stage: str, out: Path, overrides: list[str]) -> subprocess.CompletedProcess:
-    """Start `medmcqa-ray <stage>` on configs/ci.yaml, SIGKILL its process group once Ray Train wrote a
-    checkpoint, check the stage was not marked complete, then run the same command to the end."""
+def _env() -> dict:
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     env.pop("RAY_ADDRESS", None)  # its own local Ray, which dies with it
+    return env
+
+
+def kill_when(cmd: list[str], ready: Callable[[], bool], timeout_s: float = 400) -> None:
+    """Start `cmd` in the repo in its own process group and SIGKILL the group once `ready()` holds."""
+    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.monotonic() + timeout_s
+    while not ready() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    try:
+        assert ready(), f"the run ended or timed out before it was ready to be killed (exit code {proc.poll()})"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the whole job dies mid-run
+        proc.wait()
+
+
+def rerun(cmd: list[str], timeout_s: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=timeout_s)
+
+
+def kill_after_first_checkpoint_and_rerun(stage: str, out: Path, overrides: list[str]) -> subprocess.CompletedProcess:
+    """`medmcqa-ray <stage>` on configs/ci.yaml, killed once Ray Train wrote a checkpoint, checked not
+    to be marked complete, then run again to the end."""
     cmd = [sys.executable, "-m", "medmcqa_ray.cli", stage, "--config", "configs/ci.yaml", f"output_dir={out}", *overrides]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    runs = out / "checkpoints" / "ray" / stage
-    deadline = time.monotonic() + 400
-    while not list(runs.glob("checkpoint_*")) and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.5)
-    assert list(runs.glob("checkpoint_*")), "no checkpoint appeared"
-    os.killpg(proc.pid, signal.SIGKILL)  # the whole job dies mid-run
-    proc.wait()
+    kill_when(cmd, lambda: bool(list((out / "checkpoints" / "ray" / stage).glob("checkpoint_*"))))
     assert not (out / "checkpoints" / f"{stage}_manifest.json").exists()  # nothing marked complete
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    return rerun(cmd)

@@ -1,0 +1,128 @@
+"""Faults injected into one real GRPO run (tiny model, CPU): a rollout actor's process is killed while
+it generates, a reward actor's process is killed while it scores a batch, and the learner worker's
+process is killed after a checkpoint. The run finishes its planned steps with nothing lost."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from medmcqa_ray.pipeline import run_stage
+
+from ..training.test_grpo import config, steps
+from .slow_reward import ARMED, SCORING, SIGNALS
+
+pytestmark = pytest.mark.slow
+
+
+def journal(out: Path) -> list[dict]:
+    path = out / "checkpoints" / "grpo_journal.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def rank0_steps(out: Path) -> list[int]:
+    return [e["step"] for e in journal(out) if e["event"] == "step" and e["rank"] == 0]
+
+
+def wait_for(condition, what: str, timeout_s: float = 300) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def alive_pid(class_name: str) -> int:
+    from ray.util.state import list_actors
+
+    actors = list_actors(filters=[("class_name", "=", class_name), ("state", "=", "ALIVE")], raise_on_missing_output=False)
+    assert len(actors) == 1, actors
+    return actors[0].pid
+
+
+class Faults(threading.Thread):
+    """Injects the three faults in order as the run reaches them; records what it did."""
+
+    def __init__(self, out: Path):
+        super().__init__(daemon=True)
+        self.out, self.done, self.error = out, {}, None
+
+    def run(self) -> None:
+        try:
+            # 1. The rollout actor dies as step 1's generation starts.
+            wait_for(lambda: 1 in rank0_steps(self.out), "step 1's rollout")
+            self.done["rollout_pid"] = alive_pid("RolloutActor")
+            os.kill(self.done["rollout_pid"], signal.SIGKILL)
+            # 2. The reward actor dies in the middle of scoring a batch.
+            ARMED.touch()
+            wait_for(SCORING.exists, "a batch being scored")
+            self.done["reward_pid"] = int(SCORING.read_text())
+            self.done["reward_step"] = max(rank0_steps(self.out))
+            ARMED.unlink()  # the retried batch scores at once
+            os.kill(self.done["reward_pid"], signal.SIGKILL)
+            # 3. The learner worker dies after the step-2 checkpoint, during step 4.
+            runs = self.out / "checkpoints" / "ray" / "grpo"
+            wait_for(lambda: list(runs.glob("checkpoint_*")) and max(rank0_steps(self.out)) >= 4, "step 4 after a checkpoint")
+            self.done["learner_pid"] = next(e["pid"] for e in journal(self.out) if e["event"] == "start" and e["rank"] == 0)
+            os.kill(self.done["learner_pid"], signal.SIGKILL)
+        except BaseException as e:  # surfaced by the test
+            self.error = e
+
+
+def test_killed_actors_and_learner_mid_grpo_lose_nothing(ray_session, tmp_path):
+    from mlflow import MlflowClient
+    from ray.util.state import list_tasks
+
+    from medmcqa_ray.tracking import Tracker, tracking_uri
+
+    SIGNALS.mkdir(exist_ok=True)
+    for f in (ARMED, SCORING):
+        f.unlink(missing_ok=True)
+    out = tmp_path / "out"
+    cfg = config(out, "sft.max_steps=2", "grpo.max_steps=6", "grpo.save_steps=2", "grpo.max_completion_length=8",
+                 "rewards.custom.slow.path=tests.faults.slow_reward:score", "rewards.custom.slow.weight=0.0",
+                 "scaling.max_failures=1", "tracking.enabled=true")
+    for stage in ("download", "prep", "sft"):
+        run_stage(stage, cfg)
+    faults = Faults(out)
+    faults.start()
+    tracker = Tracker(cfg)
+    with tracker.pipeline_run("grpo"):
+        m = run_stage("grpo", cfg, tracker=tracker)
+    faults.join(timeout=60)
+    assert faults.error is None, faults.error
+    assert set(faults.done) == {"rollout_pid", "reward_pid", "reward_step", "learner_pid"}
+
+    # The planned steps, each once, every rollout from the current adapter, learner and actors in sync.
+    history = steps(m)
+    assert [h["step"] for h in history] == list(range(1, 7))
+    assert all(h["rollout/policy_version_lag"] == 0 for h in history)
+    assert all(h["rollout/logprob_abs_diff"] < 1e-3 for h in history)
+    # 1. The pool noticed the restarted rollout actor and gave it the current adapter before it
+    #    generated again (lag 0 above). Steps 1-2 are kept in the step-2 checkpoint the learner later
+    #    restarted from; the learner's restart brought fresh actors, which count as new, not restarted.
+    assert sum(h["rollout/actor_restarts"] for h in history[:2]) == 1, [h["rollout/actor_restarts"] for h in history]
+    # 2. The batch whose reward actor died was scored again on the restarted actor (Ray retried the
+    #    task): no reward is missing and no scoring error was counted.
+    retried = list_tasks(filters=[("func_or_class_name", "=", "RewardActor.score")], detail=True, limit=10_000,
+                         raise_on_missing_output=False)
+    assert any(t.attempt_number >= 1 and t.state == "FINISHED" for t in retried)
+    assert not any(k.startswith("rewards/") and k.endswith("/errors") and v for h in history for k, v in h.items())
+    assert all(h["rewards/correct/mean"] == h["rewards/correct/mean"] for h in history)  # no NaN
+    # 3. Ray Train restarted the learner from its step-2 checkpoint; the manifest and MLflow say so.
+    assert m["worker_restarts"] == 1 and [s["resumed_from_step"] for s in m["worker_starts"]] == [0, 2]
+    assert m["worker_starts"][0]["pid"] == faults.done["learner_pid"] != m["worker_starts"][1]["pid"]
+    client = MlflowClient(tracking_uri=tracking_uri(cfg))
+    experiment = client.get_experiment_by_name(cfg.tracking.experiment).experiment_id
+    run = next(r for r in client.search_runs([experiment]) if r.data.tags.get("medmcqa_ray.stage") == "grpo")
+    assert run.data.metrics["grpo/worker_restarts"] == 1
+    assert sorted(x.step for x in client.get_metric_history(run.info.run_id, "grpo/rewards/correct/mean")) == list(range(1, 7))
+    # The adapter is complete: the final one is the step-6 policy.
+    info = json.loads((out / "checkpoints" / "grpo" / "training_info.json").read_text())
+    assert info["log_history"][-1]["step"] == 6 and (out / "checkpoints" / "grpo" / "adapter_model.safetensors").is_file()
