@@ -32,3 +32,14 @@ def adapter_from_model(model: Any) -> tuple[dict, dict[str, Any]]:
     config = {k: (sorted(v) if isinstance(v, set) else v) for k, v in config.items()}
     weights = {k: v.detach().to("cpu").clone() for k, v in get_peft_model_state_dict(model).items()}
     return config, weights
+
+
+def adapter_checksum(weights: dict[str, Any]) -> str:
+    """sha256 over the tensors in key order: equal exactly when two adapters hold the same values."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for key in sorted(weights):
+        digest.update(key.encode())
+        digest.update(weights[key].detach().to("cpu").contiguous().numpy().tobytes())
+    return digest.hexdigest()

@@ -206,6 +206,13 @@ class ScalingSection(Section):
     default output_dir/checkpoints/ray."""
 
 
+class PlacementSection(Section):
+    strategy: Literal["PACK", "SPREAD"] = "PACK"
+    """Where each learner's rollout and reward actors go. PACK: on the learner's own node (adapter
+    sync and scoring stay on the node; soft, so they go elsewhere when it is full). SPREAD: across the
+    cluster's nodes (Ray's SPREAD strategy), for rollout capacity beyond one node."""
+
+
 class SFTSection(Section):
     max_steps: PositiveInt = 60
     """Optimiser steps."""
@@ -410,6 +417,8 @@ class Config(Section):
     """baseline and eval stages."""
     scaling: ScalingSection = ScalingSection()
     """Ray Train learners."""
+    placement: PlacementSection = PlacementSection()
+    """Where the learners' rollout and reward actors run."""
     sft: SFTSection = SFTSection()
     """LoRA SFT stage."""
     grpo: GRPOSection = GRPOSection()

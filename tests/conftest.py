@@ -15,6 +15,14 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_MEDMCQA = REPO.parent / "shared" / "medmcqa"
 
 
+def state_api() -> dict:
+    """Ray state API arguments for this process's cluster: named explicitly, because with no address the
+    state API picks the newest Ray cluster on the machine, and tests start others (jobs, sweeps)."""
+    import ray
+
+    return {"address": ray.get_runtime_context().gcs_address, "raise_on_missing_output": False}
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     import ray

@@ -22,7 +22,8 @@ class RewardActor:
         return self.scorer.score(batch)
 
     def info(self) -> dict:
-        return {"scored": self.scored, "actor_id": ray.get_runtime_context().get_actor_id(),
+        ctx = ray.get_runtime_context()
+        return {"scored": self.scored, "actor_id": ctx.get_actor_id(), "node_id": ctx.get_node_id(),
                 "similarity_scorer": self.scorer.similarity.kind,
                 "components": self.scorer.names()}
 

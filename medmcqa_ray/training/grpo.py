@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import statistics
 import tempfile
 import time
 from collections import defaultdict
@@ -104,6 +105,7 @@ class RolloutFunction:
         self.finished_at = time.monotonic()
         self.calls = 0
         self.restarts_seen = 0
+        self.last_timing: dict[str, float] = {}
 
     def _sampling(self, step: int, round_: int):
         from medmcqa_ray.rollout.types import Sampling
@@ -185,6 +187,7 @@ class RolloutFunction:
             metrics[f"rewards/{name}/errors"].append(count)
         for name, values in metrics.items():
             trainer._metrics["train"][name].append(sum(values))  # TRL averages these over each logging window
+        self.last_timing = {k: sum(metrics[k]) for k in ("timing/generate", "timing/reward")}
         self.calls += 1
         self.finished_at = time.monotonic()
         return out
@@ -203,10 +206,10 @@ def reward_funcs(components: list[str]) -> list:
     return [make(name) for name in components]
 
 
-def _callbacks(pool: Any, rollout: RolloutFunction, validator: Optional[Validator] = None, every: int = 1):
+def _callbacks(pool: Any, rollout: RolloutFunction, final_dir: str, validator: Optional[Validator] = None, every: int = 1):
     from transformers import TrainerCallback
 
-    from medmcqa_ray.adapters import adapter_from_model
+    from medmcqa_ray.adapters import adapter_checksum, adapter_from_model
     from medmcqa_ray.rollout.types import AdapterUpdate
 
     class AdapterSync(TrainerCallback):
@@ -214,13 +217,40 @@ def _callbacks(pool: Any, rollout: RolloutFunction, validator: Optional[Validato
         rollout actors as policy version = global step."""
 
         trainer: Any = None
+        weights: dict = {}
         step_began = 0.0
 
         def sync(self, model: Any, version: int) -> float:
             start = time.monotonic()
             config, weights = adapter_from_model(model)
             pool.load_adapter(AdapterUpdate(version=version, peft_config=config), weights)
+            self.weights = weights
             return time.monotonic() - start
+
+        def across_learners(self, step: int, timing: dict[str, float]) -> None:
+            """With several learners: each says which adapter it now holds (after DDP's all-reduced step
+            they must agree) and how long its step's parts took; the step's log gets whether they
+            agree and every rank's timing."""
+            import torch.distributed as dist
+
+            if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+                return
+            metrics = self.trainer._metrics["train"]
+            # (.get: TRL's metrics are a defaultdict, and an empty list would break its averaging.)
+            local = {k: metrics[k][-1] for k in ("rollout/policy_version_lag", "rollout/logprob_abs_diff") if metrics.get(k)}
+            mine = {"adapter": adapter_checksum(self.weights), "timing": timing, "local": local}
+            everyone: list = [None] * dist.get_world_size()
+            dist.all_gather_object(everyone, mine)
+            journal(final_dir, "sync", step=step, adapter=mine["adapter"])
+            # One value per step for the whole run: the worst lag, the mean logprob gap over learners.
+            for name, combine in (("rollout/policy_version_lag", max), ("rollout/logprob_abs_diff", statistics.fmean)):
+                values = [e["local"][name] for e in everyone if name in e["local"]]
+                if values and metrics.get(name):
+                    metrics[name][-1] = combine(values)
+            metrics["learners/adapters_agree"].append(float(len({e["adapter"] for e in everyone}) == 1))
+            for rank, e in enumerate(everyone):
+                for name, seconds in e["timing"].items():
+                    metrics[f"{name}/rank{rank}"].append(seconds)
 
         def on_train_begin(self, args, state, control, model=None, **kwargs):
             self.sync(model, state.global_step)
@@ -236,6 +266,8 @@ def _callbacks(pool: Any, rollout: RolloutFunction, validator: Optional[Validato
             metrics["timing/sync"].append(seconds)
             metrics["timing/step"].append(time.monotonic() - self.step_began)  # wall time, all of the above
             step = state.global_step
+            self.across_learners(step, rollout.last_timing | {"timing/train": train, "timing/sync": seconds,
+                                                              "timing/step": metrics["timing/step"][-1]})
             if validator and (step == 1 or step % every == 0 or step == state.max_steps):
                 start = time.monotonic()
                 metrics["val_accuracy"].append(validator())
@@ -325,6 +357,7 @@ def _train_loop(loop_config: dict) -> None:
     from medmcqa_ray.models import load_model, load_tokenizer
     from medmcqa_ray.rewards.actor import RewardPool
     from medmcqa_ray.rollout.actor import RolloutPool
+    from medmcqa_ray.training.placement import actor_options
 
     cfg: Config = loop_config["cfg"]
     ctx = ray.train.get_context()
@@ -333,14 +366,15 @@ def _train_loop(loop_config: dict) -> None:
     dataset = datasets.Dataset.from_list([{"prompt": r["prompt"]} for r in rows])
     tokenizer = load_tokenizer(cfg.model)
     model = PeftModel.from_pretrained(load_model(cfg.model, device), str(sft_adapter(cfg)), is_trainable=True)
-    rollout_pool = RolloutPool(cfg.model, cfg.rollout)
-    reward_pool = RewardPool(cfg.rewards, cfg.format.markers)
+    placed = actor_options(cfg)
+    rollout_pool = RolloutPool(cfg.model, cfg.rollout, placed)
+    reward_pool = RewardPool(cfg.rewards, cfg.format.markers, placed)
     rollout = RolloutFunction(cfg, tokenizer, rows, rollout_pool, reward_pool, ctx.get_world_rank(), loop_config["final_dir"])
     work = Path(tempfile.mkdtemp(prefix="grpo-"))
     args = grpo_args(cfg, work, device)
     validate = loop_config.get("validate")  # a sweep's trial: {"rows": n, "every": k}
     validator = Validator(cfg, tokenizer, rollout_pool, validate["rows"]) if validate else None
-    sync = _callbacks(rollout_pool, rollout, validator, validate["every"] if validate else 1)
+    sync = _callbacks(rollout_pool, rollout, loop_config["final_dir"], validator, validate["every"] if validate else 1)
     callbacks = [sync, RayTrainReportCallback()] + ([_report_every_step()] if validate else [])
     trainer = _trainer_class()(model=model, reward_funcs=reward_funcs(rollout.components), args=args,
                                train_dataset=dataset, processing_class=tokenizer, rollout_func=rollout,
@@ -349,6 +383,9 @@ def _train_loop(loop_config: dict) -> None:
     trainer = prepare_trainer(trainer)
     resume, resumed_from = restored_checkpoint(work)
     journal(loop_config["final_dir"], "start", resumed_from_step=resumed_from)
+    journal(loop_config["final_dir"], "actors", strategy=cfg.placement.strategy,  # where placement put them
+            rollout=[{k: a[k] for k in ("actor_id", "node_id")} for a in rollout_pool.health()],
+            reward=[{k: a[k] for k in ("actor_id", "node_id")} for a in reward_pool.info()])
     try:
         trainer.train(resume_from_checkpoint=resume)
         if ctx.get_world_rank() == 0:
@@ -367,8 +404,11 @@ def check_config(cfg: Config) -> None:
     if cfg.rollout.engine == "vllm" and cfg.grpo.temperature != 1.0:
         raise StageError("grpo.temperature must be 1.0 with rollout.engine=vllm: vLLM reports raw logprobs, and "
                          "TRL's learner scores logits / temperature")
+    from medmcqa_ray.training.placement import check_resources
+
     read_adapter(sft_adapter(cfg))  # a clear error naming the folder when the SFT adapter is missing
     training_prompts(cfg)
+    check_resources(cfg)
 
 
 def run_grpo(cfg: Config, key: str = "", name: str = "grpo", final_dir: Optional[Path] = None,

@@ -84,10 +84,11 @@ def journal(final_dir: Path | str, event: str, **fields: Any) -> None:
     import os
     import time
 
+    import ray
     import ray.train
 
     record = {"event": event, "rank": ray.train.get_context().get_world_rank(), "pid": os.getpid(),
-              "time": time.time()} | fields
+              "node": ray.get_runtime_context().get_node_id(), "time": time.time()} | fields
     path = journal_path(Path(final_dir))
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as f:

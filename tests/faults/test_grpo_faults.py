@@ -15,6 +15,7 @@ import pytest
 
 from medmcqa_ray.pipeline import run_stage
 
+from ..conftest import state_api
 from ..training.test_grpo import config, steps
 from .slow_reward import ARMED, SCORING, SIGNALS
 
@@ -41,7 +42,7 @@ def wait_for(condition, what: str, timeout_s: float = 300) -> None:
 def alive_pid(class_name: str) -> int:
     from ray.util.state import list_actors
 
-    actors = list_actors(filters=[("class_name", "=", class_name), ("state", "=", "ALIVE")], raise_on_missing_output=False)
+    actors = list_actors(filters=[("class_name", "=", class_name), ("state", "=", "ALIVE")], **state_api())
     assert len(actors) == 1, actors
     return actors[0].pid
 
@@ -111,7 +112,7 @@ def test_killed_actors_and_learner_mid_grpo_lose_nothing(ray_session, tmp_path):
     # 2. The batch whose reward actor died was scored again on the restarted actor (Ray retried the
     #    task): no reward is missing and no scoring error was counted.
     retried = list_tasks(filters=[("func_or_class_name", "=", "RewardActor.score")], detail=True, limit=10_000,
-                         raise_on_missing_output=False)
+                         **state_api())
     assert any(t.attempt_number >= 1 and t.state == "FINISHED" for t in retried)
     assert not any(k.startswith("rewards/") and k.endswith("/errors") and v for h in history for k, v in h.items())
     assert all(h["rewards/correct/mean"] == h["rewards/correct/mean"] for h in history)  # no NaN

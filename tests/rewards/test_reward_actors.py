@@ -7,6 +7,7 @@ import pytest
 from medmcqa_ray.config import load_config
 from medmcqa_ray.rewards.scoring import RewardBatch, Scorer
 
+from ..conftest import state_api
 from .test_components import EXP, OPTS
 
 
@@ -33,12 +34,12 @@ def test_pool_scores_in_actors_with_custom_component(ray_session):
         assert scores.similarity_scorer == "embedding"
         assert sum(i["scored"] for i in pool.info()) == 10
 
-        actors = list_actors(filters=[("class_name", "=", "RewardActor"), ("state", "=", "ALIVE")])
+        actors = list_actors(filters=[("class_name", "=", "RewardActor"), ("state", "=", "ALIVE")], **state_api())
         assert len(actors) == 2
         ours = {a.actor_id for a in actors}
 
         def scored_by() -> set:
-            tasks = list_tasks(filters=[("func_or_class_name", "=", "RewardActor.score")])
+            tasks = list_tasks(filters=[("func_or_class_name", "=", "RewardActor.score")], **state_api())
             return {t.actor_id for t in tasks if t.state == "FINISHED"} & ours
 
         deadline = time.monotonic() + 60  # task events reach the state API in periodic batches

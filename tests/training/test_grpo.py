@@ -10,7 +10,7 @@ import pytest
 from medmcqa_ray.errors import StageError
 from medmcqa_ray.pipeline import run_stage
 
-from ..conftest import REPO
+from ..conftest import REPO, state_api
 
 
 def config(out: Path, *overrides: str):
@@ -29,7 +29,7 @@ def task_count(name: str, actor_ids: list[str], expected: int, timeout_s: float 
 
     deadline = time.monotonic() + timeout_s
     while True:
-        tasks = list_tasks(filters=[("func_or_class_name", "=", name)], limit=10_000, raise_on_missing_output=False)
+        tasks = list_tasks(filters=[("func_or_class_name", "=", name)], limit=10_000, **state_api())
         count = sum(t.state == "FINISHED" and t.actor_id in actor_ids for t in tasks)
         if count >= expected or time.monotonic() > deadline:
             return count
@@ -80,3 +80,13 @@ def test_grpo_fails_before_work_without_an_sft_adapter(tmp_path):
     cfg = config(tmp_path / "out", f"grpo.adapter={tmp_path / 'nowhere'}")
     with pytest.raises(StageError, match="nowhere"):
         check_config(cfg)
+
+
+def test_grpo_fails_before_work_when_learners_and_actors_cannot_fit(ray_session, tmp_path):
+    """Ray would wait forever for resources that never come; the stage says what does not fit."""
+    from medmcqa_ray.training.placement import check_resources
+
+    cfg = config(tmp_path / "out", "scaling.num_workers=4")  # 4 x (1 + 1 + 1) CPUs on a 6-CPU session
+    with pytest.raises(StageError, match=r"CPU: needs 12, the cluster has 6 \(scaling.num_workers"):
+        check_resources(cfg)
+    check_resources(config(tmp_path / "out", "scaling.num_workers=2"))  # 6 fit

@@ -1,0 +1,77 @@
+"""A GRPO run with 2 learners on a simulated 3-node cluster, one node removed mid-run; run in its own
+process by test_multinode.py (a `ray.cluster_utils.Cluster` cannot share a process with the test
+session's Ray). Prints one JSON line: the GRPO manifest, the run's journal, the node that was removed,
+and, from Ray's state API, the node of every actor the learners created.
+
+    python -m tests.scaling.multinode OUTPUT_DIR [key=value ...]
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+
+
+def main(out: Path, overrides: list[str]) -> dict:
+    import ray
+    from ray.cluster_utils import Cluster
+    from ray.util.state import list_actors
+
+    from medmcqa_ray.config import load_config
+    from medmcqa_ray.pipeline import run_stage
+    from medmcqa_ray.runtime import configure_ray_data
+    from medmcqa_ray.training.ray_run import read_journal
+
+    from ..conftest import REPO, state_api
+
+    # The head takes no learner; each of the 3 other nodes fits one learner (the custom `learner`
+    # resource) with its rollout and reward actor beside it (3 CPUs).
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": True})  # state API
+    nodes = {n.node_id: n for n in (cluster.add_node(num_cpus=3, resources={"learner": 1}) for _ in range(3))}
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, log_to_driver=False)
+    configure_ray_data()
+    cfg = load_config([REPO / "configs" / "ci.yaml"], [f"output_dir={out}", "scaling.num_workers=2",
+                                                        "scaling.resources_per_worker={CPU: 1, learner: 1}", *overrides])
+    for stage in ("download", "prep", "sft"):
+        run_stage(stage, cfg)
+
+    final = out / "checkpoints" / "grpo"
+    removed: dict = {}
+
+    def remove_a_learner_node() -> None:
+        """Once Ray Train has registered a checkpoint (its manager's snapshot is written: a checkpoint
+        every learner saved but the controller has not yet collected dies with a lost node) and
+        the step after it has begun, take away rank 1's node."""
+        registered = out / "checkpoints" / "ray" / "grpo" / "checkpoint_manager_snapshot.json"
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            events = read_journal(final)
+            steps = [e["step"] for e in events if e["event"] == "step" and e["rank"] == 0]
+            if registered.exists() and steps and max(steps) >= cfg.grpo.save_steps + 1:
+                node = [e["node"] for e in events if e["event"] == "start" and e["rank"] == 1][-1]
+                removed["node"] = node
+                cluster.remove_node(nodes[node])
+                return
+            time.sleep(0.2)
+
+    remover = threading.Thread(target=remove_a_learner_node, daemon=True)
+    remover.start()
+    manifest = run_stage("grpo", cfg)
+    remover.join(timeout=10)
+    events = read_journal(final)
+    ids = [a["actor_id"] for e in events if e["event"] == "actors" for a in e["rollout"] + e["reward"]]
+    actor_nodes = {a.actor_id: a.node_id for a in list_actors(limit=10_000, **state_api())
+                   if a.actor_id in ids}
+    ray.shutdown()
+    cluster.shutdown()
+    return {"manifest": manifest, "journal": events, "removed_node": removed.get("node"), "actor_nodes": actor_nodes,
+            "learner_nodes": sorted(nodes)}
+
+
+if __name__ == "__main__":
+    result = main(Path(sys.argv[1]), sys.argv[2:])
+    print("RESULT " + json.dumps(result, default=str))
