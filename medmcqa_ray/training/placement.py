@@ -6,9 +6,14 @@ strategy: PACK pins them (softly) to the learner's node, SPREAD spreads them ove
 
 from __future__ import annotations
 
+import logging
+import os
 from typing import Any
 
 from medmcqa_ray.config import Config
+from medmcqa_ray.errors import StageError
+
+log = logging.getLogger(__name__)
 
 
 def actor_options(cfg: Config) -> dict[str, Any]:
@@ -37,12 +42,7 @@ def check_resources(cfg: Config) -> None:
     """Fail before any worker starts when the learners and their actors cannot all fit: Ray would
     otherwise wait for resources that never come, and the run would hang without a word. On a
     cluster joined by address an autoscaler may add nodes, so there it is a warning."""
-    import logging
-    import os
-
     import ray
-
-    from medmcqa_ray.errors import StageError
 
     if not ray.is_initialized():
         return
@@ -58,6 +58,6 @@ def check_resources(cfg: Config) -> None:
                "scaling.resources_per_worker, rollout.num_actors, rollout.num_cpus_per_actor, "
                "rollout.num_gpus_per_actor, rewards.num_actors, rewards.num_cpus_per_actor; ray.num_cpus for local Ray)")
     if cfg.ray.address or os.environ.get("RAY_ADDRESS"):
-        logging.getLogger(__name__).warning("%s; waiting for the cluster to grow", message)
+        log.warning("%s; waiting for the cluster to grow", message)
         return
     raise StageError(message)

@@ -9,6 +9,7 @@ and, from Ray's state API, the node of every actor the learners created.
 from __future__ import annotations
 
 import json
+import socket
 import sys
 import threading
 import time
@@ -29,7 +30,11 @@ def main(out: Path, overrides: list[str]) -> dict:
 
     # The head takes no learner; each of the 3 other nodes fits one learner (the custom `learner`
     # resource) with its rollout and reward actor beside it (3 CPUs).
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": True})  # state API
+    with socket.socket() as s:  # the dashboard (state API) on a free port: the test session's Ray has 8265
+        s.bind(("127.0.0.1", 0))
+        dashboard_port = s.getsockname()[1]
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": True,
+                                                            "dashboard_port": dashboard_port})
     nodes = {n.node_id: n for n in (cluster.add_node(num_cpus=3, resources={"learner": 1}) for _ in range(3))}
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, log_to_driver=False)
@@ -62,6 +67,15 @@ def main(out: Path, overrides: list[str]) -> dict:
     remover.start()
     manifest = run_stage("grpo", cfg)
     remover.join(timeout=10)
+    # SPREAD, on the same cluster: a learner's actors go to several nodes.
+    from medmcqa_ray.rollout.actor import RolloutPool
+    from medmcqa_ray.training.placement import actor_options
+
+    spread_cfg = load_config([REPO / "configs" / "ci.yaml"], [f"output_dir={out}", "placement.strategy=SPREAD", "rollout.num_actors=3"])
+    pool = RolloutPool(spread_cfg.model, spread_cfg.rollout, actor_options(spread_cfg))
+    spread_nodes = [h["node_id"] for h in pool.health()]
+    pool.shutdown()
+
     events = read_journal(final)
     ids = [a["actor_id"] for e in events if e["event"] == "actors" for a in e["rollout"] + e["reward"]]
     actor_nodes = {a.actor_id: a.node_id for a in list_actors(limit=10_000, **state_api())
@@ -69,7 +83,7 @@ def main(out: Path, overrides: list[str]) -> dict:
     ray.shutdown()
     cluster.shutdown()
     return {"manifest": manifest, "journal": events, "removed_node": removed.get("node"), "actor_nodes": actor_nodes,
-            "learner_nodes": sorted(nodes)}
+            "learner_nodes": sorted(nodes), "spread_nodes": spread_nodes}
 
 
 if __name__ == "__main__":

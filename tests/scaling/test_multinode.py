@@ -1,5 +1,5 @@
 """Two GRPO learners on a simulated 3-node cluster (CPU only): their actors land where
-`placement.strategy` says, after every step both learners hold the same adapter, the final adapter is
+`placement.strategy` says (PACK in the run, SPREAD for a pool made afterwards), after every step both learners hold the same adapter, the final adapter is
 the one they agree on, and when a learner's node is removed mid-run Ray Train restarts the learners
 from the last checkpoint on the nodes left and the run completes its planned steps."""
 
@@ -48,6 +48,9 @@ def test_two_learners_on_three_nodes_agree_and_survive_a_lost_node(tmp_path):
     for e in placed:
         for actor in e["rollout"] + e["reward"]:
             assert result["actor_nodes"][actor["actor_id"]] == e["node"], (e, actor)
+
+    # SPREAD: three actors of one learner on the same cluster land on more than one node.
+    assert len(result["spread_nodes"]) == 3 and len(set(result["spread_nodes"])) >= 2, result["spread_nodes"]
 
     # After every step both learners held the same adapter (the last time each step ran), and the
     # step log says so; the adapter written is that one.
