@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from medmcqa_ray.pipeline import run_stage
+from medmcqa_ray.training.ray_run import read_journal
 
 from ..conftest import state_api
 from ..training.test_grpo import config, steps
@@ -23,8 +24,7 @@ pytestmark = pytest.mark.slow
 
 
 def journal(out: Path) -> list[dict]:
-    path = out / "checkpoints" / "grpo_journal.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    return read_journal(out / "checkpoints" / "grpo")
 
 
 def rank0_steps(out: Path) -> list[int]:
