@@ -155,7 +155,18 @@ class RolloutConfig(Section):
     max_lora_rank: PositiveInt = 64
     """vLLM: the largest LoRA rank it will accept."""
     tensor_parallel_size: PositiveInt = 1
-    """vLLM: GPUs per engine."""
+    """vLLM: GPUs per engine. Above 1 each engine gets a placement group of that many one-GPU bundles on
+    one node, and vLLM runs its tensor-parallel workers there through its Ray executor."""
+
+    @model_validator(mode="after")
+    def _check_tensor_parallel(self) -> "RolloutConfig":
+        tp = self.tensor_parallel_size
+        if tp > 1 and self.engine != "vllm":
+            raise ValueError(f"rollout.tensor_parallel_size: {tp} needs rollout.engine=vllm (the hf engine runs on one device)")
+        if tp > 1 and self.num_gpus_per_actor != tp:
+            raise ValueError(f"rollout.num_gpus_per_actor: an engine with rollout.tensor_parallel_size={tp} takes {tp} "
+                             f"whole GPUs; set num_gpus_per_actor to {tp} (got {self.num_gpus_per_actor:g})")
+        return self
 
 
 class EvalConfig(Section):

@@ -49,7 +49,8 @@ def toy_sft(ray_session, tmp_path_factory) -> tuple[Path, list[str]]:
 
     out = tmp_path_factory.mktemp("toy-out")
     overrides = toy_overrides(toy_data(tmp_path_factory.mktemp("toy") / "data"))
-    cfg = load_config([REPO / "configs" / "ci.yaml"], [f"output_dir={out}", *overrides])
+    # MLflow on for these stages only (test_sft.py reads the SFT curves); later stages choose for themselves.
+    cfg = load_config([REPO / "configs" / "ci.yaml"], [f"output_dir={out}", *overrides, "tracking.enabled=true"])
     for stage in ("download", "prep", "sft"):
         run_stage(stage, cfg)
     return out, overrides

@@ -59,11 +59,14 @@ def test_files_overlay_in_order_and_overrides_apply_last(tmp_path):
         ("sweep.space={correct: {grid: [1.0], uniform: [0, 1]}}", "sweep.space.correct"),
         ("sweep.space={correct: {loguniform: [0, 1]}}", "sweep.space.correct"),
         ("sweep.metric=loss", "sweep.metric"),
+        ("rollout.tensor_parallel_size=2", "rollout.tensor_parallel_size: 2 needs rollout.engine=vllm"),
+        (("rollout.engine=vllm", "rollout.tensor_parallel_size=2", "rollout.num_gpus_per_actor=1"),
+         "set num_gpus_per_actor to 2"),
     ],
 )
 def test_bad_values_fail_at_load_naming_the_key(override, named):
     with pytest.raises(ConfigError) as e:
-        load_config([REPO / "configs" / "local.yaml"], [override])
+        load_config([REPO / "configs" / "local.yaml"], [override] if isinstance(override, str) else list(override))
     assert named in str(e.value)
 
 

@@ -64,7 +64,7 @@ def stop_group(proc: subprocess.Popen, marker: str) -> None:
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.killpg(proc.pid, sig)
-            proc.wait(timeout=15)
+            proc.wait(timeout=5)  # what is left is killed by its marker below
             break
         except (ProcessLookupError, subprocess.TimeoutExpired):
             continue

@@ -24,6 +24,7 @@ from medmcqa_ray.errors import StageError
 from medmcqa_ray.evaluation.metrics import mcnemar_p, summarise
 from medmcqa_ray.evaluation.predictor import HeadPredictor
 from medmcqa_ray.evaluation.report import accuracy_plot
+from medmcqa_ray.rollout import tensor_parallel
 
 log = logging.getLogger(__name__)
 HEADS = ("base", "sft", "grpo")
@@ -86,15 +87,24 @@ def head_adapters(cfg: Config, heads: list[str]) -> dict[str, Optional[str]]:
 
 
 def evaluate_head(cfg: Config, rows: pa.Table, adapter: Optional[str]) -> list[dict]:
+    placement: dict = {"num_cpus": cfg.rollout.num_cpus_per_actor, "num_gpus": cfg.rollout.num_gpus_per_actor}
+    groups = None
+    if tensor_parallel.uses_placement_group(cfg.rollout):  # each predictor in its engine's placement group
+        groups = tensor_parallel.EngineGroups(cfg.rollout, cfg.rollout.num_actors)
+        placement = {"num_cpus": cfg.rollout.num_cpus_per_actor, "num_gpus": 0, "ray_remote_args_fn": groups}
     ds = ray.data.from_arrow(rows).map_batches(
         HeadPredictor,
         fn_constructor_kwargs={"model_cfg": cfg.model, "rollout_cfg": cfg.rollout, "format_cfg": cfg.format,
                                "adapter": adapter, "max_new_tokens": cfg.eval.max_new_tokens},
         batch_size=cfg.eval.batch_size, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=cfg.rollout.num_actors),
-        num_cpus=cfg.rollout.num_cpus_per_actor, num_gpus=cfg.rollout.num_gpus_per_actor,
+        **placement,
     )
     order = {row_id: i for i, row_id in enumerate(rows["id"].to_pylist())}
-    return sorted(ds.take_all(), key=lambda r: order[r["id"]])
+    try:
+        return sorted(ds.take_all(), key=lambda r: order[r["id"]])
+    finally:
+        if groups is not None:
+            groups.remove()
 
 
 def _read_head(path: Path) -> list[dict]:

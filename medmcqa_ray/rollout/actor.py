@@ -16,6 +16,7 @@ from typing import Any, Optional
 import ray
 
 from medmcqa_ray.config import ModelConfig, RolloutConfig
+from medmcqa_ray.rollout import tensor_parallel
 from medmcqa_ray.rollout.types import AdapterUpdate, Completion, Sampling
 
 log = logging.getLogger(__name__)
@@ -53,11 +54,22 @@ class RolloutPool:
         # into its own bundle, where they never fit.
         options = {"max_restarts": rollout_cfg.max_restarts, "num_cpus": rollout_cfg.num_cpus_per_actor,
                    "num_gpus": rollout_cfg.num_gpus_per_actor, "scheduling_strategy": "DEFAULT"} | (actor_options or {})
-        self.actors = [RolloutActor.options(**options).remote(model_cfg, rollout_cfg) for _ in range(rollout_cfg.num_actors)]
+        engines = [self._engine_options(rollout_cfg, options) for _ in range(rollout_cfg.num_actors)]
+        self.groups = [e["scheduling_strategy"].placement_group for e in engines if e]  # ours to remove
+        self.actors = [RolloutActor.options(**(options | e)).remote(model_cfg, rollout_cfg) for e in engines]
         self.update: Optional[AdapterUpdate] = None
         self.weights_ref: Optional[ray.ObjectRef] = None
         self.pids: list[Optional[int]] = [None] * len(self.actors)
         self.restarts = 0  # restarted actors noticed, each given the current adapter before it generated again
+
+    @staticmethod
+    def _engine_options(rollout_cfg: RolloutConfig, options: dict) -> dict:
+        """A tensor-parallel engine's own placement group (rollout/tensor_parallel.py), near the node the
+        strategy prefers (PACK: the learner's); its actor is restarted inside the same group."""
+        if not tensor_parallel.uses_placement_group(rollout_cfg):
+            return {}
+        near = getattr(options["scheduling_strategy"], "node_id", None)
+        return tensor_parallel.engine_options(rollout_cfg, near_node=near)
 
     @property
     def policy_version(self) -> int:
@@ -138,3 +150,5 @@ class RolloutPool:
     def shutdown(self) -> None:
         for a in self.actors:
             ray.kill(a, no_restart=True)
+        for group in self.groups:
+            ray.util.remove_placement_group(group)

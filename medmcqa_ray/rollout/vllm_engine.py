@@ -23,6 +23,7 @@ from typing import Any
 
 from medmcqa_ray.config import ModelConfig, RolloutConfig
 from medmcqa_ray.models import local_model_path, torch_dtype
+from medmcqa_ray.rollout import tensor_parallel
 from medmcqa_ray.rollout.engine import RolloutEngine
 from medmcqa_ray.rollout.types import AdapterUpdate, Completion, Sampling
 
@@ -89,6 +90,8 @@ class VLLMEngine(RolloutEngine):
         """The current vllm LoRARequest; None while generating with the base model."""
         self._next_lora_id = 1  # vLLM needs ids > 0, unique per adapter: a fresh one for every load
         token = model_cfg.hub_token.get_secret_value() if model_cfg.hub_token else None
+        # Tensor parallel: vLLM's Ray executor, inside the placement group this actor was given.
+        backend = tensor_parallel.executor_backend(rollout_cfg)
         self.llm = LLM(
             model=local_model_path(model_cfg),
             revision=model_cfg.revision,
@@ -102,6 +105,7 @@ class VLLMEngine(RolloutEngine):
             enable_lora=True,
             max_lora_rank=vllm_lora_rank(rollout_cfg.max_lora_rank),
             logprobs_mode=LOGPROBS_MODE,
+            **({"distributed_executor_backend": backend} if backend else {}),
         )
 
     def generate(self, prompts: list[str], sampling: Sampling) -> list[list[Completion]]:

@@ -12,6 +12,7 @@ from typing import Any
 
 from medmcqa_ray.config import Config
 from medmcqa_ray.errors import StageError
+from medmcqa_ray.rollout import tensor_parallel
 
 log = logging.getLogger(__name__)
 
@@ -50,14 +51,32 @@ def check_resources(cfg: Config) -> None:
     group = learner_group(cfg)
     short = {k: (v * cfg.scaling.num_workers, have.get(k, 0.0)) for k, v in group.items()
              if v * cfg.scaling.num_workers > have.get(k, 0.0) + 1e-9}
-    if not short:
+    if short:
+        detail = ", ".join(f"{k}: needs {need:g}, the cluster has {got:g}" for k, (need, got) in short.items())
+        message = (f"{cfg.scaling.num_workers} learner(s), each with {cfg.rollout.num_actors} rollout and "
+                   f"{cfg.rewards.num_actors} reward actor(s), need {detail} (scaling.num_workers, "
+                   "scaling.resources_per_worker, rollout.num_actors, rollout.num_cpus_per_actor, "
+                   "rollout.num_gpus_per_actor, rewards.num_actors, rewards.num_cpus_per_actor; ray.num_cpus for local Ray)")
+    else:
+        message = _tensor_parallel_misfit(cfg)
+    if not message:
         return
-    detail = ", ".join(f"{k}: needs {need:g}, the cluster has {got:g}" for k, (need, got) in short.items())
-    message = (f"{cfg.scaling.num_workers} learner(s), each with {cfg.rollout.num_actors} rollout and "
-               f"{cfg.rewards.num_actors} reward actor(s), need {detail} (scaling.num_workers, "
-               "scaling.resources_per_worker, rollout.num_actors, rollout.num_cpus_per_actor, "
-               "rollout.num_gpus_per_actor, rewards.num_actors, rewards.num_cpus_per_actor; ray.num_cpus for local Ray)")
     if cfg.ray.address or os.environ.get("RAY_ADDRESS"):
         log.warning("%s; waiting for the cluster to grow", message)
         return
     raise StageError(message)
+
+
+def _tensor_parallel_misfit(cfg: Config) -> str:
+    """A tensor-parallel engine's GPUs must be on one node (rollout/tensor_parallel.py); enough GPUs in
+    the cluster as a whole is not enough."""
+    import ray
+
+    if not tensor_parallel.uses_placement_group(cfg.rollout):
+        return ""
+    tp = cfg.rollout.tensor_parallel_size
+    largest = max((n["Resources"].get("GPU", 0.0) for n in ray.nodes() if n["Alive"]), default=0.0)
+    if largest >= tp:
+        return ""
+    return (f"rollout.tensor_parallel_size: {tp} GPUs per engine on one node, but no node has more than {largest:g} "
+            "GPUs (lower rollout.tensor_parallel_size or add larger nodes)")

@@ -21,7 +21,7 @@ def test_baseline_on_embedded_model_is_recorded_in_mlflow(ray_session, tmp_path)
     from medmcqa_ray.tracking import tracking_uri
 
     out = tmp_path / "out"
-    overrides = [f"output_dir={out}", "eval.limit=32"]
+    overrides = [f"output_dir={out}", "eval.limit=12"]
     prep_cfg = load_config([REPO / "configs" / "local.yaml"], overrides + ["tracking.enabled=false"])
     run_stage("download", prep_cfg)
     run_stage("prep", prep_cfg)
@@ -33,7 +33,7 @@ def test_baseline_on_embedded_model_is_recorded_in_mlflow(ray_session, tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "mlflow ui --backend-store-uri sqlite:///" in r.stdout
     summary = json.loads((out / "eval" / "summary.json").read_text())
-    assert summary["heads"]["base"]["n"] == 32
+    assert summary["heads"]["base"]["n"] == 12
     assert (out / "eval" / "eval_results.jsonl").exists() and (out / "eval" / "accuracy.png").exists()
 
     cfg = load_config([REPO / "configs" / "local.yaml"], overrides)
@@ -44,9 +44,9 @@ def test_baseline_on_embedded_model_is_recorded_in_mlflow(ray_session, tmp_path)
     stage = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent[0].info.run_id]
     assert len(parent) == 1 and len(stage) == 1
     assert parent[0].data.params["model.name"] == "embedded:smollm2-135m-instruct"
-    assert parent[0].data.params["eval.limit"] == "32"
+    assert parent[0].data.params["eval.limit"] == "12"
     metrics = stage[0].data.metrics
-    assert metrics["eval/base/n"] == 32
+    assert metrics["eval/base/n"] == 12
     assert metrics["eval/base/accuracy"] == pytest.approx(summary["heads"]["base"]["accuracy"])
     artifacts = {a.path for a in client.list_artifacts(stage[0].info.run_id, "eval")}
     assert {"eval/summary.json", "eval/accuracy.png", "eval/eval_results.jsonl"} <= artifacts

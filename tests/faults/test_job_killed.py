@@ -40,7 +40,8 @@ def test_killed_job_resumes_grpo_at_its_checkpoint_step_and_data_order(tmp_path)
     out = tmp_path / "out"
     overrides = [f"output_dir={out}", "sft.max_steps=2", "grpo.max_steps=6", "grpo.save_steps=2",
                  "grpo.max_completion_length=8", "grpo.dynamic_sampling.enabled=true",
-                 "grpo.dynamic_sampling.max_rounds=1", "eval.limit=4", "tracking.enabled=true"]
+                 "grpo.dynamic_sampling.max_rounds=1", "eval.limit=4", "eval.heads=[grpo]",
+                 "tracking.enabled=true"]
     cfg = config(out, *overrides[1:])
     cmd = [sys.executable, "jobs/full.py", "--config", "configs/ci.yaml", *overrides]
     # Killed once a checkpoint exists and the step after it has started: between two checkpoints.

@@ -27,7 +27,7 @@ PEFT_CONFIG = {"peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": 
 # What vLLM 0.33.0's source says (cited in tests/fakes/vllm/__init__.py); the fake must keep these names.
 LLM_INIT_PARAMS = {"model", "trust_remote_code", "tensor_parallel_size", "dtype", "revision", "seed",
                    "gpu_memory_utilization", "hf_token"}
-ENGINE_ARGS_USED = {"enable_lora", "max_lora_rank", "max_model_len", "logprobs_mode"}
+ENGINE_ARGS_USED = {"enable_lora", "max_lora_rank", "max_model_len", "logprobs_mode", "distributed_executor_backend"}
 GENERATE_PARAMS = ["self", "prompts", "sampling_params", "use_tqdm", "lora_request", "priority",
                    "tokenization_kwargs", "mm_processor_kwargs"]
 SAMPLING_FIELDS = {"n": 1, "temperature": 1.0, "top_p": 1.0, "top_k": 0, "min_p": 0.0, "seed": None,

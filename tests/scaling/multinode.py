@@ -36,6 +36,9 @@ def main(out: Path, overrides: list[str]) -> dict:
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": True,
                                                             "dashboard_port": dashboard_port})
     nodes = {n.node_id: n for n in (cluster.add_node(num_cpus=3, resources={"learner": 1}) for _ in range(3))}
+    # Two nodes that declare GPUs (none exist: Ray only counts them), for tensor-parallel engines.
+    gpu_node = cluster.add_node(num_cpus=1, num_gpus=2)
+    cluster.add_node(num_cpus=0, num_gpus=1)
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, log_to_driver=False)
     configure_ray_data()
@@ -76,6 +79,17 @@ def main(out: Path, overrides: list[str]) -> dict:
     spread_nodes = [h["node_id"] for h in pool.health()]
     pool.shutdown()
 
+    # The tensor-parallel part runs in a task on the head (no GPU) whose runtime env puts the fake `vllm`
+    # first on the path, for it and for every actor it starts (the learners above must not see it: TRL
+    # imports vllm when it finds one).
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    fake_vllm = {"env_vars": {"PYTHONPATH": f"{REPO / 'tests' / 'fakes'}:{REPO}"}}
+    on_head = NodeAffinitySchedulingStrategy(node_id=cluster.head_node.node_id, soft=False)
+    tensor_parallel = ray.get(ray.remote(tensor_parallel_engine).options(
+        num_cpus=0, runtime_env=fake_vllm, scheduling_strategy=on_head).remote(out))
+    tensor_parallel["refused"] = tensor_parallel_refused(out)
+
     events = read_journal(final)
     ids = [a["actor_id"] for e in events if e["event"] == "actors" for a in e["rollout"] + e["reward"]]
     actor_nodes = {a.actor_id: a.node_id for a in list_actors(limit=10_000, **state_api())
@@ -83,7 +97,81 @@ def main(out: Path, overrides: list[str]) -> dict:
     ray.shutdown()
     cluster.shutdown()
     return {"manifest": manifest, "journal": events, "removed_node": removed.get("node"), "actor_nodes": actor_nodes,
-            "learner_nodes": sorted(nodes), "spread_nodes": spread_nodes}
+            "learner_nodes": sorted(nodes), "spread_nodes": spread_nodes, "gpu_node": gpu_node.node_id,
+            "tensor_parallel": tensor_parallel}
+
+
+def tensor_parallel_config(out: Path, size: int):
+    from medmcqa_ray.config import load_config
+
+    from ..conftest import REPO
+
+    return load_config([REPO / "configs" / "ci.yaml"], [
+        f"output_dir={out}", "rollout.engine=vllm", f"rollout.num_gpus_per_actor={size}",
+        f"rollout.tensor_parallel_size={size}", "grpo.temperature=1.0"])
+
+
+def tensor_parallel_refused(out: Path) -> str:
+    """tensor_parallel_size=3 on a cluster with 3 GPUs, but no node with 3: refused before any work."""
+    from medmcqa_ray.errors import StageError
+    from medmcqa_ray.training.placement import check_resources
+
+    try:
+        check_resources(tensor_parallel_config(out, 3))
+    except StageError as e:
+        return str(e)
+    return ""
+
+
+def tensor_parallel_engine(out: Path) -> dict:
+    """A vLLM engine with tensor_parallel_size=2 (tests/fakes/vllm places its workers the way vLLM's Ray
+    executor does), made by a pool the way a learner makes it (PACK: here the calling task's node, the
+    head, which has no GPU); its actor killed once and restarted; then evaluation with such engines."""
+    import ray
+    from ray.util import placement_group_table
+    from ray.util.state import list_actors
+
+    from medmcqa_ray.evaluation.stage import evaluate_head, load_eval_rows
+    from medmcqa_ray.rollout.actor import RolloutPool
+    from medmcqa_ray.rollout.types import Sampling
+    from medmcqa_ray.runtime import configure_ray_data
+    from medmcqa_ray.training.placement import actor_options
+
+    from ..conftest import state_api
+
+    configure_ray_data()
+
+    cfg = tensor_parallel_config(out, 2)
+    pool = RolloutPool(cfg.model, cfg.rollout, actor_options(cfg))
+    sampling = Sampling(n=2, max_new_tokens=4)
+
+    def snapshot() -> dict:
+        generated = len(pool.generate(["p0", "p1"], sampling))  # waits for the (restarted) engine
+        health = pool.health()[0]
+        group = placement_group_table(pool.groups[0])
+        workers = [(a.node_id, a.state) for a in list_actors(filters=[("class_name", "=", "FakeRayWorker")],
+                                                             limit=1000, **state_api())]
+        return {"generated": generated, "actor_node": health["node_id"], "pid": health["pid"], "workers": sorted(workers),
+                "group": {"strategy": group["strategy"], "bundles": group["bundles"],
+                          "nodes": sorted(set(group["bundles_to_node_id"].values()))}}
+
+    first = snapshot()
+    ray.kill(pool.actors[0], no_restart=False)  # Ray restarts it (max_restarts) inside the same group
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if pool.health()[0]["pid"] != first["pid"]:
+                break
+        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
+            time.sleep(0.5)
+    second = snapshot()
+    pool.shutdown()
+    # Evaluation: Ray Data's predictors in such groups, two heads one after the other on the same GPUs.
+    rows = load_eval_rows(cfg)
+    evaluated = [len(evaluate_head(cfg, rows, None)) for _ in range(2)]
+    left = [g["state"] for g in placement_group_table().values() if g["state"] != "REMOVED"]
+    return {"first": first, "second": second, "evaluated": evaluated, "rows": rows.num_rows,
+            "groups_left": left}
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """Two GRPO learners on a simulated 3-node cluster (CPU only): their actors land where
-`placement.strategy` says (PACK in the run, SPREAD for a pool made afterwards), after every step both learners hold the same adapter, the final adapter is
-the one they agree on, and when a learner's node is removed mid-run Ray Train restarts the learners
-from the last checkpoint on the nodes left and the run completes its planned steps."""
+`placement.strategy` says (PACK in the run, SPREAD for a pool made afterwards), after every step both
+learners hold the same adapter, the final adapter is the one they agree on, and when a learner's node is
+removed mid-run Ray Train restarts the learners from the last checkpoint on the nodes left and the run
+completes its planned steps. On two more nodes that declare GPUs, a tensor-parallel vLLM engine (faked)
+gets its own placement group on one node, for rollout and for evaluation."""
 
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ def test_two_learners_on_three_nodes_agree_and_survive_a_lost_node(tmp_path):
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-4000:]
     result = json.loads(next(line for line in r.stdout.splitlines() if line.startswith("RESULT "))[7:])
+    (tmp_path / "result.json").write_text(json.dumps(result, indent=1))  # for a failing assertion's reader
     m, events = result["manifest"], result["journal"]
 
     history = [h for h in m["history"] if "rewards/correct/mean" in h]
@@ -61,3 +64,21 @@ def test_two_learners_on_three_nodes_agree_and_survive_a_lost_node(tmp_path):
     assert all(f"timing/generate/rank{r}" in h for h in history for r in (0, 1))
     _, weights = read_adapter(out / "checkpoints" / "grpo")
     assert adapter_checksum(weights) == synced[(4, 0)]
+
+    # Tensor parallel (vLLM, faked): the engine's placement group is 2 one-GPU bundles, STRICT_PACK, on the
+    # node with 2 GPUs (PACK preferred the driver's node, which has none); the actor in bundle 0 and both
+    # of vLLM's workers there; after the actor is killed, Ray restarts it in the same group and the new
+    # engine's workers take the same GPUs. An engine bigger than every node is refused up front.
+    tp = result["tensor_parallel"]
+    gpu_node = result["gpu_node"]
+    for snap in (tp["first"], tp["second"]):
+        assert snap["generated"] == 2 and snap["actor_node"] == gpu_node
+        assert snap["group"] == {"strategy": "STRICT_PACK", "bundles": {"0": {"CPU": 1.0, "GPU": 1.0}, "1": {"GPU": 1.0}},
+                                 "nodes": [gpu_node]}, snap["group"]
+    assert tp["first"]["workers"] == [[gpu_node, "ALIVE"]] * 2
+    assert tp["second"]["pid"] != tp["first"]["pid"]
+    assert [w for w in tp["second"]["workers"] if w[1] == "ALIVE"] == [[gpu_node, "ALIVE"]] * 2
+    assert "rollout.tensor_parallel_size: 3 GPUs per engine on one node, but no node has more than 2" in tp["refused"]
+    # Evaluating two heads with such engines (Ray Data) frees each head's groups: no group is left.
+    assert tp["evaluated"] == [tp["rows"]] * 2 and tp["rows"] > 0
+    assert tp["groups_left"] == [], tp["groups_left"]

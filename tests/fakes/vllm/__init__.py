@@ -23,6 +23,10 @@ Checked against the vllm-0.33.0 wheel from PyPI (_version.py: 0.33.0, commit g4b
                                          = list[dict[int, Logprob]] (FlatLogprobs only if flat_logprobs=True)
 - vllm/v1/engine/__init__.py    37       FINISH_REASON_STRINGS = stop, length, abort, error, repetition
 - vllm/lora/worker_manager.py   288-320  a new adapter is loaded before the LRU cache evicts the oldest
+- vllm/v1/executor/ray_utils.py initialize_ray_cluster, _verify_bundles: with the Ray executor, the
+                                         caller's placement group is used (one GPU per bundle at most, >= tp
+                                         GPU bundles, the caller's node in it), else a PACK group is made;
+                                         workers: num_cpus=0, one GPU, one per GPU bundle
 """
 
 from vllm.entrypoints.llm import LLM

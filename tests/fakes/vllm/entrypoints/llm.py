@@ -24,7 +24,55 @@ LOGPROBS_MODES = ("raw_logits", "raw_logprobs", "processed_logits", "processed_l
 # LLM.__init__ passes **kwargs to EngineArgs, a dataclass: an unknown name is a TypeError there. These are
 # the EngineArgs fields (vllm/engine/arg_utils.py) the engine may set; any other name fails in this fake.
 ENGINE_ARGS_FIELDS = frozenset({"max_model_len", "enable_lora", "max_lora_rank", "max_loras", "max_cpu_loras",
-                                "logprobs_mode", "max_logprobs", "enforce_eager", "disable_log_stats"})
+                                "logprobs_mode", "max_logprobs", "enforce_eager", "disable_log_stats",
+                                "distributed_executor_backend"})
+EXECUTOR_BACKENDS = ("ray", "mp", "uni", "external_launcher")
+
+
+def ray_executor_workers(world_size: int) -> list[Any]:
+    """What vLLM's Ray executor does before it loads a model (vllm/v1/executor/ray_utils.py,
+    initialize_ray_cluster and _verify_bundles; ray_executor.py, _init_workers_ray), without a GPU: use
+    the caller's placement group if it has one (else make a PACK group, which needs a GPU on the caller's
+    node), refuse a bundle of more than one GPU, fewer GPU bundles than workers, or a group without a
+    bundle on the caller's node; then start one worker per GPU bundle (no CPU, one GPU) in that bundle."""
+    import ray
+    from ray._private.state import available_resources_per_node
+    from ray.util.placement_group import get_current_placement_group, placement_group, placement_group_table
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    group = get_current_placement_group()
+    here = ray.get_runtime_context().get_node_id()
+    if group is None:
+        if available_resources_per_node()[here].get("GPU", 0) < 1:
+            raise ValueError("Current node has no GPU available. vLLM engine cannot start without GPU.")
+        group = placement_group([{"GPU": 1.0} for _ in range(world_size)], strategy="PACK")
+    ray.get(group.ready(), timeout=60)
+    gpu_bundles = []
+    for i, bundle in enumerate(group.bundle_specs):
+        if bundle.get("GPU", 0) > 1:
+            raise ValueError("Placement group bundle cannot have more than 1 GPU.")
+        if bundle.get("GPU", 0):
+            gpu_bundles.append(i)
+    if world_size > len(gpu_bundles):
+        raise ValueError(f"The number of required GPUs exceeds the total number of available GPUs in the placement "
+                         f"group. Required number of devices: {world_size}. Total number of devices: {len(gpu_bundles)}.")
+    if here not in set(placement_group_table(group)["bundles_to_node_id"].values()):
+        raise RuntimeError(f"driver node id {here} is not included in a placement group {group.id}.")
+    worker = ray.remote(num_cpus=0, num_gpus=1)(FakeRayWorker)
+    workers = [worker.options(scheduling_strategy=PlacementGroupSchedulingStrategy(
+        placement_group=group, placement_group_capture_child_tasks=True, placement_group_bundle_index=i)).remote()
+        for i in gpu_bundles[:world_size]]
+    ray.get([w.where.remote() for w in workers], timeout=120)  # vLLM asks each worker for its node first
+    return workers
+
+
+class FakeRayWorker:
+    """Stands where vLLM's RayWorkerWrapper would hold one GPU's shard of the model."""
+
+    def where(self) -> dict[str, Any]:
+        import ray
+
+        return {"node_id": ray.get_runtime_context().get_node_id(), "gpu_ids": ray.get_gpu_ids()}
 
 
 def fake_logprob(token_id: int) -> float:
@@ -114,6 +162,12 @@ class LLM:
             raise ValueError(f"logprobs_mode {kwargs['logprobs_mode']!r} is not one of {LOGPROBS_MODES}")
         if not 0 < gpu_memory_utilization <= 1:
             raise ValueError("gpu_memory_utilization must be in (0, 1]")
+        backend = kwargs.get("distributed_executor_backend")
+        if backend is not None and backend not in EXECUTOR_BACKENDS:
+            raise ValueError(f"distributed_executor_backend {backend!r} is not one of {EXECUTOR_BACKENDS}")
+        # EngineArgs.create_engine_config reads the caller's placement group when it runs in a Ray actor and
+        # hands it to the engine-core process; this fake stays in the caller's process.
+        self.workers = ray_executor_workers(tensor_parallel_size) if backend == "ray" else []
         self.init_kwargs: dict[str, Any] = dict(
             model=model, trust_remote_code=trust_remote_code, tensor_parallel_size=tensor_parallel_size,
             dtype=dtype, revision=revision, seed=seed, gpu_memory_utilization=gpu_memory_utilization,
