@@ -91,7 +91,7 @@ def evaluate_head(cfg: Config, rows: pa.Table, adapter: Optional[str]) -> list[d
     groups = None
     if tensor_parallel.uses_placement_group(cfg.rollout):  # each predictor in its engine's placement group
         groups = tensor_parallel.EngineGroups(cfg.rollout, cfg.rollout.num_actors)
-        placement = {"num_cpus": cfg.rollout.num_cpus_per_actor, "num_gpus": 0, "ray_remote_args_fn": groups}
+        placement |= {"num_gpus": 0, "ray_remote_args_fn": groups}
     ds = ray.data.from_arrow(rows).map_batches(
         HeadPredictor,
         fn_constructor_kwargs={"model_cfg": cfg.model, "rollout_cfg": cfg.rollout, "format_cfg": cfg.format,

@@ -18,13 +18,13 @@ pytestmark = pytest.mark.slow
 
 
 def checkpoint_steps(out) -> list[int]:
-    """The global step of every checkpoint Ray Train holds for the GRPO run."""
-    found = []
-    for d in (out / "checkpoints" / "ray" / "grpo").glob("checkpoint_*"):
-        state = d / "checkpoint" / "trainer_state.json"
-        if state.exists():
-            found.append(json.loads(state.read_text())["global_step"])
-    return sorted(found)
+    """The global step of every GRPO checkpoint Ray Train has registered (its checkpoint manager's
+    snapshot): what a restarted run resumes from. A folder written but not yet registered is not one."""
+    snapshot = out / "checkpoints" / "ray" / "grpo" / "checkpoint_manager_snapshot.json"
+    try:
+        return sorted(r["metrics"]["step"] for r in json.loads(snapshot.read_text())["checkpoint_results"])
+    except (FileNotFoundError, json.JSONDecodeError):  # none yet, or caught mid-write
+        return []
 
 
 def step_prompts(events: list[dict]) -> dict[int, list[str]]:

@@ -1,7 +1,8 @@
 """A GRPO run with 2 learners on a simulated 3-node cluster, one node removed mid-run; run in its own
 process by test_multinode.py (a `ray.cluster_utils.Cluster` cannot share a process with the test
 session's Ray). Prints one JSON line: the GRPO manifest, the run's journal, the node that was removed,
-and, from Ray's state API, the node of every actor the learners created.
+from Ray's state API the node of every actor the learners created, and what a tensor-parallel engine
+(vLLM faked) got on the two nodes that declare GPUs.
 
     python -m tests.scaling.multinode OUTPUT_DIR [key=value ...]
 """
@@ -163,7 +164,8 @@ def tensor_parallel_engine(out: Path) -> dict:
             if pool.health()[0]["pid"] != first["pid"]:
                 break
         except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
-            time.sleep(0.5)
+            pass
+        time.sleep(0.5)
     second = snapshot()
     pool.shutdown()
     # Evaluation: Ray Data's predictors in such groups, two heads one after the other on the same GPUs.

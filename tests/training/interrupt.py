@@ -39,9 +39,11 @@ def rerun(cmd: list[str], timeout_s: float = 600) -> subprocess.CompletedProcess
 
 
 def kill_after_first_checkpoint_and_rerun(stage: str, out: Path, overrides: list[str]) -> subprocess.CompletedProcess:
-    """`medmcqa-ray <stage>` on configs/ci.yaml, killed once Ray Train wrote a checkpoint, checked not
-    to be marked complete, then run again to the end."""
+    """`medmcqa-ray <stage>` on configs/ci.yaml, killed once Ray Train registered a checkpoint, checked
+    not to be marked complete, then run again to the end. Registered, not just written: with several
+    learners the folder appears when the first one saves, and a kill before Ray Train's controller has
+    every learner's report loses that checkpoint (the run then restarts from step 0)."""
     cmd = [sys.executable, "-m", "medmcqa_ray.cli", stage, "--config", "configs/ci.yaml", f"output_dir={out}", *overrides]
-    kill_when(cmd, lambda: bool(list((out / "checkpoints" / "ray" / stage).glob("checkpoint_*"))))
+    kill_when(cmd, lambda: (out / "checkpoints" / "ray" / stage / "checkpoint_manager_snapshot.json").exists())
     assert not (out / "checkpoints" / f"{stage}_manifest.json").exists()  # nothing marked complete
     return rerun(cmd)

@@ -46,8 +46,10 @@ def test_sft_learns_and_writes_a_peft_adapter(toy_sft):
             assert torch.equal(tensor, before[clean]), name  # base weights unchanged
 
     client = MlflowClient(tracking_uri=tracking_uri(cfg))
+    # The SFT run that trained: later jobs on this output_dir (the sweep's) record their SFT stage as skipped.
     runs = client.search_runs([client.get_experiment_by_name(cfg.tracking.experiment).experiment_id])
-    sft_run = next(r for r in runs if r.data.tags.get("medmcqa_ray.stage") == "sft")
+    sft_run = next(r for r in runs if r.data.tags.get("medmcqa_ray.stage") == "sft"
+                   and r.data.tags.get("medmcqa_ray.skipped") != "true")
     losses = client.get_metric_history(sft_run.info.run_id, "sft/loss")
     assert len(losses) == cfg.sft.max_steps and {"sft/learning_rate", "sft/grad_norm", "sft/tokens_per_second"} <= set(sft_run.data.metrics)
 
