@@ -10,21 +10,11 @@ import sys
 
 import pytest
 
-from ..training.interrupt import kill_when, rerun
+from ..training.interrupt import kill_when, registered_checkpoints, rerun
 from ..training.test_grpo import config, steps
 from .test_grpo_faults import journal
 
 pytestmark = pytest.mark.slow
-
-
-def checkpoint_steps(out) -> list[int]:
-    """The global step of every GRPO checkpoint Ray Train has registered (its checkpoint manager's
-    snapshot): what a restarted run resumes from. A folder written but not yet registered is not one."""
-    snapshot = out / "checkpoints" / "ray" / "grpo" / "checkpoint_manager_snapshot.json"
-    try:
-        return sorted(r["metrics"]["step"] for r in json.loads(snapshot.read_text())["checkpoint_results"])
-    except (FileNotFoundError, json.JSONDecodeError):  # none yet, or caught mid-write
-        return []
 
 
 def step_prompts(events: list[dict]) -> dict[int, list[str]]:
@@ -45,10 +35,10 @@ def test_killed_job_resumes_grpo_at_its_checkpoint_step_and_data_order(tmp_path)
     cfg = config(out, *overrides[1:])
     cmd = [sys.executable, "jobs/full.py", "--config", "configs/ci.yaml", *overrides]
     # Killed once a checkpoint exists and the step after it has started: between two checkpoints.
-    kill_when(cmd, lambda: bool(checkpoint_steps(out)) and
-              max(step_prompts(journal(out)), default=0) > checkpoint_steps(out)[-1])
+    kill_when(cmd, lambda: bool(registered_checkpoints(out, "grpo")) and
+              max(step_prompts(journal(out)), default=0) > registered_checkpoints(out, "grpo")[-1])
     assert not (out / "checkpoints" / "grpo_manifest.json").exists()  # nothing marked complete
-    last_checkpoint = checkpoint_steps(out)[-1]
+    last_checkpoint = registered_checkpoints(out, "grpo")[-1]
     before = step_prompts(journal(out))
 
     r = rerun(cmd)

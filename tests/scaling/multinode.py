@@ -28,6 +28,7 @@ def main(out: Path, overrides: list[str]) -> dict:
     from medmcqa_ray.training.ray_run import read_journal
 
     from ..conftest import REPO, state_api
+    from ..training.interrupt import registered_checkpoints
 
     # The head takes no learner; each of the 3 other nodes fits one learner (the custom `learner`
     # resource) with its rollout and reward actor beside it (3 CPUs).
@@ -52,15 +53,13 @@ def main(out: Path, overrides: list[str]) -> dict:
     removed: dict = {}
 
     def remove_a_learner_node() -> None:
-        """Once Ray Train has registered a checkpoint (its manager's snapshot is written: a checkpoint
-        every learner saved but the controller has not yet collected dies with a lost node) and
-        the step after it has begun, take away rank 1's node."""
-        registered = out / "checkpoints" / "ray" / "grpo" / "checkpoint_manager_snapshot.json"
+        """Once Ray Train has registered a checkpoint (one every learner saved but the controller has
+        not yet collected dies with a lost node) and the step after it has begun, take away rank 1's node."""
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
             events = read_journal(final)
             steps = [e["step"] for e in events if e["event"] == "step" and e["rank"] == 0]
-            if registered.exists() and steps and max(steps) >= cfg.grpo.save_steps + 1:
+            if registered_checkpoints(out, "grpo") and steps and max(steps) >= cfg.grpo.save_steps + 1:
                 node = [e["node"] for e in events if e["event"] == "start" and e["rank"] == 1][-1]
                 removed["node"] = node
                 cluster.remove_node(nodes[node])

@@ -3,6 +3,7 @@ tests share."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -38,12 +39,22 @@ def rerun(cmd: list[str], timeout_s: float = 600) -> subprocess.CompletedProcess
     return subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=timeout_s)
 
 
+def registered_checkpoints(out: Path, stage: str) -> list[int]:
+    """The global step of every checkpoint Ray Train has registered for a stage's run (its checkpoint
+    manager's snapshot): what a restarted run resumes from. A folder is not enough: with several learners
+    it appears when the first one saves, and until the controller has every learner's report a kill (or a
+    lost node) loses it."""
+    snapshot = out / "checkpoints" / "ray" / stage / "checkpoint_manager_snapshot.json"
+    try:
+        return sorted(r["metrics"]["step"] for r in json.loads(snapshot.read_text())["checkpoint_results"])
+    except (FileNotFoundError, json.JSONDecodeError):  # none yet, or caught mid-write
+        return []
+
+
 def kill_after_first_checkpoint_and_rerun(stage: str, out: Path, overrides: list[str]) -> subprocess.CompletedProcess:
     """`medmcqa-ray <stage>` on configs/ci.yaml, killed once Ray Train registered a checkpoint, checked
-    not to be marked complete, then run again to the end. Registered, not just written: with several
-    learners the folder appears when the first one saves, and a kill before Ray Train's controller has
-    every learner's report loses that checkpoint (the run then restarts from step 0)."""
+    not to be marked complete, then run again to the end."""
     cmd = [sys.executable, "-m", "medmcqa_ray.cli", stage, "--config", "configs/ci.yaml", f"output_dir={out}", *overrides]
-    kill_when(cmd, lambda: (out / "checkpoints" / "ray" / stage / "checkpoint_manager_snapshot.json").exists())
+    kill_when(cmd, lambda: bool(registered_checkpoints(out, stage)))
     assert not (out / "checkpoints" / f"{stage}_manifest.json").exists()  # nothing marked complete
     return rerun(cmd)
