@@ -34,9 +34,11 @@ def test_killed_job_resumes_grpo_at_its_checkpoint_step_and_data_order(tmp_path)
                  "tracking.enabled=true"]
     cfg = config(out, *overrides[1:])
     cmd = [sys.executable, "jobs/full.py", "--config", "configs/ci.yaml", *overrides]
-    # Killed once a checkpoint exists and the step after it has started: between two checkpoints.
-    kill_when(cmd, lambda: bool(registered_checkpoints(out, "grpo")) and
-              max(step_prompts(journal(out)), default=0) > registered_checkpoints(out, "grpo")[-1])
+    def between_checkpoints() -> bool:  # a checkpoint is registered and the step after it has started
+        registered = registered_checkpoints(out, "grpo")
+        return bool(registered) and max(step_prompts(journal(out)), default=0) > registered[-1]
+
+    kill_when(cmd, between_checkpoints)
     assert not (out / "checkpoints" / "grpo_manifest.json").exists()  # nothing marked complete
     last_checkpoint = registered_checkpoints(out, "grpo")[-1]
     before = step_prompts(journal(out))
