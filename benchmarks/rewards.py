@@ -60,7 +60,7 @@ def main() -> None:
 
     from medmcqa_ray.rewards.actor import RewardPool
 
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     pool = RewardPool(cfg.rewards, cfg.format.markers)
     pool.score(batch.slice(0, 8 * args.actors))  # load the model in every actor
     start = time.perf_counter()

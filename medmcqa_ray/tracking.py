@@ -17,6 +17,7 @@ get `Tracker(cfg, enabled=False)`, which has the same methods and does nothing.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import logging
@@ -25,6 +26,7 @@ import shlex
 import shutil
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from dataclasses import dataclass
@@ -34,6 +36,7 @@ from typing import Any, Iterator, Mapping, Optional
 from medmcqa_ray import __version__
 from medmcqa_ray.config import Config, flatten, resolved_dict
 from medmcqa_ray.errors import MedmcqaError
+from medmcqa_ray.redaction import redact_uri
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +46,10 @@ PARAM_LIMIT, TAG_LIMIT, BATCH = 6000, 8000, 100
 OFFLINE_PREFIX = "offline-"
 # MLflow's defaults (7 retries, exponential backoff) make a dead server cost minutes per call; set only
 # around our own calls, and never over what the user exported.
-_FAST_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-              "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+# MLflow also prints each run's URL when it ends: the URI's credentials included, and one more console line;
+# our own `MLflow:` line gives the redacted address once.
+_CLIENT_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+              "MLFLOW_HTTP_REQUEST_TIMEOUT": "10", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
 
 
 class TrackingUnavailableError(MedmcqaError):
@@ -56,26 +61,33 @@ def tracking_uri(cfg: Config) -> str:
         return cfg.tracking.uri
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
-    return f"sqlite:///{Path(cfg.output_dir).resolve() / 'mlflow.db'}"
+    return f"sqlite:///{Path(cfg.output_dir) / 'mlflow.db'}"
 
 
 def ui_command(cfg: Config) -> str:
     """How to browse the runs: the `mlflow ui` command for a local store, the URL for a server."""
-    uri = tracking_uri(cfg)
+    uri = redact_uri(tracking_uri(cfg))
     if uri.startswith(("http://", "https://")):
         return f"open {uri} in a browser (MLflow tracking server)"
     return f"mlflow ui --backend-store-uri {shlex.quote(uri)}"
 
 
 def offline_dir(cfg: Config) -> Path:
-    return Path(cfg.output_dir).resolve() / "tracking" / "offline"
+    return Path(cfg.output_dir) / "tracking" / "offline"
 
 
 def _reachable(uri: str, timeout: float = 3.0) -> bool:
     if not uri.startswith(("http://", "https://")):
         return True  # local stores have nothing to wait for; they fail on first use instead
+    # urllib reads "user:pw@host" as the host; send the credentials as the header MLflow's client sends.
+    parts = urllib.parse.urlsplit(uri)
+    request = urllib.request.Request(parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else ""),
+                                                    path=parts.path.rstrip("/") + "/health").geturl())
+    if parts.username is not None:
+        credentials = f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
+        request.add_header("Authorization", "Basic " + base64.b64encode(credentials.encode()).decode())
     try:
-        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).close()
+        urllib.request.urlopen(request, timeout=timeout).close()
     except urllib.error.HTTPError:
         return True  # it answered (auth, a proxy, an older server): alive
     except (OSError, ValueError):
@@ -84,8 +96,8 @@ def _reachable(uri: str, timeout: float = 3.0) -> bool:
 
 
 @contextlib.contextmanager
-def _fast_http() -> Iterator[None]:
-    added = {k: v for k, v in _FAST_HTTP.items() if k not in os.environ}
+def _client_env() -> Iterator[None]:
+    added = {k: v for k, v in _CLIENT_ENV.items() if k not in os.environ}
     os.environ.update(added)
     try:
         yield
@@ -110,6 +122,10 @@ def _experiment(client: Any, uri: str, name: str) -> str:
 
 def _client(uri: str) -> Any:
     import mlflow
+
+    from medmcqa_ray import console
+
+    console.quiet_libraries()  # mlflow's logger, set up by that import, says INFO on its own handler
 
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).resolve().parent.mkdir(parents=True, exist_ok=True)
@@ -235,7 +251,7 @@ class Tracker:
                 self._go_offline(f"tracking server {self.uri} is unreachable")
             else:
                 try:
-                    with _fast_http():
+                    with _client_env():
                         self._client = _client(self.uri)
                         self._experiment_id = _experiment(self._client, self.uri, self.cfg.tracking.experiment)
                 except Exception as e:
@@ -243,7 +259,7 @@ class Tracker:
         parent_key = parent.key if parent else None
         if not self.offline:
             try:
-                with _fast_http():
+                with _client_env():
                     extra = {"mlflow.parentRunId": parent_key} if parent_key else {}
                     info = self._client.create_run(self._experiment_id, run_name=name, tags=tags | extra).info
                 return _Run(info.run_id, name, parent_key)
@@ -262,7 +278,7 @@ class Tracker:
             return
         if not self.offline:  # an offline tracker never goes back: replay keeps the order whole
             try:
-                with _fast_http():
+                with _client_env():
                     _send(self._client, run.key, kind, payload)
                 return
             except Exception as e:
@@ -273,9 +289,9 @@ class Tracker:
         self._write(run, kind, payload)
 
     def _go_offline(self, reason: str) -> None:
-        if not self.offline:
+        if not self.offline:  # the reason may quote the URI (and MLflow's errors the URL), credentials and all
             log.warning("%s; tracking goes on offline in %s (send it later with replay_offline)",
-                        reason, offline_dir(self.cfg))
+                        redact_uri(reason), offline_dir(self.cfg))
         self.offline = True
 
     def _write(self, run: _Run, kind: str, payload: dict) -> None:
@@ -306,7 +322,7 @@ def replay_offline(cfg: Config, target_uri: Optional[str] = None) -> int:
         return 0
     uri = target_uri or tracking_uri(cfg)
     if not _reachable(uri):
-        raise TrackingUnavailableError(f"tracking server {uri} is unreachable; offline records kept in {folder}")
+        raise TrackingUnavailableError(f"tracking server {redact_uri(uri)} is unreachable; offline records kept in {folder}")
     records = []
     for f in files:
         for n, line in enumerate(f.read_text().splitlines(), 1):
@@ -320,7 +336,7 @@ def replay_offline(cfg: Config, target_uri: Optional[str] = None) -> int:
         first.setdefault(r["run"], r)
     ids: dict[str, Optional[str]] = {}
     experiments: dict[str, str] = {}
-    with _fast_http():
+    with _client_env():
         client = _client(uri)
 
         def resolve(key: Optional[str]) -> Optional[str]:

@@ -34,7 +34,7 @@ CURVES = ("val_accuracy", "rewards/correct/mean", "rewards/format_exact/mean", "
 
 
 def sweep_dir(cfg: Config) -> Path:
-    return Path(cfg.output_dir).resolve() / "sweeps" / cfg.sweep.name
+    return Path(cfg.output_dir) / "sweeps" / cfg.sweep.name
 
 
 def _dimension(d: SearchDimension) -> Any:
@@ -121,7 +121,7 @@ def _tuner(cfg: Config, key: str) -> Any:
     trainable = tune.with_resources(tune.with_parameters(_trial, cfg=cfg, key=key), {"CPU": s.trial_cpus})
     path = sweep_dir(cfg) / "tune" / s.name
     if tune.Tuner.can_restore(path):
-        log.info("sweep: restoring the interrupted sweep at %s (finished trials are kept)", path)
+        log.warning("sweep: restoring the interrupted sweep at %s (finished trials are kept)", path)
         return tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True)
     # stop_last_trials=False: a trial that reaches max_t finishes on its own, writing its adapter.
     scheduler = (ResumableASHA(str(sweep_dir(cfg) / "tune" / "scheduler.pkl"), time_attr="step", max_t=cfg.grpo.max_steps,
@@ -163,10 +163,22 @@ def _trial_record(result: Any, cfg: Config) -> dict:
             "curves": {name: [list(p) for p in points] for name, points in curves.items()}}
 
 
+def _concurrent_trials(cfg: Config) -> int:
+    """Trials Tune runs at once: sweep.max_concurrent_trials, or fewer when the sweep has fewer."""
+    s = cfg.sweep
+    return min(s.max_concurrent_trials, s.num_samples * math.prod(len(d.grid) for d in s.space.values() if d.grid))
+
+
 def run_sweep(cfg: Config, key: str = "") -> dict:
     from medmcqa_ray.training.grpo import check_config, labelled_rows
 
     check_config(cfg)  # the SFT adapter and the prompts, before any trial starts
+    if (concurrent := _concurrent_trials(cfg)) > 1:
+        from medmcqa_ray.training.placement import check_resources
+
+        # Tune starts trials on 0.1 CPU each; their learners would otherwise queue behind each other and
+        # fail the placement wait (placement.timeout_s) one by one.
+        check_resources(cfg, copies=concurrent)
     labelled_rows(cfg, "validation", cfg.sweep.eval_rows)
     folder = sweep_dir(cfg)
     folder.mkdir(parents=True, exist_ok=True)

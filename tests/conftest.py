@@ -30,7 +30,7 @@ def ray_session():
     if not ray.is_initialized():
         # The dashboard serves Ray's state API, which tests use to check where work ran.
         # 6 logical CPUs on 2 cores: in GRPO the learner, rollout and reward actors take turns.
-        ray.init(num_cpus=6, include_dashboard=True, log_to_driver=False)
+        ray.init(address="local", num_cpus=6, include_dashboard=True, log_to_driver=False)
     from medmcqa_ray.runtime import configure_ray_data
 
     configure_ray_data()

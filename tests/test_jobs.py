@@ -15,6 +15,8 @@ import sys
 import tempfile
 import time
 import urllib.request
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -85,6 +87,12 @@ def env() -> dict:
     return env
 
 
+@dataclass(frozen=True)
+class TrackingServer:
+    url: str
+    folder: Path  # its sqlite store and artifacts
+
+
 @pytest.fixture(scope="module")
 def mlflow_server(env):
     folder = Path(tempfile.mkdtemp(prefix="mlflow-server-"))
@@ -93,7 +101,13 @@ def mlflow_server(env):
            "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}", "--artifacts-destination", str(folder / "artifacts")]
     url = f"http://127.0.0.1:{port}"
     with serving(cmd, env, f"{url}/health", folder):
-        yield url
+        yield TrackingServer(url, folder)
+
+
+@dataclass(frozen=True)
+class RayHead:
+    address: str
+    temp: Path  # its sessions and logs
 
 
 @pytest.fixture(scope="module")
@@ -110,12 +124,7 @@ def ray_head(env):
            *[f"{k}={v}" for k, v in ports.items()]]
     address = f"http://127.0.0.1:{dashboard}"
     with serving(cmd, env, f"{address}/api/version", temp):
-        yield address
-
-
-@pytest.fixture(scope="module")
-def job_out(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("job") / "out"
+        yield RayHead(address, temp)
 
 
 def submit(address: str, env: dict, submission_id: str, *args: str) -> tuple[str, str]:
@@ -139,24 +148,56 @@ def rest(url: str, path: str, body: dict | None = None) -> dict:
     return json.loads(urllib.request.urlopen(req, timeout=30).read())
 
 
-def test_submitted_job_runs_every_stage_into_a_tracking_server(ray_head, mlflow_server, env, job_out):
-    from medmcqa_ray.config import load_config
-    from medmcqa_ray.pipeline import ALL, STAGES
+# Planted secrets, made here so that no source file holds them: a hub token, and a password inside the
+# tracking URI (MLflow's client sends URI credentials as basic auth; a plain server ignores them). They come
+# in an overlay config outside the working directory, as a user keeps secrets out of what they upload.
+TOKEN, PASSWORD = f"hf_{uuid.uuid4().hex}", f"pw-{uuid.uuid4().hex}"
 
-    args = ["--config", "configs/ci.yaml", f"output_dir={job_out}", f"tracking.uri={mlflow_server}", *TINY]
-    status, logs = submit(ray_head, env, "medmcqa-full-1", *args)
+
+@pytest.fixture(scope="module")
+def secrets_overlay(mlflow_server, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("secrets") / "secrets.yaml"
+    uri = mlflow_server.url.replace("http://", f"http://medmcqa:{PASSWORD}@")
+    path.write_text(f"data:\n  hub_token: {TOKEN}\ntracking:\n  uri: {uri}\n")
+    return path
+
+
+def job_args(secrets: Path) -> list[str]:
+    """ci.yaml keeps its relative output_dir: it lands in the job's working directory."""
+    return ["--config", "configs/ci.yaml", "--config", str(secrets), *TINY]
+
+
+def job_output_dir(logs: str) -> Path:
+    """The absolute output_dir the job printed (paths resolve once, against the job's working directory)."""
+    line = next(x for x in logs.splitlines() if x.startswith("output_dir: "))
+    return Path(line.removeprefix("output_dir: "))
+
+
+@pytest.fixture(scope="module")
+def first_job(ray_head, env, secrets_overlay) -> tuple[str, str]:
+    return submit(ray_head.address, env, "medmcqa-full-1", *job_args(secrets_overlay))
+
+
+def test_submitted_job_runs_every_stage_into_a_tracking_server(ray_head, mlflow_server, env, first_job):
+    from medmcqa_ray.pipeline import ALL
+
+    status, logs = first_job
     assert status == "SUCCEEDED", logs[-3000:]
-    cfg = load_config([REPO / "configs" / "ci.yaml"], args[2:])
+    out = job_output_dir(logs)
+    assert out.name == "ci" and out.parent.name == "outputs" and out.is_absolute()
+    assert (out.parents[1] / "jobs" / "full.py").is_file()  # under the submitted working directory
     for name in ALL:
-        assert STAGES[name].manifest(cfg).is_file(), name
-    summary = json.loads((job_out / "eval" / "summary.json").read_text())
+        assert manifest_path(out, name).is_file(), name
+    summary = json.loads((out / "eval" / "summary.json").read_text())
     assert set(summary["heads"]) == {"base", "sft", "grpo"}
     assert "joined Ray cluster" in logs  # it ran on the submitted-to cluster, not a Ray of its own
-    assert f"MLflow: open {mlflow_server}" in logs and "grpo" in logs.split("== eval")[-1]  # the accuracy table
+    assert f"MLflow: open http://medmcqa:***@{mlflow_server.url.removeprefix('http://')}" in logs
+    assert "grpo" in logs.split("== eval")[-1]  # the accuracy table
 
     # The tracking server holds the pipeline's parent run, a nested run per stage, metrics and artifacts.
-    experiment = rest(mlflow_server, "experiments/get-by-name?experiment_name=medmcqa-ray")["experiment"]["experiment_id"]
-    runs = rest(mlflow_server, "runs/search", {"experiment_ids": [experiment], "max_results": 100})["runs"]
+    url = mlflow_server.url
+    experiment = rest(url, "experiments/get-by-name?experiment_name=medmcqa-ray")["experiment"]["experiment_id"]
+    runs = rest(url, "runs/search", {"experiment_ids": [experiment], "max_results": 100})["runs"]
     tags = [{t["key"]: t["value"] for t in r["data"].get("tags", [])} for r in runs]
     parents = [r for r, t in zip(runs, tags) if t.get("medmcqa_ray.kind") == "pipeline"]
     assert len(parents) == 1
@@ -164,34 +205,52 @@ def test_submitted_job_runs_every_stage_into_a_tracking_server(ray_head, mlflow_
     stages = {t["medmcqa_ray.stage"]: r for r, t in zip(runs, tags)
               if t.get("medmcqa_ray.kind") == "stage" and t.get("mlflow.parentRunId") == parent_id}
     assert set(stages) == set(ALL)
-    assert {p["key"] for p in parents[0]["data"]["params"]} >= {"model.name", "grpo.max_steps", "rewards.weights.correct"}
+    params = {p["key"]: p["value"] for p in parents[0]["data"]["params"]}
+    assert {"model.name", "grpo.max_steps", "rewards.weights.correct"} <= set(params)
+    assert params["data.hub_token"] == "***" and params["eval.max_new_tokens"] == "16"
     grpo_id = stages["grpo"]["info"]["run_id"]
-    history = rest(mlflow_server, f"metrics/get-history?run_id={grpo_id}&metric_key=grpo/rewards/correct/mean")["metrics"]
+    history = rest(url, f"metrics/get-history?run_id={grpo_id}&metric_key=grpo/rewards/correct/mean")["metrics"]
     assert sorted(m["step"] for m in history) == [1, 2]
     eval_metrics = {m["key"] for m in stages["eval"]["data"]["metrics"]}
     assert {"eval/base/accuracy", "eval/sft/accuracy", "eval/grpo/accuracy"} <= eval_metrics
-    files = rest(mlflow_server, f"artifacts/list?run_id={stages['eval']['info']['run_id']}&path=eval")["files"]
+    files = rest(url, f"artifacts/list?run_id={stages['eval']['info']['run_id']}&path=eval")["files"]
     assert {"eval/summary.json", "eval/accuracy.png", "eval/eval_results.jsonl"} <= {f["path"] for f in files}
 
+    # Neither secret reached the job's logs, its output_dir, the tracking server's store or Ray's logs.
+    from .test_full_job_local import files_holding
 
-def test_resubmitted_job_skips_finished_stages(ray_head, mlflow_server, env, job_out):
+    ray_logs = list(ray_head.temp.glob("session_*/logs"))
+    assert ray_logs
+    for secret in (TOKEN, PASSWORD):
+        assert secret not in logs
+        assert files_holding(secret, out, mlflow_server.folder, *ray_logs) == [], secret
+
+
+def manifest_path(out: Path, stage: str) -> Path:
     from medmcqa_ray.config import load_config
-    from medmcqa_ray.pipeline import ALL, STAGES
+    from medmcqa_ray.pipeline import STAGES
 
-    args = ["--config", "configs/ci.yaml", f"output_dir={job_out}", f"tracking.uri={mlflow_server}", *TINY]
-    cfg = load_config([REPO / "configs" / "ci.yaml"], args[2:])
-    if not STAGES["eval"].manifest(cfg).is_file():
+    return STAGES[stage].manifest(load_config([REPO / "configs" / "ci.yaml"], [f"output_dir={out}"]))
+
+
+def test_resubmitted_job_skips_finished_stages(ray_head, env, first_job, secrets_overlay):
+    from medmcqa_ray.pipeline import ALL
+
+    status, logs = first_job
+    if status != "SUCCEEDED":
         pytest.skip("needs the first job's outputs")
-    before = {name: STAGES[name].manifest(cfg).stat().st_mtime_ns for name in ALL}
-    status, logs = submit(ray_head, env, "medmcqa-full-2", *args)
+    out = job_output_dir(logs)
+    before = {name: manifest_path(out, name).stat().st_mtime_ns for name in ALL}
+    status, logs = submit(ray_head.address, env, "medmcqa-full-2", *job_args(secrets_overlay))
     assert status == "SUCCEEDED", logs[-3000:]
+    assert job_output_dir(logs) == out  # the same working directory: Ray keeps one per uploaded package
     assert all(f"== {name} (skipped: up to date)" in logs for name in ALL), logs[-3000:]
-    assert {name: STAGES[name].manifest(cfg).stat().st_mtime_ns for name in ALL} == before
+    assert {name: manifest_path(out, name).stat().st_mtime_ns for name in ALL} == before
 
 
 def test_bad_config_key_fails_the_job_fast_naming_it(ray_head, env, tmp_path):
     start = time.monotonic()
-    status, logs = submit(ray_head, env, "medmcqa-bad-key", "--config", "configs/ci.yaml", f"output_dir={tmp_path}",
+    status, logs = submit(ray_head.address, env, "medmcqa-bad-key", "--config", "configs/ci.yaml", f"output_dir={tmp_path}",
                           "grpo.max_stepz=3")
     assert status == "FAILED"
     assert "grpo.max_stepz" in logs and "unknown key" in logs

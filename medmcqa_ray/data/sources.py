@@ -161,7 +161,7 @@ def fingerprint(files: list[tuple[Path, str]], by_content: bool = False) -> str:
     h = hashlib.sha256()
     for path, split in files:
         st = path.stat()
-        h.update(f"{path.resolve()}|{split}|{st.st_size}".encode())
+        h.update(f"{path}|{split}|{st.st_size}".encode())
         h.update(hashlib.sha256(path.read_bytes()).digest() if by_content else str(st.st_mtime_ns).encode())
     return h.hexdigest()[:16]
 
@@ -213,7 +213,7 @@ def resolve_source(cfg: DataConfig, output_dir: Path) -> tuple[list[tuple[Path, 
         info = {"kind": "hub", "name": f"MedMCQA ({cfg.hub_id})", "revision": cfg.hub_revision}
     else:
         root = Path(cfg.path)
-        info = {"kind": "local", "name": "MedMCQA (local files)", "path": str(root.resolve())}
+        info = {"kind": "local", "name": "MedMCQA (local files)", "path": str(root)}
     return discover(root, cfg.splits), info
 
 

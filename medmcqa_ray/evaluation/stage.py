@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 import ray
 
 from medmcqa_ray.config import Config
+from medmcqa_ray.console import bar
 from medmcqa_ray.data.shards import read_shard
 from medmcqa_ray.errors import StageError
 from medmcqa_ray.evaluation.metrics import mcnemar_p, summarise
@@ -86,7 +87,7 @@ def head_adapters(cfg: Config, heads: list[str]) -> dict[str, Optional[str]]:
     return out
 
 
-def evaluate_head(cfg: Config, rows: pa.Table, adapter: Optional[str]) -> list[dict]:
+def evaluate_head(cfg: Config, rows: pa.Table, adapter: Optional[str], head: str = "") -> list[dict]:
     placement: dict = {"num_cpus": cfg.rollout.num_cpus_per_actor, "num_gpus": cfg.rollout.num_gpus_per_actor}
     groups = None
     if tensor_parallel.uses_placement_group(cfg.rollout):  # each predictor in its engine's placement group
@@ -100,8 +101,13 @@ def evaluate_head(cfg: Config, rows: pa.Table, adapter: Optional[str]) -> list[d
         **placement,
     )
     order = {row_id: i for i, row_id in enumerate(rows["id"].to_pylist())}
+    records: list[dict] = []
     try:
-        return sorted(ds.take_all(), key=lambda r: order[r["id"]])
+        with bar(f"eval {head}", rows.num_rows, "q") as b:
+            for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+                records.extend(batch.to_pylist())
+                b.update(batch.num_rows)
+        return sorted(records, key=lambda r: order[r["id"]])
     finally:
         if groups is not None:
             groups.remove()
@@ -138,7 +144,7 @@ def run_eval(cfg: Config, heads: list[str]) -> dict:
     (out / "heads").mkdir(parents=True, exist_ok=True)
     for head, adapter in adapters.items():
         log.info("eval: %s head on %d rows%s", head, rows.num_rows, f" (adapter {adapter})" if adapter else "")
-        records = evaluate_head(cfg, rows, adapter)
+        records = evaluate_head(cfg, rows, adapter, head)
         tmp = out / "heads" / f"{head}.jsonl.tmp"
         tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
         tmp.rename(out / "heads" / f"{head}.jsonl")

@@ -50,7 +50,7 @@ class RewardScores(BaseModel):
 class Scorer:
     def __init__(self, cfg: RewardsConfig, markers: Markers):
         self.cfg, self.markers = cfg, markers
-        self.similarity = SimilarityScorer(cfg.similarity_model)
+        self.similarity = SimilarityScorer(cfg.similarity_model, cfg.similarity_fallback)
         self.custom: dict[str, Callable] = {name: load_custom(c.path) for name, c in cfg.custom.items()}
 
     def names(self) -> list[str]:

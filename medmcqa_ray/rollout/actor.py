@@ -49,14 +49,19 @@ class RolloutActor:
 class RolloutPool:
     """`num_actors` RolloutActors created with `max_restarts`; calls are spread in contiguous chunks."""
 
-    def __init__(self, model_cfg: ModelConfig, rollout_cfg: RolloutConfig, actor_options: Optional[dict] = None):
+    def __init__(self, model_cfg: ModelConfig, rollout_cfg: RolloutConfig,
+                 actor_options: Optional[dict | list[dict]] = None):
+        """`actor_options`: Ray options for every actor, or a list with one dict per actor (actors that share
+        their learner's bundle each get their own GPU ids: training/placement.py)."""
         # "DEFAULT": a learner inside a Tune trial's placement group would otherwise capture its actors
         # into its own bundle, where they never fit.
-        options = {"max_restarts": rollout_cfg.max_restarts, "num_cpus": rollout_cfg.num_cpus_per_actor,
-                   "num_gpus": rollout_cfg.num_gpus_per_actor, "scheduling_strategy": "DEFAULT"} | (actor_options or {})
-        engines = [self._engine_options(rollout_cfg, options) for _ in range(rollout_cfg.num_actors)]
+        base = {"max_restarts": rollout_cfg.max_restarts, "num_cpus": rollout_cfg.num_cpus_per_actor,
+                "num_gpus": rollout_cfg.num_gpus_per_actor, "scheduling_strategy": "DEFAULT"}
+        each = actor_options if isinstance(actor_options, list) else [actor_options or {}] * rollout_cfg.num_actors
+        options = [base | o for o in each]
+        engines = [self._engine_options(rollout_cfg, o) for o in options]
         self.groups = [e["scheduling_strategy"].placement_group for e in engines if e]  # ours to remove
-        self.actors = [RolloutActor.options(**(options | e)).remote(model_cfg, rollout_cfg) for e in engines]
+        self.actors = [RolloutActor.options(**(o | e)).remote(model_cfg, rollout_cfg) for o, e in zip(options, engines)]
         self.update: Optional[AdapterUpdate] = None
         self.weights_ref: Optional[ray.ObjectRef] = None
         self.pids: list[Optional[int]] = [None] * len(self.actors)

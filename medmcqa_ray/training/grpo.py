@@ -355,9 +355,10 @@ def _train_loop(loop_config: dict) -> None:
     from ray.train.huggingface.transformers import RayTrainReportCallback, prepare_trainer
 
     from medmcqa_ray.models import load_model, load_tokenizer
+    from medmcqa_ray.progress import ReportSteps
     from medmcqa_ray.rewards.actor import RewardPool
     from medmcqa_ray.rollout.actor import RolloutPool
-    from medmcqa_ray.training.placement import actor_options
+    from medmcqa_ray.training import placement
 
     cfg: Config = loop_config["cfg"]
     ctx = ray.train.get_context()
@@ -366,9 +367,9 @@ def _train_loop(loop_config: dict) -> None:
     dataset = datasets.Dataset.from_list([{"prompt": r["prompt"]} for r in rows])
     tokenizer = load_tokenizer(cfg.model)
     model = PeftModel.from_pretrained(load_model(cfg.model, device), str(sft_adapter(cfg)), is_trainable=True)
-    placed = actor_options(cfg)
-    rollout_pool = RolloutPool(cfg.model, cfg.rollout, placed)
-    reward_pool = RewardPool(cfg.rewards, cfg.format.markers, placed)
+    placement.keep_learner_share(cfg)
+    rollout_pool = RolloutPool(cfg.model, cfg.rollout, placement.rollout_options(cfg))
+    reward_pool = RewardPool(cfg.rewards, cfg.format.markers, placement.reward_options(cfg))
     rollout = RolloutFunction(cfg, tokenizer, rows, rollout_pool, reward_pool, ctx.get_world_rank(), loop_config["final_dir"])
     work = Path(tempfile.mkdtemp(prefix="grpo-"))
     args = grpo_args(cfg, work, device)
@@ -376,6 +377,8 @@ def _train_loop(loop_config: dict) -> None:
     validator = Validator(cfg, tokenizer, rollout_pool, validate["rows"]) if validate else None
     sync = _callbacks(rollout_pool, rollout, loop_config["final_dir"], validator, validate["every"] if validate else 1)
     callbacks = [sync, RayTrainReportCallback()] + ([_report_every_step()] if validate else [])
+    if loop_config.get("progress") is not None:
+        callbacks.append(ReportSteps(loop_config["progress"]))
     trainer = _trainer_class()(model=model, reward_funcs=reward_funcs(rollout.components), args=args,
                                train_dataset=dataset, processing_class=tokenizer, rollout_func=rollout,
                                callbacks=callbacks)
@@ -406,6 +409,11 @@ def check_config(cfg: Config) -> None:
                          "TRL's learner scores logits / temperature")
     from medmcqa_ray.training.placement import check_resources
 
+    if cfg.rewards.similarity_fallback == "error":
+        from medmcqa_ray.rewards.similarity import missing_model
+
+        if why := missing_model(cfg.rewards.similarity_model):
+            raise StageError(f"rewards.similarity_fallback=error: the similarity model cannot load: {why}")
     read_adapter(sft_adapter(cfg))  # a clear error naming the folder when the SFT adapter is missing
     training_prompts(cfg)
     check_resources(cfg)
@@ -416,8 +424,10 @@ def run_grpo(cfg: Config, key: str = "", name: str = "grpo", final_dir: Optional
     """The grpo stage; a sweep trial runs it under its own name and folder, with Tune's callback and
     validation every few steps (`validate={"rows": n, "every": k}`)."""
     check_config(cfg)
-    final = final_dir or Path(cfg.output_dir).resolve() / "checkpoints" / "grpo"
-    result, resuming = fit(name, _train_loop, cfg, key, final, extra={"validate": validate}, callbacks=run_callbacks)
+    final = final_dir or Path(cfg.output_dir) / "checkpoints" / "grpo"
+    # A sweep trial (validate set) runs under Tune, whose driver is not a terminal of ours: no bar there.
+    result, resuming = fit(name, _train_loop, cfg, key, final, extra={"validate": validate}, callbacks=run_callbacks,
+                           progress_steps=None if validate else cfg.grpo.max_steps)
     info = training_info(final)
     history = info["log_history"]
     steps = [h for h in history if "rewards/correct/mean" in h]
@@ -426,4 +436,6 @@ def run_grpo(cfg: Config, key: str = "", name: str = "grpo", final_dir: Optional
             "first_correct": steps[0]["rewards/correct/mean"] if steps else None,
             "last_correct": steps[-1]["rewards/correct/mean"] if steps else None,
             "rollout_actors": info["rollout_actors"], "reward_actors": info["reward_actors"],
+            # Which similarity ran (embedding, or the token-overlap fallback): the reward is not the same.
+            "similarity_scorer": info["reward_actors"][0]["similarity_scorer"],
             "history": history, "checkpoint": str(result.checkpoint.path) if result.checkpoint else None}

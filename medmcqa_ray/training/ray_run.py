@@ -17,46 +17,68 @@ from typing import Any, Callable, Optional
 from medmcqa_ray.config import Config
 
 
-def prepare_run_dir(run_dir: Path, key: str) -> bool:
+def prepare_run_dir(fs: Any, run: str, key: str) -> bool:
     """Resume only an interrupted run of the same config: a finished run, or one with other settings,
-    starts afresh (Ray Train restores any run stored under the same name). Returns True when resuming."""
-    marker = run_dir / "medmcqa_run_key"
-    if run_dir.exists() and (not marker.exists() or marker.read_text() != key or (run_dir / "finished").exists()):
-        shutil.rmtree(run_dir)
-    resuming = run_dir.exists()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    marker.write_text(key)
+    starts afresh (Ray Train restores any run stored under the same name, whatever its settings).
+    `run` is the run's folder on `fs`, the store Ray Train checkpoints to (a local folder or a URI such
+    as s3://): the key lives there, beside the checkpoints it vouches for, so whichever machine re-runs
+    the stage checks the store itself. Returns True when resuming."""
+    from pyarrow.fs import FileType
+
+    def exists(path: str) -> bool:
+        return fs.get_file_info(path).type != FileType.NotFound
+
+    marker = f"{run}/medmcqa_run_key"
+    resuming = exists(run)
+    if resuming:
+        stored = None
+        if exists(marker):
+            with fs.open_input_stream(marker) as f:
+                stored = f.read().decode()
+        if stored != key or exists(f"{run}/finished"):
+            fs.delete_dir(run)
+            resuming = False
+    fs.create_dir(run)
+    with fs.open_output_stream(marker) as f:
+        f.write(key.encode())
     return resuming
 
 
 def fit(name: str, loop: Callable[[dict], None], cfg: Config, key: str, final_dir: Path,
-        extra: Optional[dict] = None, callbacks: Optional[list] = None) -> tuple[Any, bool]:
+        extra: Optional[dict] = None, callbacks: Optional[list] = None,
+        progress_steps: Optional[int] = None) -> tuple[Any, bool]:
     """Run `loop` on Ray Train workers as run `name` under the checkpoint storage (`extra` joins the loop's
-    config, `callbacks` the run's). Returns Ray Train's result and whether an interrupted run was resumed."""
+    config, `callbacks` the run's; with `progress_steps`, a step bar is drawn and the loop gets its counter
+    as "progress"). Returns Ray Train's result and whether an interrupted run was resumed."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
+    from ray.train.v2._internal.execution.storage import get_fs_and_path
 
-    storage = cfg.scaling.storage_path or str(Path(cfg.output_dir).resolve() / "checkpoints" / "ray")
-    # The resume bookkeeping needs a local folder; on a URI store Ray Train's own restore applies.
-    if "://" not in storage:
-        storage = str(Path(storage).resolve())  # Ray Train wants an absolute local path
-    local_runs = None if "://" in storage else Path(storage) / name
-    resuming = prepare_run_dir(local_runs, key) if local_runs else False
+    from medmcqa_ray.progress import StepProgress
+
+    storage = cfg.scaling.storage_path or str(Path(cfg.output_dir) / "checkpoints" / "ray")
+    # The store resolved as Ray Train's StorageContext resolves it (pyarrow, for a folder or any URI), so
+    # the run key and the finished marker sit in the run's own folder, wherever its checkpoints are.
+    fs, root = get_fs_and_path(storage)
+    run = Path(root, name).as_posix()
+    resuming = prepare_run_dir(fs, run, key)
     if not resuming:
         journal_path(final_dir).unlink(missing_ok=True)
+    progress = StepProgress(name, progress_steps)
     trainer = TorchTrainer(
         loop,
         # The Config object itself (pickled): a JSON dump would turn secrets such as model.hub_token into ***.
-        train_loop_config={"cfg": cfg, "final_dir": str(final_dir)} | (extra or {}),
+        train_loop_config={"cfg": cfg, "final_dir": str(final_dir), "progress": progress.counter} | (extra or {}),
         scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
-                                     resources_per_worker=cfg.scaling.resources_per_worker),
+                                     resources_per_worker=learner_resources(cfg, loop)),
         run_config=RunConfig(name=name, storage_path=storage,
                              failure_config=FailureConfig(max_failures=cfg.scaling.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2), callbacks=callbacks),
     )
-    result = trainer.fit()
-    if local_runs:
-        (local_runs / "finished").write_text("ok")
+    with progress:
+        result = trainer.fit()
+    with fs.open_output_stream(f"{run}/finished") as f:
+        f.write(b"ok")
     return result, resuming
 
 
@@ -125,3 +147,11 @@ def save_final(model: Any, final_dir: Path, info: dict) -> None:
 
 def training_info(final_dir: Path) -> dict:
     return json.loads((final_dir / "training_info.json").read_text())
+
+
+def learner_resources(cfg: Config, loop: Callable[[dict], None]) -> dict[str, float]:
+    """Ray Train's bundle for one learner. A GRPO learner's also holds its rollout and reward actors
+    (training/placement.py), so Ray places each learner where its actors fit too, or says it cannot."""
+    from medmcqa_ray.training import placement
+
+    return placement.worker_resources(cfg) if placement.creates_actors(loop) else cfg.scaling.resources_per_worker

@@ -69,6 +69,7 @@ def _train_loop(loop_config: dict) -> None:
     from trl import SFTConfig, SFTTrainer
 
     from medmcqa_ray.models import load_model, load_tokenizer
+    from medmcqa_ray.progress import ReportSteps
 
     cfg: Config = loop_config["cfg"]
     s = cfg.sft
@@ -92,6 +93,8 @@ def _train_loop(loop_config: dict) -> None:
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=lora)
     trainer.add_callback(RayTrainReportCallback())
     trainer.add_callback(_throughput_callback())
+    if loop_config.get("progress") is not None:
+        trainer.add_callback(ReportSteps(loop_config["progress"]))
     trainer = prepare_trainer(trainer)
     resume, resumed_from = restored_checkpoint(work)
     journal(loop_config["final_dir"], "start", resumed_from_step=resumed_from)
@@ -116,8 +119,8 @@ def run_sft(cfg: Config, key: str = "") -> dict:
     truncated = count_truncated(cfg, rows)
     if truncated:
         log.warning("sft: %d of %d rows exceed sft.max_length=%d tokens and are truncated", truncated, len(rows), cfg.sft.max_length)
-    final = Path(cfg.output_dir).resolve() / "checkpoints" / "sft"
-    result, resuming = fit("sft", _train_loop, cfg, key, final)
+    final = Path(cfg.output_dir) / "checkpoints" / "sft"
+    result, resuming = fit("sft", _train_loop, cfg, key, final, progress_steps=cfg.sft.max_steps)
     info = training_info(final)
     history = info["log_history"]
     losses = [h["loss"] for h in history if "loss" in h]

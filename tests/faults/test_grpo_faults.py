@@ -123,6 +123,7 @@ def test_killed_actors_and_learner_mid_grpo_lose_nothing(ray_session, tmp_path):
     experiment = client.get_experiment_by_name(cfg.tracking.experiment).experiment_id
     run = next(r for r in client.search_runs([experiment]) if r.data.tags.get("medmcqa_ray.stage") == "grpo")
     assert run.data.metrics["grpo/worker_restarts"] == 1
+    assert run.data.params["rewards.similarity_scorer"] == m["similarity_scorer"] == "embedding"  # not the fallback
     assert sorted(x.step for x in client.get_metric_history(run.info.run_id, "grpo/rewards/correct/mean")) == list(range(1, 7))
     # The adapter is complete: the final one is the step-6 policy.
     info = json.loads((out / "checkpoints" / "grpo" / "training_info.json").read_text())

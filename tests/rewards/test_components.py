@@ -69,6 +69,29 @@ def test_similarity_orders_paraphrase_above_unrelated_with_model_and_fallback():
         assert para > other, s.kind
 
 
+def test_similarity_fallback_error_refuses_token_overlap():
+    from medmcqa_ray.errors import StageError
+    from medmcqa_ray.rewards.similarity import SimilarityScorer, missing_model
+
+    with pytest.raises(StageError, match=r"rewards.similarity_fallback=error: the similarity model /nonexistent/st could not load"):
+        SimilarityScorer("/nonexistent/st", fallback="error")
+    assert missing_model("/nonexistent/st") == "/nonexistent/st does not exist"
+    assert missing_model(None) is None  # the default model is a package dependency
+    assert load_config([], ["rewards.similarity_fallback=overlap"]).rewards.similarity_fallback == "overlap"
+    with pytest.raises(ConfigError, match="rewards.similarity_fallback"):
+        load_config([], ["rewards.similarity_fallback=ignore"])
+
+
+def test_grpo_with_similarity_fallback_error_fails_before_work(tmp_path):
+    from medmcqa_ray.errors import StageError
+    from medmcqa_ray.training.grpo import check_config
+
+    cfg = load_config([], [f"output_dir={tmp_path}", "rewards.similarity_fallback=error",
+                           f"rewards.similarity_model={tmp_path / 'no-model'}"])
+    with pytest.raises(StageError, match=r"rewards.similarity_fallback=error: .*no-model does not exist"):
+        check_config(cfg)
+
+
 def test_custom_component_loads_from_config_and_bad_ones_fail_at_load():
     cfg = load_config([], ["rewards.custom.brevity.path=tests.rewards.custom_reward:brevity", "rewards.custom.brevity.weight=0.25"])
     scorer = Scorer(cfg.rewards, M)

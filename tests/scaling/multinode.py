@@ -19,7 +19,6 @@ from pathlib import Path
 
 def main(out: Path, overrides: list[str]) -> dict:
     import ray
-    from ray.cluster_utils import Cluster
     from ray.util.state import list_actors
 
     from medmcqa_ray.config import load_config
@@ -32,11 +31,7 @@ def main(out: Path, overrides: list[str]) -> dict:
 
     # The head takes no learner; each of the 3 other nodes fits one learner (the custom `learner`
     # resource) with its rollout and reward actor beside it (3 CPUs).
-    with socket.socket() as s:  # the dashboard (state API) on a free port: the test session's Ray has 8265
-        s.bind(("127.0.0.1", 0))
-        dashboard_port = s.getsockname()[1]
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": True,
-                                                            "dashboard_port": dashboard_port})
+    cluster = cluster_with_dashboard(head_cpus=2)
     nodes = {n.node_id: n for n in (cluster.add_node(num_cpus=3, resources={"learner": 1}) for _ in range(3))}
     # Two nodes that declare GPUs (none exist: Ray only counts them), for tensor-parallel engines.
     gpu_node = cluster.add_node(num_cpus=1, num_gpus=2)
@@ -99,6 +94,25 @@ def main(out: Path, overrides: list[str]) -> dict:
     return {"manifest": manifest, "journal": events, "removed_node": removed.get("node"), "actor_nodes": actor_nodes,
             "learner_nodes": sorted(nodes), "spread_nodes": spread_nodes, "gpu_node": gpu_node.node_id,
             "tensor_parallel": tensor_parallel}
+
+
+def cluster_with_dashboard(head_cpus: float):
+    """A simulated cluster's head, with the dashboard (state API) on a free port: the test session's Ray has 8265."""
+    import ray._common.utils
+    from ray.cluster_utils import Cluster
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dashboard_port = s.getsockname()[1]
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": head_cpus, "include_dashboard": True,
+                                                            "dashboard_port": dashboard_port})
+    # Cluster writes its address to /tmp/ray/ray_current_cluster, where any plain ray.init() on this
+    # machine (another test session's) would join it, or, once this process is killed, fail to join a
+    # dead cluster. Our driver joins by cluster.address.
+    address_file = Path(ray._common.utils.get_ray_address_file(None))
+    if address_file.exists() and address_file.read_text() == cluster.gcs_address:
+        address_file.unlink(missing_ok=True)
+    return cluster
 
 
 def tensor_parallel_config(out: Path, size: int):
