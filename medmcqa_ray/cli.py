@@ -77,12 +77,13 @@ def summary_table(manifest: dict) -> str:
 
 
 def run(args: argparse.Namespace, cfg: Config) -> list[dict]:
-    from medmcqa_ray.pipeline import ALL, SWEEP, run_stage
+    from medmcqa_ray.pipeline import ALL, SWEEP, check_writable, run_stage
     from medmcqa_ray.tracking import Tracker, ui_command
 
     names = {"all": ALL, "sweep-all": SWEEP}.get(args.stage, [args.stage])
     # Every path in the config is absolute from here on (resolved at load against this directory).
     print(f"output_dir: {cfg.output_dir}", flush=True)
+    check_writable(cfg.output_dir)  # its log file goes there: a clear error first, not a traceback
     log_file = console.start(cfg.output_dir, args.stage)
     manifests = []
     tracker = Tracker(cfg)

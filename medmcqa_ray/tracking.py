@@ -81,7 +81,8 @@ def _reachable(uri: str, timeout: float = 3.0) -> bool:
         return True  # local stores have nothing to wait for; they fail on first use instead
     # urllib reads "user:pw@host" as the host; send the credentials as the header MLflow's client sends.
     parts = urllib.parse.urlsplit(uri)
-    request = urllib.request.Request(parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else ""),
+    host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else parts.hostname  # IPv6 keeps its brackets
+    request = urllib.request.Request(parts._replace(netloc=host + (f":{parts.port}" if parts.port else ""),
                                                     path=parts.path.rstrip("/") + "/health").geturl())
     if parts.username is not None:
         credentials = f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"

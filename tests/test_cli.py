@@ -33,6 +33,12 @@ def test_bad_key_fails_before_any_work_naming_it(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+def test_unwritable_output_dir_is_a_clear_error_before_any_work():
+    r = run_cli("download", "--config", "configs/ci.yaml", "output_dir=/proc/medmcqa-nope")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "output_dir /proc/medmcqa-nope cannot be written" in r.stderr
+
+
 @pytest.mark.slow
 def test_download_then_prep_on_real_rows(tmp_path, shared_medmcqa):
     args = ["--config", "configs/local.yaml", f"output_dir={tmp_path / 'o'}", "data.source=local",
