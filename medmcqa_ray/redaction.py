@@ -16,15 +16,16 @@ import re
 from typing import Any
 
 REDACTED = "***"
-# A word of the key (split at "_" / "-" / "."), so "max_new_tokens" never matches "token".
-_SECRET_KEY = re.compile(r"(^|[_.-])(token|password|passwd|secret|api_?key|credentials?|auth)($|[_.-])", re.I)
+# "token" and "auth" count only as a word of the key (split at "_" / "-" / "."), so "max_new_tokens" and
+# "author" never match; the others name a credential wherever they appear in a key.
+_SECRET_WORD = re.compile(r"(^|[_.-])(token|auth)($|[_.-])", re.I)
 _SECRET_PART = re.compile(r"password|passwd|secret|api_?key|credential", re.I)
 # scheme://user:password@host -> keep the user, hide the password.
 _URI_CREDENTIALS = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/@:\s]*):(?P<pw>[^@/\s]+)@")
 
 
 def is_secret_key(key: str) -> bool:
-    return bool(_SECRET_KEY.search(key) or _SECRET_PART.search(key))
+    return bool(_SECRET_WORD.search(key) or _SECRET_PART.search(key))
 
 
 def redact_uri(text: str) -> str:
