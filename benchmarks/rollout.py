@@ -111,7 +111,7 @@ def full_batch_rate(engine: HFEngine, rows: int, context: int, steps: int = 6) -
         cache.span = int(cache.lengths.max()) + 1
         mask = torch.where(torch.arange(cache.span)[None, :] <= cache.lengths[:, None], 0.0, torch.finfo(torch.float32).min)
         out = engine.model(input_ids=pending[:, None], attention_mask=mask[:, None, None, :],
-                           position_ids=cache.lengths[:, None].clone(), cache=cache, use_cache=True)
+                           position_ids=cache.lengths[:, None].clone(), past_key_values=cache, use_cache=True)
         cache.lengths += 1
         pending, _ = draw(out.logits[:, -1], sampling, warpers(sampling), None)
     return rows * steps / (time.perf_counter() - start)

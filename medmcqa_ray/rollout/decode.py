@@ -188,7 +188,7 @@ class _Prefix:
         if self.length > 0:
             ids = torch.tensor([prompts[0][:self.length]], device=device)
             out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
-            self.layers = _layers(out.cache)
+            self.layers = _layers(out.past_key_values)
 
     def cache_for(self, rows: int) -> Optional[DynamicCache]:
         if not self.length:
@@ -239,12 +239,12 @@ def decode(model, prompts: list[list[int]], sampling: Sampling, eos_ids: set[int
             ids[j, width - len(suffix):] = torch.tensor(suffix, device=device)
             mask[j, p + width - len(suffix):] = 1
         positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, p:]
-        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=prefix.cache_for(len(take)),
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=prefix.cache_for(len(take)),
                     use_cache=True, logits_to_keep=1)
         start = len(running)
         for j, (i, suffix) in enumerate(zip(take, suffixes)):
             for s in range(n):
-                cache.load(len(running), out.cache, j, [(0, p), (p + width - len(suffix), p + width)])
+                cache.load(len(running), out.past_key_values, j, [(0, p), (p + width - len(suffix), p + width)])
                 running.append(Sequence(i, s))
         stats.prefix_tokens_reused += p * len(take)
         tokens, logprobs = draw(out.logits[:, -1].repeat_interleave(n, 0), sampling, procs, generator)
@@ -281,7 +281,7 @@ def decode(model, prompts: list[list[int]], sampling: Sampling, eos_ids: set[int
         slots = torch.arange(cache.span, device=device)
         mask = torch.where(slots[None, :] <= lengths[:, None], 0.0, torch.finfo(dtype).min).to(dtype)
         out = model(input_ids=pending[:, None], attention_mask=mask[:, None, None, :],
-                    position_ids=lengths[:, None].clone(), cache=cache, use_cache=True)
+                    position_ids=lengths[:, None].clone(), past_key_values=cache, use_cache=True)
         cache.lengths[:active] += 1
         tokens, logprobs = draw(out.logits[:, -1], sampling, procs, generator)
         pending = _record(running, 0, tokens, logprobs, eos, sampling.max_new_tokens)
