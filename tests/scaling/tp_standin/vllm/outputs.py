@@ -1,4 +1,5 @@
-"""Fake vllm.outputs: CompletionOutput's leading fields and RequestOutput's constructor, as in 0.33."""
+"""Stand-in vllm.outputs: CompletionOutput's leading fields (real: a dataclass) and RequestOutput's
+leading constructor parameters, the parts the engine reads."""
 
 from __future__ import annotations
 
@@ -6,8 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from vllm.logprobs import SampleLogprobs
-from vllm.lora.request import LoRARequest
+from .logprobs import Logprob
 
 
 @dataclass
@@ -16,25 +16,17 @@ class CompletionOutput:
     text: str
     token_ids: Sequence[int]
     cumulative_logprob: float | None
-    logprobs: SampleLogprobs | None
+    logprobs: list[dict[int, Logprob]] | None
     routed_experts: Any = None
     finish_reason: str | None = None
-    stop_reason: int | str | None = None
-    lora_request: LoRARequest | None = None
-
-    def finished(self) -> bool:
-        return self.finish_reason is not None
 
 
 class RequestOutput:
     def __init__(self, request_id: str, prompt: str | None, prompt_token_ids: list[int] | None,
-                 prompt_logprobs: Any, outputs: list[CompletionOutput], finished: bool, metrics: Any = None,
-                 lora_request: LoRARequest | None = None, **kwargs: Any) -> None:
+                 prompt_logprobs: Any, outputs: list[CompletionOutput], finished: bool) -> None:
         self.request_id = request_id
         self.prompt = prompt
         self.prompt_token_ids = prompt_token_ids
         self.prompt_logprobs = prompt_logprobs
         self.outputs = outputs
         self.finished = finished
-        self.metrics = metrics
-        self.lora_request = lora_request

@@ -1,4 +1,4 @@
-"""Fake vllm.logprobs."""
+"""Stand-in vllm.logprobs.Logprob (real: a dataclass with these fields)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,3 @@ class Logprob:
     logprob: float
     rank: int | None = None
     decoded_token: str | None = None
-
-
-LogprobsOnePosition = dict[int, Logprob]
-SampleLogprobs = list[LogprobsOnePosition]
