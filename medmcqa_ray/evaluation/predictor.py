@@ -26,6 +26,9 @@ class HeadPredictor:
                  adapter: Optional[str], max_new_tokens: int):
         self.format_cfg = format_cfg
         self.tokenizer = load_tokenizer(model_cfg)
+        # No learner shares the GPU during evaluation: an engine that slept between batches would only
+        # move its weights back and forth.
+        rollout_cfg = rollout_cfg.model_copy(update={"sleep_mode": False})
         self.engine = make_engine(resolve_engine(rollout_cfg), model_cfg=model_cfg, rollout_cfg=rollout_cfg)
         if adapter:
             peft_config, weights = read_adapter(Path(adapter))

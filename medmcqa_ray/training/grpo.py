@@ -121,6 +121,12 @@ class RolloutFunction:
         from medmcqa_ray.rewards.scoring import RewardBatch
 
         n = self.cfg.grpo.num_generations
+        if self.cfg.rollout.sleep_mode:
+            import torch
+
+            # The waking vLLM engine needs the memory torch's allocator keeps cached after the last step.
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
         start = time.monotonic()
         groups = self.rollout_pool.generate(prompts, self._sampling(step, round_))
         metrics["timing/generate"].append(time.monotonic() - start)
