@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 
 import yaml
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, SecretStr, ValidationError,
-                      model_validator)
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, SecretStr,
+                      ValidationError, model_validator)
 
 from medmcqa_ray.errors import ConfigError
 from medmcqa_ray.redaction import redacted, without_secrets

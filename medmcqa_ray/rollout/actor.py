@@ -35,7 +35,6 @@ class EngineStartError(RuntimeError):
 @ray.remote
 class RolloutActor:
     def __init__(self, model_cfg: ModelConfig, rollout_cfg: RolloutConfig):
-        from medmcqa_ray.config import resolve_engine
         from medmcqa_ray.rollout.engine import make_engine
 
         engine = resolve_engine(rollout_cfg)
