@@ -20,7 +20,8 @@ A rate is generated tokens / wall seconds of the generate call; start-up (model 
 processes and profiling) is reported apart. `cpu_s` is the CPU time of the engine's processes during the
 call and `other_load_cores` the cores everyone else on the machine used meanwhile (from /proc/stat): a
 shared machine's noise shows there. `vllm_over_hf` is the ratio of the rates, per mode
-(`vllm_over_hf_per_cpu_s` the ratio of tokens per CPU second, which load distorts less).
+(`vllm_over_hf_quiet_runs` over the runs during which the rest of the machine used under 0.25 cores;
+`vllm_over_hf_per_cpu_s` the ratio of tokens per CPU second).
 
 vLLM on CPU binds its worker's OpenMP threads itself (VLLM_CPU_OMP_THREADS_BIND). Its default, `auto`,
 keeps one core per worker for its scheduler process: on 2 cores the model runs on ONE thread. `--vllm-bind
@@ -67,6 +68,8 @@ from medmcqa_ray.formatting import format_row, generation_prompt, prompt_token_i
 from medmcqa_ray.models import load_tokenizer  # noqa: E402
 from medmcqa_ray.rollout.types import AdapterUpdate, Sampling  # noqa: E402
 
+QUIET = 0.25
+"""A run counts as quiet when the rest of the machine used fewer cores than this meanwhile."""
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -530,6 +533,14 @@ def main() -> None:
         key = "adapter" if "adapter" in report["vllm_over_hf"] else next(iter(report["vllm_over_hf"]), None)
         if key:
             report["faster_engine"] = {"mode": key, "engine": "vllm" if report["vllm_over_hf"][key] > 1 else "hf"}
+        # Only the runs during which everyone else used under QUIET cores: a shared machine's busy spells
+        # slow the hf engine's many small parallel regions far more than vLLM's, so they bias the ratio.
+        def quiet_rate(entry: dict) -> Optional[float]:
+            runs = [r for r in entry.get("runs", [entry]) if r["other_load_cores"] < QUIET]
+            return sum(r["tokens"] for r in runs) / sum(r["seconds"] for r in runs) if runs else None
+
+        quiet = {mode: (quiet_rate(vllm[mode]), quiet_rate(hf[mode])) for mode in report["vllm_over_hf"]}
+        report["vllm_over_hf_quiet_runs"] = {mode: round(v / h, 2) if v and h else None for mode, (v, h) in quiet.items()}
         # Per CPU second of the engine's own processes: less sensitive to a shared machine's load.
         report["vllm_over_hf_per_cpu_s"] = {mode: round(vllm[mode]["tokens_per_cpu_s"] / hf[mode]["tokens_per_cpu_s"], 2)
                                             for mode in report["vllm_over_hf"]}
