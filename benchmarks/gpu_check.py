@@ -193,10 +193,10 @@ def fetch(folder: Path, pins: list[str], budget_mib: float, python: str = "3.12"
 
 def _embedded_tokenizer():
     sys.path.insert(0, str(REPO))
-    from medmcqa_ray.config import ModelConfig
+    from medmcqa_ray.config import ModelSection
     from medmcqa_ray.models import load_tokenizer
 
-    return load_tokenizer(ModelConfig(name=TOKENIZER_SOURCE))
+    return load_tokenizer(ModelSection(name=TOKENIZER_SOURCE))
 
 
 # ---------------------------------------------------------------------------------------- the check
@@ -287,7 +287,7 @@ def run_check(args, result: dict) -> list[str]:
     # What the rollout side needs, before TRL: none of it may import ray (the device has none, and the engine
     # runs in actors that must not need it to import).
     from medmcqa_ray.adapters import adapter_from_model
-    from medmcqa_ray.config import ModelConfig
+    from medmcqa_ray.config import ModelSection
     from medmcqa_ray.rollout.hf_engine import HFEngine
     from medmcqa_ray.rollout.types import AdapterUpdate, Sampling
 
@@ -401,7 +401,7 @@ def run_check(args, result: dict) -> list[str]:
     if gpu:
         torch.cuda.reset_peak_memory_stats()
     load_start = time.monotonic()
-    engine = HFEngine(ModelConfig(name=str(model_dir), dtype=dtype_name), device=args.device)
+    engine = HFEngine(ModelSection(name=str(model_dir), dtype=dtype_name), device=args.device)
     engine.load_adapter(AdapterUpdate(version=1, peft_config=peft_config), weights)
     load_s = time.monotonic() - load_start
     texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)

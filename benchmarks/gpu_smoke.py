@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from medmcqa_ray.config import ModelConfig, load_config  # noqa: E402
+from medmcqa_ray.config import ModelSection, load_config  # noqa: E402
 from medmcqa_ray.pipeline import run_stage  # noqa: E402
 
 
@@ -37,7 +37,7 @@ def build_qwen3(folder: Path) -> Path:
 
     from medmcqa_ray.models import load_tokenizer
 
-    tokenizer = load_tokenizer(ModelConfig(name="embedded:smollm2-135m-instruct"))
+    tokenizer = load_tokenizer(ModelSection(name="embedded:smollm2-135m-instruct"))
     config = Qwen3Config(vocab_size=len(tokenizer), hidden_size=512, intermediate_size=1536, num_hidden_layers=8,
                          num_attention_heads=8, num_key_value_heads=4, head_dim=64, max_position_embeddings=4096,
                          tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,

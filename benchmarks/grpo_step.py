@@ -105,8 +105,11 @@ def trl_alone(cfg, work: Path) -> tuple[list[float], list[dict]]:
 
     from medmcqa_ray.formatting import generation_prompt
     from medmcqa_ray.models import load_model, load_tokenizer
+    from medmcqa_ray.layout import layout
+    from medmcqa_ray.rewards.registry import reward_names
     from medmcqa_ray.rewards.scoring import RewardBatch, Scorer
-    from medmcqa_ray.training.grpo import _trainer_class, grpo_args, training_prompts
+    from medmcqa_ray.training.grpo import training_prompts
+    from medmcqa_ray.training.grpo_trainer import LogprobDiffGRPOTrainer, grpo_args
 
     tokenizer = load_tokenizer(cfg.model)
     rows = training_prompts(cfg)
@@ -128,11 +131,11 @@ def trl_alone(cfg, work: Path) -> tuple[list[float], list[dict]]:
         reward.__name__ = name
         return reward
 
-    model = PeftModel.from_pretrained(load_model(cfg.model, "cpu"), str(cfg.grpo.adapter), is_trainable=True)
+    model = PeftModel.from_pretrained(load_model(cfg.model, "cpu"), str(layout(cfg).adapter("sft")), is_trainable=True)
     timer = step_times_callback()
     args = grpo_args(cfg, work, "cpu")
-    trainer = _trainer_class()(model=model, reward_funcs=[component(n) for n in Scorer.names_for(cfg.rewards)],
-                               args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=[timer])
+    trainer = LogprobDiffGRPOTrainer(model=model, reward_funcs=[component(n) for n in reward_names(cfg.rewards)],
+                                     args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=[timer])
     trainer.train()
     return timer.times, [h for h in trainer.state.log_history if "completions/mean_length" in h]
 
@@ -213,7 +216,7 @@ def main() -> None:
     cfg = load_config([REPO / "configs" / "local.yaml"], [*overrides, f"output_dir={base_out}"])
     for stage in ("download", "prep"):
         run_stage(stage, cfg)
-    overrides.append(f"grpo.adapter={fresh_adapter(cfg, work / 'adapter', args.lora_b_std)}")
+    overrides.append(f"adapters.sft={fresh_adapter(cfg, work / 'adapter', args.lora_b_std)}")
     # Every run can use vLLM's LoRA: max_lora_rank at least sft.lora.r (the same for every engine).
     overrides.append(f"rollout.max_lora_rank={max(cfg.sft.lora.r, 1)}")
     cfg = load_config([REPO / "configs" / "local.yaml"], [*overrides, f"output_dir={base_out}"])

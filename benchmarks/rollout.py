@@ -61,7 +61,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from medmcqa_ray.config import FormatConfig, ModelConfig, RolloutConfig  # noqa: E402
+from medmcqa_ray.config import FormatSection, ModelSection, RolloutSection  # noqa: E402
 from medmcqa_ray.data.normalise import normalise_row  # noqa: E402
 from medmcqa_ray.data.offline_sample import generate as offline_rows  # noqa: E402
 from medmcqa_ray.formatting import format_row, generation_prompt, prompt_token_ids  # noqa: E402
@@ -169,7 +169,7 @@ def matmul_gflops(size: int = 1024, repeats: int = 10, trials: int = 5) -> float
 
 def prompts(tokenizer: Any, count: int) -> list[list[int]]:
     """Token ids of `count` formatted validation questions, as the GRPO rollout function makes them."""
-    cfg = FormatConfig()
+    cfg = FormatSection()
     rows = offline_rows()["validation"]
     if count > len(rows):
         raise SystemExit(f"--prompts {count}: the offline sample has {len(rows)} validation questions")
@@ -180,7 +180,7 @@ def prompts(tokenizer: Any, count: int) -> list[list[int]]:
     return out
 
 
-def random_adapter(model_cfg: ModelConfig, rank: int, b_std: float, versions: int = 2) -> list[tuple[dict, dict]]:
+def random_adapter(model_cfg: ModelSection, rank: int, b_std: float, versions: int = 2) -> list[tuple[dict, dict]]:
     """LoRA adapters of rank `rank` on every projection with random non-zero B (an untrained one, B = 0,
     would let an engine skip nothing but hide nothing either; a trained one is never zero), as
     (peft_config, weights) pairs, one per version, each a little different."""
@@ -265,7 +265,8 @@ def library_continuous_batching(engine, batch: list[list[int]], sampling: Sampli
 def full_batch_rate(engine, rows: int, context: int, steps: int = 6) -> float:
     """Tokens/s of decode steps with every one of `rows` slots running at `context` tokens: the loop's
     steady-state peak, which a workload only approaches while no prefill or short tail is in the way."""
-    from medmcqa_ray.rollout.decode import SlotCache, draw, warpers
+    from medmcqa_ray.rollout.decode import draw, warpers
+    from medmcqa_ray.rollout.slot_cache import SlotCache
 
     sampling = Sampling(temperature=1.0)
     cache = SlotCache(engine.model.config, rows, context + steps + 8, torch.float32, torch.device("cpu"))
@@ -364,8 +365,8 @@ def vllm_binding(choice: str) -> dict:
 class Live:
     """A started engine and what has been measured of it."""
 
-    def __init__(self, name: str, model_cfg: ModelConfig, rollout_cfg: RolloutConfig, adapters: list):
-        from medmcqa_ray.rollout.engine import make_engine
+    def __init__(self, name: str, model_cfg: ModelSection, rollout_cfg: RolloutSection, adapters: list):
+        from medmcqa_ray.rollout.engines import make_engine
 
         self.name, self.adapters, self.version = name, adapters, 0
         self.report: dict[str, Any] = {"uptime_before_start": uptime()}
@@ -437,7 +438,7 @@ def rate(runs: list[dict]) -> dict:
             "other_load_cores": round(other / seconds, 2), "runs": runs}
 
 
-def compare(names: list[str], model_cfg: ModelConfig, configs: dict[str, RolloutConfig], batch: list[list[int]],
+def compare(names: list[str], model_cfg: ModelSection, configs: dict[str, RolloutSection], batch: list[list[int]],
             sampling: Sampling, modes: list[str], rounds: int, adapters: list, baselines: bool) -> dict[str, dict]:
     """Start the engines one after the other, then measure them in turn, never two at once (the one not
     measured sits idle; its CPU time then is reported as idle_engine_cpu_s), in ABBA order: each mode
@@ -504,7 +505,7 @@ def main() -> None:
         raise SystemExit(f"unknown engine or mode: {sorted(unknown)}")
 
     started = uptime()
-    model_cfg = ModelConfig(name=args.model)
+    model_cfg = ModelSection(name=args.model)
     tokenizer = load_tokenizer(model_cfg)
     batch = prompts(tokenizer, args.prompts)
     seed = None if args.seed.lower() == "none" else int(args.seed)
@@ -519,8 +520,8 @@ def main() -> None:
         if adapters else None,
         "order": engines, "uptime_start": started, "engines": {},
     }
-    configs = {"hf": RolloutConfig(engine="hf"),
-               "vllm": RolloutConfig(engine="vllm", kv_cache_gb=args.kv_cache_gb, max_model_len=args.max_model_len,
+    configs = {"hf": RolloutSection(engine="hf"),
+               "vllm": RolloutSection(engine="vllm", kv_cache_gb=args.kv_cache_gb, max_model_len=args.max_model_len,
                                      max_lora_rank=args.lora_rank)}
     if "vllm" in engines:
         report["vllm_threads"] = vllm_binding(args.vllm_bind)

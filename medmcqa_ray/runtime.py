@@ -9,12 +9,12 @@ import sys
 import ray
 
 from medmcqa_ray import console
-from medmcqa_ray.config import RayConfig
+from medmcqa_ray.config import RaySection
 
 log = logging.getLogger(__name__)
 
 
-def ensure_ray(cfg: RayConfig) -> None:
+def ensure_ray(cfg: RaySection) -> None:
     """Join ray.address or RAY_ADDRESS (as under `ray job submit`) when given, else start local Ray."""
     if ray.is_initialized():
         return

@@ -120,11 +120,11 @@ def test_paths_resolve_once_at_load_against_the_starting_directory(tmp_path, mon
     (tmp_path / "models" / "mine").mkdir(parents=True)
     monkeypatch.chdir(tmp_path)
     cfg = load_config([REPO / "configs" / "ci.yaml"], [
-        "eval.sft_adapter=adapters/sft", "grpo.adapter=../elsewhere/a", "scaling.storage_path=ckpt",
+        "adapters.sft=adapters/sft", "adapters.grpo=../elsewhere/a", "scaling.storage_path=ckpt",
         "model.cache_dir=~/cache", "rewards.similarity_model=./st-model", "tracking.uri=sqlite:///runs/mlflow.db"])
     assert cfg.output_dir == tmp_path / "outputs" / "ci"  # ci.yaml's own relative output_dir
-    assert cfg.eval.sft_adapter == tmp_path / "adapters" / "sft"
-    assert cfg.grpo.adapter == tmp_path.parent / "elsewhere" / "a"
+    assert cfg.adapters.sft == tmp_path / "adapters" / "sft"
+    assert cfg.adapters.grpo == tmp_path.parent / "elsewhere" / "a"
     assert cfg.scaling.storage_path == str(tmp_path / "ckpt")
     assert cfg.model.cache_dir == Path.home() / "cache"
     assert cfg.rewards.similarity_model == str(tmp_path / "st-model")

@@ -1,4 +1,4 @@
-from medmcqa_ray.config import FormatConfig, Markers
+from medmcqa_ray.config import FormatSection, Markers
 from medmcqa_ray.formatting import extract_answer, format_row, generation_prompt, truncate_reasoning
 
 OPTS = ["Vitamin A", "Vitamin B12", "Vitamin C", "Vitamin D"]
@@ -8,7 +8,7 @@ ROW = {"id": "x1", "question": "Scurvy is caused by deficiency of:", "options": 
 
 def test_prompt_and_target_rendering_is_stable():
     """Regression: the exact text every trainer and evaluator sees. Change it on purpose only."""
-    out = format_row(ROW, FormatConfig())
+    out = format_row(ROW, FormatSection())
     assert out["prompt"][0]["role"] == "system"
     assert "<start_working_out>" in out["prompt"][0]["content"] and "</SOLUTION>" in out["prompt"][0]["content"]
     assert out["prompt"][1] == {
@@ -23,14 +23,14 @@ def test_prompt_and_target_rendering_is_stable():
 
 
 def test_target_without_explanation_states_the_answer_and_unlabelled_rows_have_none():
-    out = format_row(ROW | {"explanation": None}, FormatConfig())
+    out = format_row(ROW | {"explanation": None}, FormatSection())
     assert "The correct option is C: Vitamin C." in out["completion"]
-    assert format_row(ROW | {"answer_index": None, "answer_label": None}, FormatConfig())["completion"] is None
+    assert format_row(ROW | {"answer_index": None, "answer_label": None}, FormatSection())["completion"] is None
 
 
 def test_custom_markers_flow_into_prompt_target_and_extraction():
     m = Markers(reasoning_start="<think>", reasoning_end="</think>", solution_start="<answer>", solution_end="</answer>")
-    cfg = FormatConfig(markers=m)
+    cfg = FormatSection(markers=m)
     out = format_row(ROW, cfg)
     assert out["completion"].startswith("<think>") and out["completion"].endswith("<answer>C</answer>")
     assert "<think>" in out["prompt"][0]["content"]
@@ -43,7 +43,7 @@ def test_generation_prompt_ends_with_reasoning_marker():
             assert not tokenize and add_generation_prompt
             return "".join(f"<{m['role']}>{m['content']}" for m in messages) + "<assistant>"
 
-    text = generation_prompt(format_row(ROW, FormatConfig())["prompt"], Tok(), Markers())
+    text = generation_prompt(format_row(ROW, FormatSection())["prompt"], Tok(), Markers())
     assert text.endswith("<assistant><start_working_out>")
 
 

@@ -230,7 +230,7 @@ def manifest_path(out: Path, stage: str) -> Path:
     from medmcqa_ray.config import load_config
     from medmcqa_ray.pipeline import STAGES
 
-    return STAGES[stage].manifest(load_config([REPO / "configs" / "ci.yaml"], [f"output_dir={out}"]))
+    return STAGES[stage].manifest_path(load_config([REPO / "configs" / "ci.yaml"], [f"output_dir={out}"]))
 
 
 def test_resubmitted_job_skips_finished_stages(ray_head, env, first_job, secrets_overlay):

@@ -16,22 +16,26 @@ import logging
 import shutil
 from collections import defaultdict
 from pathlib import Path
+from typing import Any, Literal, Optional
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import ray
+from pydantic import BaseModel, ConfigDict
 
-from medmcqa_ray.config import Config, DataConfig
+from medmcqa_ray.config import Config, DataSection
 from medmcqa_ray.data.dataset_plan import KEY_COLUMNS, FinalisePlan, plan_finalise
 from medmcqa_ray.data.normalise import finalise_row, normalise_row
 from medmcqa_ray.data.records import KEPT, LIMITED, NORMALISED, PROCESSED, QUARANTINED
-from medmcqa_ray.data.sources import ReadTask, plan_read_tasks, read_task_rows, resolve_source, task_dict
+from medmcqa_ray.data.shards import write_split_parquet
+from medmcqa_ray.data.sources import ReadTask, plan_read_tasks, read_task_rows, resolve_source, source_key, task_dict
+from medmcqa_ray.layout import layout
+from medmcqa_ray.stage import Manifest, Stage, hash_parts
 
 log = logging.getLogger(__name__)
 
 
-def known_layout(cfg: DataConfig) -> str | None:
+def known_layout(cfg: DataSection) -> str | None:
     """The cop layout when known before reading: configured, or fixed by the source (the hub dataset and
     the offline sample are 0-based); None means detect it from the values."""
     if cfg.layout != "auto":
@@ -39,7 +43,7 @@ def known_layout(cfg: DataConfig) -> str | None:
     return "hf" if cfg.source in ("hub", "offline") else None
 
 
-def normalise_kwargs(cfg: DataConfig) -> dict:
+def normalise_kwargs(cfg: DataSection) -> dict:
     return {"max_question_chars": cfg.max_question_chars, "repair_rt": cfg.repair_dropped_rt,
             "layout": known_layout(cfg)}
 
@@ -82,18 +86,6 @@ def _blocks(ds: "ray.data.MaterializedDataset", columns: list[str]) -> pa.Table:
     return pa.concat_tables(tables) if tables else NORMALISED.empty_table().select(columns)
 
 
-def write_empty_parquet(folder: Path, schema: pa.Schema) -> None:
-    """An empty split still gets one file, so readers see its schema."""
-    folder.mkdir(parents=True, exist_ok=True)
-    pq.write_table(schema.empty_table(), folder / "part-empty.parquet")
-
-
-def write_split_parquet(ds: "ray.data.Dataset", folder: Path, schema: pa.Schema) -> None:
-    ds.write_parquet(str(folder))
-    if not any(folder.glob("*.parquet")):
-        write_empty_parquet(folder, schema)
-
-
 def _value_counts(values: pa.Array) -> dict:
     return {c["values"].as_py(): c["counts"].as_py() for c in pc.value_counts(values)} if len(values) else {}
 
@@ -132,10 +124,42 @@ def write_quarantine(rows: list[dict], folder: Path, splits: list[str]) -> None:
                 f.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
-def run_download(cfg: Config) -> dict:
-    """Run the stage; returns the manifest (the caller adds config_hash and writes it)."""
-    data_dir = Path(cfg.output_dir) / "data"
-    files, source_info = resolve_source(cfg.data, Path(cfg.output_dir))
+class SplitCounts(BaseModel):
+    """One split's accounting: read = kept + quarantined + limited."""
+
+    model_config = ConfigDict(extra="forbid")
+    read: int
+    kept: int
+    quarantined: int
+    limited: int
+    reasons: dict[str, int]
+    flags: dict[str, int]
+
+
+class DownloadManifest(Manifest):
+    stage: Literal["download"] = "download"
+    splits: dict[str, SplitCounts]
+    source: dict[str, Any]
+    limit: Optional[int] = None
+    note: str = ""
+
+    def metrics(self) -> dict[str, float]:
+        return {f"data/{split}/{k}": getattr(c, k) for split, c in self.splits.items()
+                for k in ("read", "kept", "quarantined", "limited")}
+
+    def table(self) -> str:
+        lines = [f"{'split':<12}{'read':>8}{'kept':>8}{'quarant.':>10}{'limited':>9}  top reasons"]
+        for split, c in self.splits.items():
+            top = ", ".join(f"{k}={v}" for k, v in sorted(c.reasons.items(), key=lambda kv: -kv[1])[:3])
+            lines.append(f"{split:<12}{c.read:>8}{c.kept:>8}{c.quarantined:>10}{c.limited:>9}  {top}")
+        lines.append(f"source: {self.source.get('name')} (layout {self.source.get('layout')})")
+        return "\n".join(lines)
+
+
+def run_download(cfg: Config) -> DownloadManifest:
+    """Run the stage; returns the manifest (pipeline.run_stage adds config_hash and writes it)."""
+    paths = layout(cfg)
+    files, source_info = resolve_source(cfg.data, paths.hub_download)
     tasks = plan_read_tasks(files, cfg.data.chunk_bytes)
     splits = sorted({split for _, split in files}, key=cfg.data.splits.index)
     log.info("download: %d files, %d read tasks, splits %s, from %s", len(files), len(tasks), splits, source_info["name"])
@@ -144,15 +168,15 @@ def run_download(cfg: Config) -> dict:
     normalised = ray.data.from_items(items, override_num_blocks=max(1, len(items))).map_batches(
         _normalise_batch, batch_size=1, batch_format="pyarrow", fn_kwargs=normalise_kwargs(cfg.data)
     ).materialize()
-    layout = known_layout(cfg.data)
-    plan = plan_finalise(_blocks(normalised, KEY_COLUMNS), layout or "auto", cfg.data.limit)
+    cop_layout = known_layout(cfg.data)
+    plan = plan_finalise(_blocks(normalised, KEY_COLUMNS), cop_layout or "auto", cfg.data.limit)
     final = normalised
-    if not (layout and plan.changes_nothing_after):  # else pass 1 already did all of pass 2's work
+    if not (cop_layout and plan.changes_nothing_after):  # else pass 1 already did all of pass 2's work
         final = normalised.map_batches(_finalise_batch, batch_format="pyarrow", fn_kwargs={"plan": plan}).materialize()
     bookkeeping = _blocks(final, ["split", "ordinal", "status", "reason", "detail", "flags", "source", "raw"])
     counts = count_rows(bookkeeping.select(["split", "status", "reason", "flags"]), splits)
 
-    staging = data_dir / ".staging-download"
+    staging = paths.data / ".staging-download"
     shutil.rmtree(staging, ignore_errors=True)
     for split in splits:
         kept = final.map_batches(_select, batch_format="pyarrow", fn_kwargs={"split": split})
@@ -161,15 +185,37 @@ def run_download(cfg: Config) -> dict:
     write_quarantine(quarantined, staging / "quarantine", splits)
 
     # A manifest must never describe outputs it was not written for: drop the old one before the swap.
-    (data_dir / "manifest.json").unlink(missing_ok=True)
-    for name in ("processed", "quarantine"):
-        shutil.rmtree(data_dir / name, ignore_errors=True)
-        (staging / name).rename(data_dir / name)
+    paths.data_manifest.unlink(missing_ok=True)
+    for name, final_dir in (("processed", paths.processed_root), ("quarantine", paths.quarantine)):
+        shutil.rmtree(final_dir, ignore_errors=True)
+        (staging / name).rename(final_dir)
     shutil.rmtree(staging, ignore_errors=True)
-    return {
-        "stage": "download",
-        "splits": counts,
-        "source": source_info | {"layout": plan.layout, "files": [{"path": str(p), "split": s} for p, s in files]},
-        "limit": cfg.data.limit,
-        "note": f"read = kept + quarantined + {LIMITED} (rows beyond data.limit); quarantine reasons in README",
-    }
+    return DownloadManifest(
+        splits=counts,
+        source=source_info | {"layout": plan.layout, "files": [{"path": str(p), "split": s} for p, s in files]},
+        limit=cfg.data.limit,
+        note=f"read = kept + quarantined + {LIMITED} (rows beyond data.limit); quarantine reasons in README",
+    )
+
+
+class DownloadStage(Stage):
+    name = "download"
+    manifest_type = DownloadManifest
+
+    def inputs(self, cfg: Config) -> list[Path]:
+        return [Path(cfg.data.path)] if cfg.data.source == "local" else []
+
+    def output(self, cfg: Config) -> Path:
+        return layout(cfg).processed_root
+
+    def manifest_path(self, cfg: Config) -> Path:
+        return layout(cfg).data_manifest
+
+    def cache_key(self, cfg: Config) -> str:
+        return hash_parts(cfg.section_hash("data"), source_key(cfg.data))
+
+    def run(self, cfg: Config) -> DownloadManifest:
+        return run_download(cfg)
+
+
+STAGE = DownloadStage()

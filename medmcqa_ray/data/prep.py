@@ -8,25 +8,28 @@ from __future__ import annotations
 import logging
 import shutil
 from pathlib import Path
+from typing import Any, Literal
 
 import pyarrow as pa
 import ray
+from pydantic import BaseModel, ConfigDict
 
-from medmcqa_ray.config import Config, FormatConfig
-from medmcqa_ray.data.download import write_empty_parquet, write_split_parquet
+from medmcqa_ray.config import Config, FormatSection
 from medmcqa_ray.data.records import FORMATTED, PROCESSED
-from medmcqa_ray.data.shards import read_shard, shard_metadata
+from medmcqa_ray.data.shards import read_shard, shard_metadata, write_empty_parquet, write_split_parquet
 from medmcqa_ray.errors import StageError
 from medmcqa_ray.formatting import format_row
+from medmcqa_ray.layout import Layout, layout
+from medmcqa_ray.stage import Manifest, Stage, hash_parts, upstream_key
 
 log = logging.getLogger(__name__)
 
 
-def format_batch(batch: pa.Table, cfg: FormatConfig) -> pa.Table:
+def format_batch(batch: pa.Table, cfg: FormatSection) -> pa.Table:
     return pa.Table.from_pylist([format_row(r, cfg) for r in batch.to_pylist()], schema=FORMATTED)
 
 
-def _read_and_format(batch: pa.Table, cfg: FormatConfig) -> pa.Table:
+def _read_and_format(batch: pa.Table, cfg: FormatSection) -> pa.Table:
     # Each task reads whole processed shards itself: measured here, ray.data.read_parquet took 4.3 s
     # to load what pyarrow reads in 0.7 s, and made 3 blocks of 50 files, which capped parallelism.
     return pa.concat_tables([format_batch(read_shard(p, schema=PROCESSED), cfg) for p in batch["path"].to_pylist()])
@@ -50,26 +53,49 @@ def parquet_nulls(folder: Path, column: str) -> int:
     return total
 
 
-def processed_splits(data_dir: Path) -> list[str]:
-    root = data_dir / "processed"
+def processed_splits(paths: Layout) -> list[str]:
+    root = paths.processed_root
     if not root.is_dir():
         raise StageError(f"{root} does not exist: run the download stage first")
     return sorted(p.name for p in root.iterdir() if p.is_dir())
 
 
-def run_prep(cfg: Config) -> dict:
-    data_dir = Path(cfg.output_dir) / "data"
-    staging = data_dir / ".staging-formatted"
+class PrepSplit(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    rows: int
+    with_target: int
+    shards: int
+
+
+class PrepManifest(Manifest):
+    stage: Literal["prep"] = "prep"
+    splits: dict[str, PrepSplit]
+    format: dict[str, Any]
+
+    def metrics(self) -> dict[str, float]:
+        return {f"prep/{split}/rows": c.rows for split, c in self.splits.items()}
+
+    def table(self) -> str:
+        lines = [f"{'split':<12}{'rows':>8}{'targets':>9}{'shards':>8}"]
+        for split, c in self.splits.items():
+            lines.append(f"{split:<12}{c.rows:>8}{c.with_target:>9}{c.shards:>8}")
+        return "\n".join(lines)
+
+
+def run_prep(cfg: Config) -> PrepManifest:
+    paths = layout(cfg)
+    staging = paths.data / ".staging-formatted"
     shutil.rmtree(staging, ignore_errors=True)
     counts = {}
-    for split in processed_splits(data_dir):
-        rows = parquet_rows(data_dir / "processed" / split)
+    for split in processed_splits(paths):
+        processed = paths.processed(split)
+        rows = parquet_rows(processed)
         counts[split] = {"rows": rows, "with_target": 0, "shards": 1}
         out = staging / split
         if rows == 0:
             write_empty_parquet(out, FORMATTED)
             continue
-        shards = [{"path": str(p)} for p in sorted((data_dir / "processed" / split).glob("*.parquet"))]
+        shards = [{"path": str(p)} for p in sorted(processed.glob("*.parquet"))]
         ds = ray.data.from_items(shards, override_num_blocks=len(shards))
         ds = ds.map_batches(_read_and_format, batch_size=1, batch_format="pyarrow", fn_kwargs={"cfg": cfg.format})
         ds = ds.repartition(min(cfg.format.num_shards, rows))
@@ -77,7 +103,29 @@ def run_prep(cfg: Config) -> dict:
         counts[split]["with_target"] = rows - parquet_nulls(out, "completion")
         counts[split]["shards"] = len(list(out.glob("*.parquet")))
         log.info("prep: %s: %d rows in %d shards", split, rows, counts[split]["shards"])
-    final = data_dir / "formatted"
-    shutil.rmtree(final, ignore_errors=True)
-    staging.rename(final)
-    return {"stage": "prep", "splits": counts, "format": cfg.format.model_dump(mode="json")}
+    shutil.rmtree(paths.formatted_root, ignore_errors=True)
+    staging.rename(paths.formatted_root)
+    return PrepManifest(splits=counts, format=cfg.format.model_dump(mode="json"))
+
+
+class PrepStage(Stage):
+    name = "prep"
+    manifest_type = PrepManifest
+
+    def inputs(self, cfg: Config) -> list[Path]:
+        return [layout(cfg).processed_root]
+
+    def output(self, cfg: Config) -> Path:
+        return layout(cfg).formatted_root
+
+    def manifest_path(self, cfg: Config) -> Path:
+        return layout(cfg).formatted_manifest
+
+    def cache_key(self, cfg: Config) -> str:
+        return hash_parts(cfg.section_hash("format"), upstream_key(layout(cfg).data_manifest))
+
+    def run(self, cfg: Config) -> PrepManifest:
+        return run_prep(cfg)
+
+
+STAGE = PrepStage()

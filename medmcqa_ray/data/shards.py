@@ -1,4 +1,5 @@
-"""Reading the Parquet shards one stage leaves for the next, with an error that names a damaged file.
+"""The Parquet shards one stage leaves for the next: writing a split's folder, and reading a shard with an
+error that names a damaged file.
 
 pyarrow's own message for a truncated or foreign file ("Parquet magic bytes not found in footer")
 does not say which of a folder's shards it was, and Ray wraps it further."""
@@ -6,12 +7,15 @@ does not say which of a folder's shards it was, and Ray wraps it further."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from medmcqa_ray.errors import DataFileError
+
+if TYPE_CHECKING:
+    import ray.data
 
 
 def _damaged(path: Path, e: Exception) -> DataFileError:
@@ -31,3 +35,15 @@ def shard_metadata(path: Path) -> pq.FileMetaData:
         return pq.ParquetFile(path).metadata
     except (pa.ArrowException, OSError) as e:
         raise _damaged(path, e) from None
+
+
+def write_empty_parquet(folder: Path, schema: pa.Schema) -> None:
+    """An empty split still gets one file, so readers see its schema."""
+    folder.mkdir(parents=True, exist_ok=True)
+    pq.write_table(schema.empty_table(), folder / "part-empty.parquet")
+
+
+def write_split_parquet(ds: "ray.data.Dataset", folder: Path, schema: pa.Schema) -> None:
+    ds.write_parquet(str(folder))
+    if not any(folder.glob("*.parquet")):
+        write_empty_parquet(folder, schema)

@@ -19,7 +19,7 @@ from typing import Any, Iterator
 
 import pyarrow.parquet as pq
 
-from medmcqa_ray.config import DataConfig
+from medmcqa_ray.config import DataSection
 from medmcqa_ray.errors import DataFileError, HubUnavailableError
 
 DATA_SUFFIXES = {".jsonl", ".ndjson", ".json", ".parquet"}
@@ -166,7 +166,7 @@ def fingerprint(files: list[tuple[Path, str]], by_content: bool = False) -> str:
     return h.hexdigest()[:16]
 
 
-def fetch_hub(cfg: DataConfig, cache_dir: Path) -> Path:
+def fetch_hub(cfg: DataSection, cache_dir: Path) -> Path:
     """datasets.load_dataset(hub_id) -> one Parquet file per split under cache_dir (read like local files).
 
     `hub_id` may also be a local dataset folder, which is how this path is tested offline."""
@@ -193,7 +193,7 @@ def fetch_hub(cfg: DataConfig, cache_dir: Path) -> Path:
     return cache_dir
 
 
-def source_key(cfg: DataConfig) -> str:
+def source_key(cfg: DataSection) -> str:
     """What the download stage's cache compares: changes when the input files would."""
     if cfg.source == "offline":
         return fingerprint(discover(OFFLINE_DIR, cfg.splits), by_content=True)
@@ -202,14 +202,14 @@ def source_key(cfg: DataConfig) -> str:
     return fingerprint(discover(Path(cfg.path), cfg.splits))
 
 
-def resolve_source(cfg: DataConfig, output_dir: Path) -> tuple[list[tuple[Path, str]], dict]:
-    """The files to read (downloading from the hub first for source=hub) and the manifest's description."""
+def resolve_source(cfg: DataSection, hub_download: Path) -> tuple[list[tuple[Path, str]], dict]:
+    """The files to read (for source=hub, downloaded into `hub_download` first) and the manifest's description."""
     if cfg.source == "offline":
         info = {"kind": "offline", "name": OFFLINE_NAME,
                 "note": "multiple-choice questions written for medmcqa-ray in MedMCQA's schema; not MedMCQA"}
         return discover(OFFLINE_DIR, cfg.splits), info
     if cfg.source == "hub":
-        root = fetch_hub(cfg, output_dir / "data" / "raw" / "hub")
+        root = fetch_hub(cfg, hub_download)
         info = {"kind": "hub", "name": f"MedMCQA ({cfg.hub_id})", "revision": cfg.hub_revision}
     else:
         root = Path(cfg.path)

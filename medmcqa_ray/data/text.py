@@ -1,6 +1,6 @@
 """Text cleaning for MedMCQA fields: remove what breaks tokenisers and prompts, keep the wording.
 
-Handles the oddities listed in ../shared/medmcqa/README.md: HTML tags and entities, control
+Handles the oddities of the real MedMCQA release: HTML tags and entities, control
 characters (U+0001), zero-width and non-breaking spaces, ligatures, tabs and newlines inside
 questions, and the public copy's dropped "rt" letters ("aery", "hea", "impoant").
 """
@@ -11,16 +11,12 @@ import html
 import re
 import unicodedata
 
+from medmcqa_ray.formatting import strip_invisible
+
 # A real tag: "<" + a letter-led name. "pH < 7.2 and > 6" and "<0.9" are text, not tags.
 _TAG = re.compile(r"</?[A-Za-z][A-Za-z0-9]*(?:\s[^<>]*)?/?>")
 _IMG = re.compile(r"<img\b[^>]*>", re.I)
 _BREAK_TAGS = re.compile(r"<(?:br|p|/p|div|/div|li)\b[^>]*>", re.I)
-# One str.translate table (C speed; a per-character Python loop cost 0.3 ms a row): control and
-# format characters (U+0001, bidi marks, zero-width spaces, BOM, soft hyphen) dropped, newline and tab kept, ligatures expanded.
-_TRANSLATE = {
-    c: None for c in range(0x10000)
-    if unicodedata.category(chr(c)) in ("Cc", "Cf") and chr(c) not in "\n\t"
-} | {c: unicodedata.normalize("NFKC", chr(c)) for c in range(0xFB00, 0xFB07)}
 _SPACES = re.compile(r"[^\S\n]+")  # any whitespace but newline (tabs, nbsp, thin spaces)
 _NEWLINES = re.compile(r"\s*\n\s*")
 
@@ -45,11 +41,6 @@ _WORD = re.compile(r"\b[A-Za-z]{2,}\b")
 
 def has_image(text: str) -> bool:
     return bool(_IMG.search(text))
-
-
-def strip_invisible(text: str) -> str:
-    """Drop control and zero-width characters (they split tokens and hide in copied text)."""
-    return text.translate(_TRANSLATE)
 
 
 def strip_html(text: str) -> str:

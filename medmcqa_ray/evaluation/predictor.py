@@ -1,5 +1,5 @@
 """The callable class Ray Data maps over the evaluation rows: one rollout engine per actor, loaded once,
-with the head's adapter (if any); greedy generation; the shared extraction and format check."""
+with the head's adapter (if any); greedy generation; formatting's extraction, "correct" and format check."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from typing import Optional
 import pyarrow as pa
 
 from medmcqa_ray.adapters import read_adapter
-from medmcqa_ray.config import FormatConfig, ModelConfig, RolloutConfig, resolve_engine
+from medmcqa_ray.config import FormatSection, ModelSection, RolloutSection, resolve_engine
 from medmcqa_ray.errors import StageError
-from medmcqa_ray.formatting import extract_answer, generation_prompt, is_well_formatted, prompt_token_ids
+from medmcqa_ray.formatting import extract_answer, generation_prompt, is_correct, is_well_formatted, prompt_token_ids
 from medmcqa_ray.models import load_tokenizer
-from medmcqa_ray.rollout.engine import make_engine
+from medmcqa_ray.rollout.engines import make_engine
 from medmcqa_ray.rollout.types import AdapterUpdate, Sampling
 
 RESULT = pa.schema([("id", pa.string()), ("subject", pa.string()), ("prompt", pa.string()), ("generation", pa.string()),
@@ -22,7 +22,7 @@ RESULT = pa.schema([("id", pa.string()), ("subject", pa.string()), ("prompt", pa
 
 
 class HeadPredictor:
-    def __init__(self, model_cfg: ModelConfig, rollout_cfg: RolloutConfig, format_cfg: FormatConfig,
+    def __init__(self, model_cfg: ModelSection, rollout_cfg: RolloutSection, format_cfg: FormatSection,
                  adapter: Optional[str], max_new_tokens: int):
         self.format_cfg = format_cfg
         self.tokenizer = load_tokenizer(model_cfg)
@@ -49,7 +49,8 @@ class HeadPredictor:
             letter = extract_answer(completion.text, row["options"], markers).letter
             results.append({
                 "id": row["id"], "subject": row["subject"], "prompt": prompt, "generation": completion.text,
-                "extracted": letter, "gold": row["answer_label"], "correct": letter == row["answer_label"],
+                "extracted": letter, "gold": row["answer_label"],
+                "correct": is_correct(completion.text, row["answer_label"], row["options"], markers),
                 "compliant": is_well_formatted(completion.text, markers), "finish_reason": completion.finish_reason,
             })
         return pa.Table.from_pylist(results, schema=RESULT)

@@ -1,1 +1,1 @@
-"""Reward components (pure functions), the similarity scorer, custom components, and the reward actors."""
+"""Reward components (pure functions and their registry), the similarity scorer, and the reward actors."""

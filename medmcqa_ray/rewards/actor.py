@@ -1,5 +1,8 @@
 """RewardActor: a Ray actor that loads the embedding model once and scores batches. RewardPool: splits a
-batch over several actors; `score_async` returns handles so scoring can overlap the next generation."""
+batch over its actors and waits for all of them.
+
+Scoring never overlaps generation: GRPO is on-policy, so step t+1 generates only after step t's update
+(which needs step t's scores) reaches the rollout actors."""
 
 from __future__ import annotations
 
@@ -7,13 +10,13 @@ from typing import Optional
 
 import ray
 
-from medmcqa_ray.config import Markers, RewardsConfig
+from medmcqa_ray.config import Markers, RewardsSection
 from medmcqa_ray.rewards.scoring import RewardBatch, RewardScores, Scorer
 
 
 @ray.remote
 class RewardActor:
-    def __init__(self, cfg: RewardsConfig, markers: Markers):
+    def __init__(self, cfg: RewardsSection, markers: Markers):
         self.scorer = Scorer(cfg, markers)
         self.scored = 0
 
@@ -29,7 +32,7 @@ class RewardActor:
 
 
 class RewardPool:
-    def __init__(self, cfg: RewardsConfig, markers: Markers, actor_options: Optional[dict] = None):
+    def __init__(self, cfg: RewardsSection, markers: Markers, actor_options: Optional[dict] = None):
         # "DEFAULT": not captured into a Tune trial's placement group (see RolloutPool). A reward actor
         # holds no state a restart loses, so Ray re-runs a batch whose actor died mid-way on the
         # restarted one (max_task_retries) and the learner never sees the fault.
@@ -37,20 +40,14 @@ class RewardPool:
                    "scheduling_strategy": "DEFAULT"} | (actor_options or {})
         self.actors = [RewardActor.options(**options).remote(cfg, markers) for _ in range(cfg.num_actors)]
 
-    def score_async(self, batch: RewardBatch) -> list[ray.ObjectRef]:
-        """Start scoring (contiguous slices, one per actor) and return at once."""
-        if not batch.completions:
-            return [self.actors[0].score.remote(batch)]
-        size = -(-len(batch.completions) // len(self.actors)) or 1
-        return [a.score.remote(batch.slice(i * size, (i + 1) * size))
-                for i, a in enumerate(self.actors) if i * size < len(batch.completions)]
-
-    @staticmethod
-    def gather(refs: list[ray.ObjectRef]) -> RewardScores:
-        return RewardScores.merge(ray.get(refs))
-
     def score(self, batch: RewardBatch) -> RewardScores:
-        return self.gather(self.score_async(batch))
+        """Score contiguous slices, one per actor, in parallel; the merged scores keep the batch's order."""
+        if not batch.completions:
+            return ray.get(self.actors[0].score.remote(batch))
+        size = -(-len(batch.completions) // len(self.actors))
+        refs = [a.score.remote(batch.slice(i * size, (i + 1) * size))
+                for i, a in enumerate(self.actors) if i * size < len(batch.completions)]
+        return RewardScores.merge(ray.get(refs))
 
     def info(self) -> list[dict]:
         return ray.get([a.info.remote() for a in self.actors])

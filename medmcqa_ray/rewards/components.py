@@ -5,20 +5,26 @@ the generation prompt, which already ends with the reasoning start marker.
 |---|---|
 | format_exact | 1.0 when `formatting.is_well_formatted` (reasoning, end marker, exactly one solution tag with one letter A-D, nothing after), else 0.0 |
 | format_approx | +0.5 for each of the reasoning end marker, solution start and solution end present exactly once, -0.5 for each missing or repeated (range -1.5..1.5) |
-| correct | 1.0 when `formatting.extract_answer` reads the gold letter, else 0.0 (also 0.0 for an unlabelled row); the same extraction evaluation uses |
+| correct | 1.0 when `formatting.is_correct` (the gold letter A-D, read by the same extraction evaluation uses), else 0.0 (also 0.0 for an unlabelled row) |
 | similarity | cosine similarity of the reasoning to the row's explanation (similarity.py); NEUTRAL_SIMILARITY (0.0) without an explanation or without reasoning |
+
+`PER_COMPLETION` holds the first three, one entry each; `similarity` embeds a whole batch at once, so the
+Scorer runs it batch-wise (scoring.py). Names, weights and order: registry.py.
 """
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from medmcqa_ray.config import Markers
-from medmcqa_ray.formatting import LETTERS, extract_answer, is_well_formatted
+from medmcqa_ray.formatting import is_correct, is_well_formatted
 
 NEUTRAL_SIMILARITY = 0.0
 """Similarity for a row without an explanation (nothing to compare with) or a completion without reasoning:
 no push either way."""
+
+SIMILARITY = "similarity"
+"""The built-in scored a batch at a time (it embeds every reasoning of the batch together)."""
 
 
 def format_exact(completion: str, markers: Markers) -> float:
@@ -31,9 +37,19 @@ def format_approx(completion: str, markers: Markers) -> float:
 
 
 def correct(completion: str, gold: Optional[str], options: Optional[Sequence[str]], markers: Markers) -> float:
-    if gold not in tuple(LETTERS):
-        return 0.0
-    return 1.0 if extract_answer(completion, options, markers).letter == gold else 0.0
+    return float(is_correct(completion, gold, options, markers))
+
+
+PerCompletion = Callable[[str, Optional[str], Optional[Sequence[str]], Markers], float]
+"""fn(completion, gold letter, options, markers) -> score."""
+
+PER_COMPLETION: dict[str, PerCompletion] = {
+    "format_exact": lambda completion, gold, options, markers: format_exact(completion, markers),
+    "format_approx": lambda completion, gold, options, markers: format_approx(completion, markers),
+    "correct": correct,
+}
+"""The built-ins scored one completion at a time. A new one is one entry here plus its name in
+config.BUILTIN_REWARDS (which fixes its place in the order)."""
 
 
 def reasoning_of(completion: str, markers: Markers) -> str:

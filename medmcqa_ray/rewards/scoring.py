@@ -8,9 +8,10 @@ from typing import Callable, Optional
 
 from pydantic import BaseModel, ConfigDict
 
-from medmcqa_ray.config import BUILTIN_REWARDS, Markers, RewardsConfig
+from medmcqa_ray.config import Markers, RewardsSection
+from medmcqa_ray.config.plugins import load_custom
 from medmcqa_ray.rewards import components
-from medmcqa_ray.rewards.custom import load_custom
+from medmcqa_ray.rewards.registry import reward_names
 from medmcqa_ray.rewards.similarity import SimilarityScorer
 
 log = logging.getLogger(__name__)
@@ -48,60 +49,50 @@ class RewardScores(BaseModel):
 
 
 class Scorer:
-    def __init__(self, cfg: RewardsConfig, markers: Markers):
+    """Every component of `reward_specs(cfg)`, in that order: the per-completion built-ins
+    (components.PER_COMPLETION), similarity (batch-wise), then the custom ones (batch-wise, TRL-style)."""
+
+    def __init__(self, cfg: RewardsSection, markers: Markers):
         self.cfg, self.markers = cfg, markers
         self.similarity = SimilarityScorer(cfg.similarity_model, cfg.similarity_fallback)
         self.custom: dict[str, Callable] = {name: load_custom(c.path) for name, c in cfg.custom.items()}
 
     def names(self) -> list[str]:
-        return self.names_for(self.cfg)
+        return reward_names(self.cfg)
 
-    @staticmethod
-    def names_for(cfg: RewardsConfig) -> list[str]:
-        """Component order: built-ins, then custom ones. `correct` is always among them."""
-        return [*BUILTIN_REWARDS, *cfg.custom]
+    def score(self, batch: RewardBatch) -> RewardScores:
+        errors = {name: 0 for name in self.names()}
+        comps: dict[str, list[Optional[float]]] = {}
+        for name in self.names():
+            if name in components.PER_COMPLETION:
+                comps[name] = self._per_completion(name, batch, errors)
+            else:
+                comps[name] = self._batch_wise(name, batch, errors)
+        return RewardScores(components=comps, errors=errors, similarity_scorer=self.similarity.kind)
 
-    def _per_completion(self, fn: Callable[[int], float], n: int, name: str, errors: dict) -> list[Optional[float]]:
-        out: list[Optional[float]] = []
-        for i in range(n):
+    def _per_completion(self, name: str, batch: RewardBatch, errors: dict[str, int]) -> list[Optional[float]]:
+        fn, out = components.PER_COMPLETION[name], []
+        for i, completion in enumerate(batch.completions):
             try:
-                out.append(float(fn(i)))
+                out.append(float(fn(completion, batch.answer_labels[i], batch.options[i], self.markers)))
             except Exception as e:  # a scorer bug on one odd completion must not stop training
                 errors[name] += 1
                 log.warning("reward %s raised on completion %d: %s", name, i, e)
                 out.append(None)
         return out
 
-    def score(self, batch: RewardBatch) -> RewardScores:
-        n, m = len(batch.completions), self.markers
-        errors = {name: 0 for name in self.names()}
-        comps = {
-            "format_exact": self._per_completion(lambda i: components.format_exact(batch.completions[i], m), n, "format_exact", errors),
-            "format_approx": self._per_completion(lambda i: components.format_approx(batch.completions[i], m), n, "format_approx", errors),
-            "correct": self._per_completion(
-                lambda i: components.correct(batch.completions[i], batch.answer_labels[i], batch.options[i], m), n, "correct", errors),
-        }
+    def _batch_wise(self, name: str, batch: RewardBatch, errors: dict[str, int]) -> list[Optional[float]]:
+        n = len(batch.completions)
         try:
-            reasonings = [components.reasoning_of(c, m) for c in batch.completions]
-            comps["similarity"] = list(self.similarity.score(reasonings, batch.explanations))
+            if name == components.SIMILARITY:
+                reasonings = [components.reasoning_of(c, self.markers) for c in batch.completions]
+                return list(self.similarity.score(reasonings, batch.explanations))
+            values = list(self.custom[name](batch.completions, answer_label=batch.answer_labels,
+                                            explanation=batch.explanations, options=batch.options))
+            if len(values) != n:
+                raise ValueError(f"returned {len(values)} values for {n} completions")
+            return [None if v is None else float(v) for v in values]
         except Exception as e:
-            errors["similarity"] += n
-            log.warning("reward similarity raised on a batch of %d: %s", n, e)
-            comps["similarity"] = [None] * n
-        for name, fn in self.custom.items():
-            try:
-                values = list(fn(batch.completions, answer_label=batch.answer_labels, explanation=batch.explanations,
-                                 options=batch.options))
-                if len(values) != n:
-                    raise ValueError(f"returned {len(values)} values for {n} completions")
-                comps[name] = [None if v is None else float(v) for v in values]
-            except Exception as e:
-                errors[name] += n
-                log.warning("custom reward %s raised: %s", name, e)
-                comps[name] = [None] * n
-        return RewardScores(components=comps, errors=errors, similarity_scorer=self.similarity.kind)
-
-
-def reward_weights(cfg: RewardsConfig) -> list[float]:
-    """TRL's reward_weights, in Scorer.names() order (a built-in missing from rewards.weights weighs 0)."""
-    return [cfg.weights.get(name, 0.0) for name in BUILTIN_REWARDS] + [c.weight for c in cfg.custom.values()]
+            errors[name] += n
+            log.warning("reward %s raised on a batch of %d: %s", name, n, e)
+            return [None] * n

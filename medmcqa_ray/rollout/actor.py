@@ -15,8 +15,10 @@ from typing import Any, Optional
 
 import ray
 
-from medmcqa_ray.config import ModelConfig, RolloutConfig, resolve_engine
+from medmcqa_ray.config import ModelSection, RolloutSection, resolve_engine
+from medmcqa_ray.errors import StageError
 from medmcqa_ray.rollout import tensor_parallel
+from medmcqa_ray.rollout.engines import make_engine
 from medmcqa_ray.rollout.types import AdapterUpdate, Completion, Sampling
 
 log = logging.getLogger(__name__)
@@ -34,9 +36,7 @@ class EngineStartError(RuntimeError):
 
 @ray.remote
 class RolloutActor:
-    def __init__(self, model_cfg: ModelConfig, rollout_cfg: RolloutConfig):
-        from medmcqa_ray.rollout.engine import make_engine
-
+    def __init__(self, model_cfg: ModelSection, rollout_cfg: RolloutSection):
         engine = resolve_engine(rollout_cfg)
         try:
             self.engine = make_engine(engine, model_cfg=model_cfg, rollout_cfg=rollout_cfg)
@@ -63,7 +63,7 @@ class RolloutActor:
 class RolloutPool:
     """`num_actors` RolloutActors created with `max_restarts`; calls are spread in contiguous chunks."""
 
-    def __init__(self, model_cfg: ModelConfig, rollout_cfg: RolloutConfig,
+    def __init__(self, model_cfg: ModelSection, rollout_cfg: RolloutSection,
                  actor_options: Optional[dict | list[dict]] = None):
         """`actor_options`: Ray options for every actor, or a list with one dict per actor (actors that share
         their learner's bundle each get their own GPU ids: training/placement.py)."""
@@ -86,8 +86,6 @@ class RolloutPool:
     def ready(self) -> None:
         """Wait until every actor's engine has started (vLLM: loaded and profiled its memory), so a learner
         sharing the GPU allocates after them and a failed start stops the stage before any training step."""
-        from medmcqa_ray.errors import StageError
-
         for i, actor in enumerate(self.actors):
             try:
                 self.pids[i] = ray.get(actor.health.remote())["pid"]
@@ -99,7 +97,7 @@ class RolloutPool:
                                  f"{str(e).strip().splitlines()[-1][:400]}") from None
 
     @staticmethod
-    def _engine_options(rollout_cfg: RolloutConfig, options: dict) -> dict:
+    def _engine_options(rollout_cfg: RolloutSection, options: dict) -> dict:
         """A tensor-parallel engine's own placement group (rollout/tensor_parallel.py), near the node the
         strategy prefers (PACK: the learner's); its actor is restarted inside the same group."""
         if not tensor_parallel.uses_placement_group(rollout_cfg):

@@ -5,8 +5,8 @@ Why not `model.generate`: on the 2-core CPU, generating 8 prompts x 4 samples x 
 slots did useful work), grew its KV cache by concatenation (22% of a decode step), and drew each
 token with `torch.multinomial` (32 ms a step at 32 rows, as long as the model's matmuls). Here:
 
-- every running sequence owns a row ("slot") of a preallocated KV cache and writes at its own
-  position, so sequences of different lengths need no padding, a finished one is replaced at once by
+- every running sequence owns a row ("slot") of a preallocated KV cache (slot_cache.py) and writes at
+  its own position, so sequences of different lengths need no padding, a finished one is replaced at once by
   the next waiting sample (prefilled, its KV copied in), and the batch stays full;
 - the model is the same transformers model (adapter included) called step by step with explicit
   position ids and a 4D mask; the logits processors are transformers' own warpers;
@@ -19,22 +19,15 @@ temperature with `Sampling.tempered_logprobs`.
 
 from __future__ import annotations
 
-import os
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
-from transformers import (
-    LogitsProcessorList,
-    MinPLogitsWarper,
-    TemperatureLogitsWarper,
-    TopKLogitsWarper,
-    TopPLogitsWarper,
-)
-from transformers.cache_utils import Cache, DynamicCache
+from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
+from medmcqa_ray.rollout.slot_cache import SharedPrefix, SlotCache
 from medmcqa_ray.rollout.types import Sampling
 
 
@@ -47,62 +40,6 @@ class Sequence:
     finish_reason: Optional[str] = None
 
 
-class SlotCache(Cache):
-    """One KV row per running sequence, each written at its own position. Rows [0, active) are the
-    running ones; `update` returns only those rows and only up to the longest of them."""
-
-    def __init__(self, model_config, rows: int, max_len: int, dtype: torch.dtype, device: torch.device):
-        super().__init__(layers=[])
-        text = model_config.get_text_config(decoder=True)
-        if any(t != "full_attention" for t in (getattr(text, "layer_types", None) or ["full_attention"])):
-            raise ValueError(f"the hf engine's decode loop handles full-attention decoders; "
-                             f"{text.model_type} has {set(text.layer_types)} layers (use rollout.engine=vllm)")
-        heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
-        head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
-        shape = (rows, heads, max_len, head_dim)
-        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(text.num_hidden_layers)]
-        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(text.num_hidden_layers)]
-        self.lengths = torch.zeros(rows, dtype=torch.long, device=device)
-        self.active = 0
-        self.span = 0
-
-    def __len__(self) -> int:
-        return len(self.keys)
-
-    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
-        n = key_states.shape[0]
-        rows = torch.arange(n, device=key_states.device)
-        keys, values = self.keys[layer_idx], self.values[layer_idx]
-        keys[rows, :, self.lengths[:n]] = key_states[:, :, 0]
-        values[rows, :, self.lengths[:n]] = value_states[:, :, 0]
-        return keys[:n, :, :self.span], values[:n, :, :self.span]
-
-    def get_seq_length(self, layer_idx: int = 0) -> int:
-        return self.span
-
-    def load(self, row: int, prefill: DynamicCache, prefill_row: int, spans: list[tuple[int, int]]) -> None:
-        """Copy one prefilled prompt into a slot: the [start, stop) spans of its prefill row (shared
-        prefix, then the prompt's own tokens past the padding), packed from position 0."""
-        length = 0
-        for start, stop in spans:
-            for layer, (k, v) in enumerate(_layers(prefill)):
-                self.keys[layer][row, :, length:length + stop - start] = k[prefill_row, :, start:stop]
-                self.values[layer][row, :, length:length + stop - start] = v[prefill_row, :, start:stop]
-            length += stop - start
-        self.lengths[row] = length
-
-    def move(self, src: int, dst: int) -> None:
-        length = int(self.lengths[src])
-        for keys, values in zip(self.keys, self.values):
-            keys[dst, :, :length] = keys[src, :, :length]
-            values[dst, :, :length] = values[src, :, :length]
-        self.lengths[dst] = length
-
-
-def _layers(cache: DynamicCache):
-    return [(layer.keys, layer.values) for layer in cache.layers]
-
-
 def warpers(sampling: Sampling) -> LogitsProcessorList:
     procs = LogitsProcessorList()
     if sampling.temperature not in (0, 1):
@@ -111,8 +48,6 @@ def warpers(sampling: Sampling) -> LogitsProcessorList:
         procs.append(TopKLogitsWarper(sampling.top_k))
     if sampling.top_p < 1:
         procs.append(TopPLogitsWarper(sampling.top_p))
-    if sampling.min_p:
-        procs.append(MinPLogitsWarper(sampling.min_p))
     return procs
 
 
@@ -176,29 +111,6 @@ class DecodeStats:
         return self.row_steps / max(self.steps, 1)
 
 
-class _Prefix:
-    """The KV of the tokens every prompt of the call starts with (system prompt, instructions), computed
-    once and copied into each admitted prompt's cache, as vLLM's prefix caching does. Half of each
-    offline-sample prompt (65 of 134 tokens) is this shared prefix."""
-
-    def __init__(self, model, prompts: list[list[int]], device):
-        length = len(os.path.commonprefix(prompts))
-        self.length = min(length, min(len(p) for p in prompts) - 1)  # every prompt keeps a token to prefill
-        self.layers: list[tuple[torch.Tensor, torch.Tensor]] = []
-        if self.length > 0:
-            ids = torch.tensor([prompts[0][:self.length]], device=device)
-            out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
-            self.layers = _layers(out.past_key_values)
-
-    def cache_for(self, rows: int) -> Optional[DynamicCache]:
-        if not self.length:
-            return None
-        cache = DynamicCache()
-        for layer, (k, v) in enumerate(self.layers):
-            cache.update(k.expand(rows, -1, -1, -1).contiguous(), v.expand(rows, -1, -1, -1).contiguous(), layer)
-        return cache
-
-
 @torch.inference_mode()
 def decode(model, prompts: list[list[int]], sampling: Sampling, eos_ids: set[int], pad_id: int,
            max_rows: int) -> tuple[list[Sequence], DecodeStats]:
@@ -214,7 +126,7 @@ def decode(model, prompts: list[list[int]], sampling: Sampling, eos_ids: set[int
     eos = torch.tensor(sorted(eos_ids), device=device)
     stats = DecodeStats(prompt_tokens=sum(map(len, prompts)))
     clock = time.perf_counter()
-    prefix = _Prefix(model, prompts, device)
+    prefix = SharedPrefix(model, prompts, device)
 
     waiting = deque(range(len(prompts)))
     running: list[Sequence] = []

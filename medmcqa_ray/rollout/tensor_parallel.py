@@ -13,20 +13,20 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from medmcqa_ray.config import RolloutConfig, resolve_engine
+from medmcqa_ray.config import RolloutSection, resolve_engine
 
 
-def uses_placement_group(rollout_cfg: RolloutConfig) -> bool:
+def uses_placement_group(rollout_cfg: RolloutSection) -> bool:
     return rollout_cfg.tensor_parallel_size > 1 and resolve_engine(rollout_cfg) == "vllm"
 
 
-def engine_bundles(rollout_cfg: RolloutConfig) -> list[dict[str, float]]:
+def engine_bundles(rollout_cfg: RolloutSection) -> list[dict[str, float]]:
     """Bundle 0 also holds the actor's CPUs; vLLM's workers ask for no CPU, one GPU each."""
     first = {"GPU": 1.0} | ({"CPU": rollout_cfg.num_cpus_per_actor} if rollout_cfg.num_cpus_per_actor else {})
     return [first] + [{"GPU": 1.0} for _ in range(rollout_cfg.tensor_parallel_size - 1)]
 
 
-def engine_options(rollout_cfg: RolloutConfig, near_node: Optional[str] = None) -> dict[str, Any]:
+def engine_options(rollout_cfg: RolloutSection, near_node: Optional[str] = None) -> dict[str, Any]:
     """Ray actor options for one engine's actor, with its own new placement group. `near_node`: a node to
     prefer (placement.strategy PACK: the learner's), used only if the whole group fits there."""
     import ray
@@ -46,7 +46,7 @@ class EngineGroups:
     group per call would leak groups that each hold tp GPUs, and a later head would wait forever for GPUs
     that nobody uses. Ray Data starts a pool's actors in one loop, so they get distinct groups."""
 
-    def __init__(self, rollout_cfg: RolloutConfig, count: int) -> None:
+    def __init__(self, rollout_cfg: RolloutSection, count: int) -> None:
         self.options = [engine_options(rollout_cfg) for _ in range(count)]
         self.calls = 0
 
@@ -62,6 +62,6 @@ class EngineGroups:
             ray.util.remove_placement_group(options["scheduling_strategy"].placement_group)
 
 
-def executor_backend(rollout_cfg: RolloutConfig) -> Optional[str]:
+def executor_backend(rollout_cfg: RolloutSection) -> Optional[str]:
     """vLLM's `distributed_executor_backend`: Ray's inside the placement group, else vLLM's default."""
     return "ray" if uses_placement_group(rollout_cfg) else None

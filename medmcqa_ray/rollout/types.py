@@ -18,7 +18,6 @@ class Sampling(BaseModel):
     top_p: float = Field(1.0, gt=0, le=1)
     top_k: int = Field(0, ge=0)
     """0 turns top-k off."""
-    min_p: float = Field(0.0, ge=0, le=1)
     max_new_tokens: int = Field(256, ge=1)
     seed: Optional[int] = None
     """Fixes the samples for a given prompt batch (per call)."""
@@ -28,8 +27,9 @@ class Sampling(BaseModel):
 
 class Completion(BaseModel):
     """One sampled completion. `logprobs[i]` is the log-probability of `token_ids[i]` under the policy
-    that sampled it, from the raw (unprocessed) logits: temperature/top-p/top-k do not change it, so
-    the learner can compare it with its own logprobs of the same tokens."""
+    that sampled it, from the raw (unprocessed) logits: top-p/top-k do not change it, nor does temperature
+    unless `Sampling.tempered_logprobs` (logits / temperature, hf engine only) asked for it. So the learner
+    can compare it with its own logprobs of the same tokens."""
 
     model_config = ConfigDict(extra="forbid")
 

@@ -28,7 +28,7 @@ import weakref
 from pathlib import Path
 from typing import Any
 
-from medmcqa_ray.config import ModelConfig, RolloutConfig
+from medmcqa_ray.config import ModelSection, RolloutSection
 from medmcqa_ray.models import local_model_path, torch_dtype
 from medmcqa_ray.rollout import tensor_parallel
 from medmcqa_ray.rollout.engine import RolloutEngine
@@ -87,7 +87,7 @@ def _json_default(value: Any) -> Any:
 class VLLMEngine(RolloutEngine):
     """The base model in a vLLM `LLM` with LoRA enabled; each adapter version is a new LoRARequest."""
 
-    def __init__(self, model_cfg: ModelConfig, rollout_cfg: RolloutConfig) -> None:
+    def __init__(self, model_cfg: ModelSection, rollout_cfg: RolloutSection) -> None:
         import torch
         from vllm import LLM
 
@@ -159,7 +159,7 @@ class VLLMEngine(RolloutEngine):
         params = SamplingParams(
             n=1 if greedy else sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
             top_k=sampling.top_k,  # 0 = off in both vLLM and Sampling
-            min_p=sampling.min_p, max_tokens=sampling.max_new_tokens, seed=sampling.seed,
+            max_tokens=sampling.max_new_tokens, seed=sampling.seed,
             logprobs=0,  # 0 extra tokens: only the sampled token's logprob
         )
         self._wake()

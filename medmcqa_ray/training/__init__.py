@@ -1,1 +1,1 @@
-"""Learners on Ray Train: LoRA SFT (and GRPO, next)."""
+"""Learners on Ray Train: the sft and grpo stages, and the parts their learners share."""

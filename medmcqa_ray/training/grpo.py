@@ -1,410 +1,129 @@
-"""GRPO on Ray Train: a TorchTrainer whose worker runs TRL's GRPOTrainer (TRL's loss), continuing the
-SFT adapter, with generation in rollout actors and scoring in reward actors.
+"""The grpo stage: GRPO on Ray Train, a TorchTrainer whose worker runs TRL's GRPOTrainer (TRL's loss),
+continuing the SFT adapter, with generation in rollout actors and scoring in reward actors.
 
-Each learner owns a RolloutPool and a RewardPool. TRL calls our `rollout_func` with the learner's
-prompts; it asks the rollout actors once per distinct prompt for `num_generations` samples, sends the
-completions to the reward actors, and hands TRL token ids, logprobs and one extra field per reward
-component; the `reward_funcs` given to TRL only read those fields, and TRL's `reward_weights` weigh
-them. After every optimiser step the LoRA tensors go to the rollout actors as a new policy version, so
-generation is synchronous with training: `rollout/policy_version_lag` is 0 and
-`rollout/logprob_abs_diff` (rollout vs learner logprobs of the sampled tokens) measures only numerics.
+Each learner owns a RolloutPool and a RewardPool (training/placement.py puts them beside it). TRL calls
+our RolloutFunction with the learner's prompts (training/rollout_function.py). After every optimiser
+step the LoRA tensors go to the rollout actors as a new policy version (training/callbacks.py:
+AdapterSync), so generation is synchronous with training: rollout/policy_version_lag is 0 and
+rollout/logprob_abs_diff (rollout vs learner logprobs of the sampled tokens) measures only numerics.
 
-Dropout is off in the learner (TRL's `disable_dropout`): with LoRA dropout active, the learner would
-score a different function from the one the rollout actors sample.
-
-Checkpoints: `RayTrainReportCallback` as in SFT (checkpoints/ray/grpo/); a re-run restores the latest
-and the HF Trainer continues at the same global step and data position. Final adapter in
-`checkpoints/grpo/`.
+Checkpoints: RayTrainReportCallback as in SFT (checkpoints/ray/grpo/); a re-run restores the latest and
+the HF Trainer continues at the same global step and data position. Final adapter in checkpoints/grpo/.
+A sweep trial runs the same learner under its own name and folder (`train`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import statistics
-import tempfile
-import time
-from collections import defaultdict
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
+from medmcqa_ray import metric_names as M
 from medmcqa_ray.config import Config
-from medmcqa_ray.data.shards import read_shard
+from medmcqa_ray.data.formatted_rows import read_formatted
 from medmcqa_ray.errors import StageError
-from medmcqa_ray.training.ray_run import fit, journal, restarts, restored_checkpoint, save_final, training_info
+from medmcqa_ray.layout import layout
+from medmcqa_ray.stage import Manifest, Stage, fingerprint, hash_parts, upstream_key
+from medmcqa_ray.training import learner
+from medmcqa_ray.training.journal import journal
+from medmcqa_ray.training.learner import LearnerArgs, TrainingManifest, ValidationArgs
+from medmcqa_ray.training.ray_run import fit
 
 log = logging.getLogger(__name__)
 
-REWARD_FIELD = "reward_{}"
-
-
-def sft_adapter(cfg: Config) -> Path:
-    return Path(cfg.grpo.adapter or Path(cfg.output_dir) / "checkpoints" / "sft")
+PROMPT_COLUMNS = ["id", "prompt", "answer_label", "explanation", "options"]
 
 
 def training_prompts(cfg: Config) -> list[dict]:
     """Labelled formatted rows of grpo.split: the prompt and what the rewards need."""
-    return labelled_rows(cfg, cfg.grpo.split, cfg.grpo.limit)
+    return read_formatted(layout(cfg).formatted(cfg.grpo.split), PROMPT_COLUMNS, cfg.grpo.limit,
+                          purpose="train on").to_pylist()
 
 
-def labelled_rows(cfg: Config, split: str, limit: Optional[int] = None) -> list[dict]:
-    folder = Path(cfg.output_dir) / "data" / "formatted" / split
-    files = sorted(folder.glob("*.parquet"))
-    if not files:
-        raise StageError(f"{folder} has no formatted shards: run download and prep first")
-    columns = ["id", "prompt", "answer_label", "explanation", "options"]
-    rows = [r for f in files for r in read_shard(f, columns).to_pylist() if r["answer_label"]]
-    if not rows:
-        raise StageError(f"{folder}: the {split} split has no labelled rows")
-    return rows[:limit] if limit else rows
+class GRPOManifest(TrainingManifest):
+    stage: str = "grpo"
+    init_adapter: str
+    first_correct: Optional[float]
+    last_correct: Optional[float]
+    rollout_actors: list[dict]
+    reward_actors: list[dict]
+    similarity_scorer: str
+    """Which similarity ran (embedding, or the token-overlap fallback): the reward is not the same."""
 
+    def _steps(self) -> list[dict]:
+        return [h for h in self.history if M.CORRECT in h]
 
-class Validator:
-    """Greedy accuracy of the current policy on a fixed set of validation questions, generated by the
-    learner's rollout actors (which hold the adapter of the step just taken): what a sweep ranks
-    trials by."""
+    def metrics(self) -> dict[str, float]:
+        found = {f"grpo/{k}": v for k, v in (("first_correct", self.first_correct), ("last_correct", self.last_correct))
+                 if v is not None}
+        return found | super().metrics()
 
-    def __init__(self, cfg: Config, tokenizer: Any, pool: Any, limit: int):
-        from medmcqa_ray.formatting import generation_prompt, prompt_token_ids
+    def params(self) -> dict:
+        return {"rewards.similarity_scorer": self.similarity_scorer} if self.similarity_scorer else {}
 
-        self.cfg, self.pool = cfg, pool
-        self.rows = labelled_rows(cfg, "validation", limit)
-        self.prompts = [prompt_token_ids(generation_prompt(r["prompt"], tokenizer, cfg.format.markers), tokenizer)
-                        for r in self.rows]
-
-    def __call__(self) -> float:
-        from medmcqa_ray.rewards.components import correct
-        from medmcqa_ray.rollout.types import Sampling
-
-        groups = self.pool.generate(self.prompts, Sampling(n=1, temperature=0, max_new_tokens=self.cfg.grpo.max_completion_length))
-        hits = [correct(g[0].text, r["answer_label"], list(r["options"]), self.cfg.format.markers)
-                for g, r in zip(groups, self.rows)]
-        return sum(hits) / len(hits)
-
-
-def prompt_key(messages: list[dict]) -> str:
-    return json.dumps([[m["role"], m["content"]] for m in messages])
-
-
-def _zero_variance(values: list[Optional[float]]) -> bool:
-    return len({v for v in values}) <= 1
-
-
-class RolloutFunction:
-    """TRL's `rollout_func(prompts, trainer)`. TRL's sampler repeats each prompt `num_generations`
-    times in a row; we generate once per distinct prompt with n = num_generations and return one
-    completion per input row, in order."""
-
-    def __init__(self, cfg: Config, tokenizer: Any, rows: list[dict], rollout_pool: Any, reward_pool: Any, rank: int,
-                 final_dir: Optional[str] = None):
-        from medmcqa_ray.rewards.scoring import Scorer
-
-        self.cfg, self.tokenizer, self.rank, self.final_dir = cfg, tokenizer, rank, final_dir
-        self.rows = {prompt_key(r["prompt"]): r for r in rows}
-        self.rollout_pool, self.reward_pool = rollout_pool, reward_pool
-        self.components = Scorer.names_for(cfg.rewards)
-        self.finished_at = time.monotonic()
-        self.calls = 0
-        self.restarts_seen = 0
-        self.last_timing: dict[str, float] = {}
-
-    def _sampling(self, step: int, round_: int):
-        from medmcqa_ray.rollout.types import Sampling
-
-        g = self.cfg.grpo
-        # A seed per (step, rank, round): a resumed run samples what the uninterrupted one would have.
-        seed = (g.seed * 1_000_003 + step * 1009 + self.rank * 101 + round_) % 2**31
-        return Sampling(n=g.num_generations, temperature=g.temperature, top_p=g.top_p, top_k=g.top_k,
-                        max_new_tokens=g.max_completion_length, seed=seed, tempered_logprobs=True)
-
-    def _generate_and_score(self, prompts: list[list[int]], rows: list[dict], step: int, round_: int, metrics: dict):
-        from medmcqa_ray.rewards.scoring import RewardBatch
-
-        n = self.cfg.grpo.num_generations
-        if self.cfg.rollout.sleep_mode:
-            import torch
-
-            # The waking vLLM engine needs the memory torch's allocator keeps cached after the last step.
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-        start = time.monotonic()
-        groups = self.rollout_pool.generate(prompts, self._sampling(step, round_))
-        metrics["timing/generate"].append(time.monotonic() - start)
-        start = time.monotonic()
-        flat = [c for g in groups for c in g]
-        batch = RewardBatch(completions=[c.text for c in flat],
-                            answer_labels=[r["answer_label"] for r in rows for _ in range(n)],
-                            explanations=[r["explanation"] for r in rows for _ in range(n)],
-                            options=[list(r["options"]) for r in rows for _ in range(n)])
-        scores = self.reward_pool.score(batch)
-        metrics["timing/reward"].append(time.monotonic() - start)
-        per_group = [{name: scores.components[name][i * n:(i + 1) * n] for name in self.components}
-                     for i in range(len(groups))]
-        return groups, per_group, scores.errors
-
-    def __call__(self, prompts: list, trainer: Any) -> dict[str, list]:
-        from medmcqa_ray.formatting import generation_prompt, prompt_token_ids
-
-        n = self.cfg.grpo.num_generations
-        if len(prompts) % n or any(prompts[i] != prompts[i - i % n] for i in range(len(prompts))):
-            raise RuntimeError(f"rollout_func expected each prompt {n} times in a row (TRL's RepeatSampler); "
-                               f"got {len(prompts)} prompts")
-        distinct = prompts[::n]
-        rows = [self.rows[prompt_key(p)] for p in distinct]
-        # Token ids once: the rollout engines continue exactly these, and TRL's learner scores exactly these.
-        prompt_ids = [prompt_token_ids(generation_prompt(p, self.tokenizer, self.cfg.format.markers), self.tokenizer)
-                      for p in distinct]
-        step = trainer.state.global_step
-        if self.final_dir:  # the data order, step by step: a resumed run must continue it, not restart it
-            journal(self.final_dir, "step", step=step + 1, prompt_ids=[r["id"] for r in rows])
-        metrics: dict[str, list] = defaultdict(list)
-        groups, rewards, errors = self._generate_and_score(prompt_ids, rows, step, 0, metrics)
-
-        ds = self.cfg.grpo.dynamic_sampling
-        if ds.enabled:
-            resampled = 0
-            for round_ in range(1, ds.max_rounds + 1):
-                flat = [i for i, r in enumerate(rewards) if _zero_variance(r["correct"])]
-                if not flat:
-                    break
-                resampled += len(flat)
-                new_groups, new_rewards, _ = self._generate_and_score(
-                    [prompt_ids[i] for i in flat], [rows[i] for i in flat], step, round_, metrics)
-                for i, g, r in zip(flat, new_groups, new_rewards):
-                    groups[i], rewards[i] = g, r
-            metrics["dynamic_sampling/resampled_groups"].append(resampled)
-            metrics["dynamic_sampling/flat_groups_left"].append(sum(_zero_variance(r["correct"]) for r in rewards))
-        metrics["rollout/flat_correct_groups"].append(sum(_zero_variance(r["correct"]) for r in rewards) / len(rewards))
-
-        out: dict[str, list] = {"prompt_ids": [], "completion_ids": [], "logprobs": []}
-        out |= {REWARD_FIELD.format(name): [] for name in self.components}
-        lags = []
-        for i, group in enumerate(groups):
-            for j, c in enumerate(group):
-                out["prompt_ids"].append(prompt_ids[i])
-                out["completion_ids"].append(c.token_ids)
-                out["logprobs"].append(c.logprobs)
-                for name in self.components:
-                    out[REWARD_FIELD.format(name)].append(rewards[i][name][j])
-                lags.append(step - c.policy_version)
-        metrics["rollout/policy_version_lag"].append(max(lags))
-        # Rollout actors found restarted since the last step (each was given the current adapter first).
-        metrics["rollout/actor_restarts"].append(self.rollout_pool.restarts - self.restarts_seen)
-        self.restarts_seen = self.rollout_pool.restarts
-        for name, count in errors.items():
-            metrics[f"rewards/{name}/errors"].append(count)
-        for name, values in metrics.items():
-            trainer._metrics["train"][name].append(sum(values))  # TRL averages these over each logging window
-        self.last_timing = {k: sum(metrics[k]) for k in ("timing/generate", "timing/reward")}
-        self.calls += 1
-        self.finished_at = time.monotonic()
-        return out
-
-
-def reward_funcs(components: list[str]) -> list:
-    """TRL reward functions that read the scores the reward actors already computed."""
-
-    def make(name: str):
-        def reward(completions, **kwargs):
-            return kwargs[REWARD_FIELD.format(name)]
-
-        reward.__name__ = name  # TRL logs rewards/<name>/mean and std
-        return reward
-
-    return [make(name) for name in components]
-
-
-def _callbacks(pool: Any, rollout: RolloutFunction, final_dir: str, validator: Optional[Validator] = None, every: int = 1):
-    from transformers import TrainerCallback
-
-    from medmcqa_ray.adapters import adapter_checksum, adapter_from_model
-    from medmcqa_ray.rollout.types import AdapterUpdate
-
-    class AdapterSync(TrainerCallback):
-        """After every optimiser step (and at the start, or after a restore), the LoRA tensors go to the
-        rollout actors as policy version = global step."""
-
-        trainer: Any = None
-        weights: dict = {}
-        step_began = 0.0
-
-        def sync(self, model: Any, version: int) -> float:
-            start = time.monotonic()
-            config, weights = adapter_from_model(model)
-            pool.load_adapter(AdapterUpdate(version=version, peft_config=config), weights)
-            self.weights = weights
-            return time.monotonic() - start
-
-        def across_learners(self, step: int, timing: dict[str, float]) -> None:
-            """With several learners: each says which adapter it now holds (after DDP's all-reduced step
-            they must agree) and how long its step's parts took; the step's log gets whether they
-            agree and every rank's timing."""
-            import torch.distributed as dist
-
-            if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-                return
-            metrics = self.trainer._metrics["train"]
-            # (.get: TRL's metrics are a defaultdict, and an empty list would break its averaging.)
-            local = {k: metrics[k][-1] for k in ("rollout/policy_version_lag", "rollout/logprob_abs_diff") if metrics.get(k)}
-            mine = {"adapter": adapter_checksum(self.weights), "timing": timing, "local": local}
-            everyone: list = [None] * dist.get_world_size()
-            dist.all_gather_object(everyone, mine)
-            journal(final_dir, "sync", step=step, adapter=mine["adapter"])
-            # One value per step for the whole run: the worst lag, the mean logprob gap over learners.
-            for name, combine in (("rollout/policy_version_lag", max), ("rollout/logprob_abs_diff", statistics.fmean)):
-                values = [e["local"][name] for e in everyone if name in e["local"]]
-                if values and metrics.get(name):
-                    metrics[name][-1] = combine(values)
-            metrics["learners/adapters_agree"].append(float(len({e["adapter"] for e in everyone}) == 1))
-            for rank, e in enumerate(everyone):
-                for name, seconds in e["timing"].items():
-                    metrics[f"{name}/rank{rank}"].append(seconds)
-
-        def on_train_begin(self, args, state, control, model=None, **kwargs):
-            self.sync(model, state.global_step)
-
-        def on_step_begin(self, args, state, control, **kwargs):
-            self.step_began = time.monotonic()
-
-        def on_step_end(self, args, state, control, model=None, **kwargs):
-            train = time.monotonic() - rollout.finished_at
-            seconds = self.sync(model, state.global_step)
-            metrics = self.trainer._metrics["train"]
-            metrics["timing/train"].append(train)
-            metrics["timing/sync"].append(seconds)
-            metrics["timing/step"].append(time.monotonic() - self.step_began)  # wall time, all of the above
-            step = state.global_step
-            self.across_learners(step, rollout.last_timing | {"timing/train": train, "timing/sync": seconds,
-                                                              "timing/step": metrics["timing/step"][-1]})
-            if validator and (step == 1 or step % every == 0 or step == state.max_steps):
-                start = time.monotonic()
-                metrics["val_accuracy"].append(validator())
-                metrics["val_accuracy_step"].append(step)
-                metrics["timing/validate"].append(time.monotonic() - start)
-
-    return AdapterSync()
-
-
-def _report_every_step():
-    """Ray Train report of each logged step (RayTrainReportCallback reports only at checkpoints), so a
-    Tune scheduler sees the curve: with TuneReportCallback on the run, each reaches Tune."""
-    import ray.train
-    from transformers import TrainerCallback
-
-    class ReportEveryStep(TrainerCallback):
-        """Each report carries the latest value of every metric (as RayTrainReportCallback's do): Tune
-        wants its metric in every result, and `val_accuracy` is scored every few steps only
-        (`val_accuracy_step` says when)."""
-
-        def __init__(self):
-            self.latest: dict = {}
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if "train_runtime" in (logs or {}):  # the end-of-training summary, not a step
-                return
-            self.latest = self.latest | {k: v for k, v in (logs or {}).items() if isinstance(v, (int, float))}
-            ray.train.report(self.latest | {"step": state.global_step})
-
-    return ReportEveryStep()
-
-
-def _trainer_class():
-    from trl import GRPOTrainer
-
-    class Trainer(GRPOTrainer):
-        """TRL's GRPOTrainer, plus one metric: the mean absolute difference between the rollout actors'
-        logprobs and the learner's own, on the sampled tokens, taken from the forward pass TRL's loss
-        already makes (no extra compute)."""
-
-        _last_logps = None
-
-        def _get_per_token_logps_and_entropies(self, *args, **kwargs):
-            out = super()._get_per_token_logps_and_entropies(*args, **kwargs)
-            self._last_logps = out[0]
-            return out
-
-        def _compute_loss(self, model, inputs):
-            loss = super()._compute_loss(model, inputs)
-            sampled = inputs.get("sampling_per_token_logps")
-            if sampled is not None and self._last_logps is not None:
-                mask = inputs["completion_mask"].bool()
-                diff = (self._last_logps.detach().float() - sampled.float()).abs()[mask]
-                if diff.numel():
-                    self._metrics["train"]["rollout/logprob_abs_diff"].append(diff.mean().item())
-            return loss
-
-    return Trainer
-
-
-def grpo_args(cfg: Config, output_dir: Path, device: str) -> Any:
-    """TRL's GRPOConfig from the `grpo` section (also what benchmarks/grpo_step.py gives TRL alone)."""
-    from trl import GRPOConfig
-
-    from medmcqa_ray.rewards.scoring import reward_weights
-
-    g = cfg.grpo
-    return GRPOConfig(
-        output_dir=str(output_dir), max_steps=g.max_steps, per_device_train_batch_size=g.prompts_per_step * g.num_generations,
-        gradient_accumulation_steps=1, num_generations=g.num_generations, learning_rate=g.learning_rate,
-        beta=g.beta, epsilon=g.epsilon, epsilon_high=g.epsilon_high, loss_type=g.loss_type,
-        importance_sampling_level=g.importance_sampling_level, scale_rewards=g.scale_rewards,
-        temperature=g.temperature, top_p=g.top_p, top_k=g.top_k, max_completion_length=g.max_completion_length,
-        mask_truncated_completions=g.mask_truncated_completions, reward_weights=reward_weights(cfg.rewards),
-        disable_dropout=True, logging_steps=1, save_strategy="steps", save_steps=g.save_steps, save_total_limit=1,
-        report_to=[], seed=g.seed, bf16=device == "cuda", use_cpu=device == "cpu", dataloader_num_workers=0,
-    )
+    def table(self) -> str:
+        lines = [f"{'step':>5}{'correct':>9}{'format':>8}{'reward':>9}{'length':>8}{'lag':>5}{'|dlogp|':>10}"]
+        for h in self._steps():
+            lines.append(f"{h['step']:>5}{h[M.CORRECT]:>9.3f}{h[M.FORMAT_EXACT]:>8.3f}"
+                         f"{h[M.REWARD]:>9.3f}{h[M.COMPLETION_LENGTH]:>8.1f}{h[M.POLICY_VERSION_LAG]:>5.0f}"
+                         f"{h.get(M.LOGPROB_ABS_DIFF, float('nan')):>10.1e}")
+        return "\n".join(lines + [f"similarity reward scorer: {self.similarity_scorer or 'unknown'}",
+                                  f"adapter: {self.adapter} (continued {self.init_adapter})"])
 
 
 def _train_loop(loop_config: dict) -> None:
+    """One learner (a Ray Train worker) with its rollout and reward actors."""
     import datasets
     import ray.train
-    import torch
     from peft import PeftModel
     from ray.train.huggingface.transformers import RayTrainReportCallback, prepare_trainer
 
     from medmcqa_ray.models import load_model, load_tokenizer
     from medmcqa_ray.progress import ReportSteps
     from medmcqa_ray.rewards.actor import RewardPool
+    from medmcqa_ray.rewards.registry import trl_reward_funcs
     from medmcqa_ray.rollout.actor import RolloutPool
     from medmcqa_ray.training import placement
+    from medmcqa_ray.training.callbacks import AdapterSync, ReportEveryStep, Validate
+    from medmcqa_ray.training.grpo_trainer import LogprobDiffGRPOTrainer, grpo_args
+    from medmcqa_ray.training.rollout_function import RolloutFunction
+    from medmcqa_ray.training.validation import Validator
 
-    cfg: Config = loop_config["cfg"]
-    ctx = ray.train.get_context()
-    device = "cuda" if cfg.scaling.use_gpu and torch.cuda.is_available() else "cpu"
+    args = LearnerArgs.from_loop_config(loop_config)
+    cfg = args.cfg
+    device = learner.device(cfg)
     rows = training_prompts(cfg)
-    dataset = datasets.Dataset.from_list([{"prompt": r["prompt"]} for r in rows])
     tokenizer = load_tokenizer(cfg.model)
     placement.keep_learner_share(cfg)
     # The actors first, each waited for: a vLLM engine sharing the learner's GPU sizes its KV cache from
     # the memory free when it starts, so the learner allocates after it; a failed start stops here.
     rollout_pool = RolloutPool(cfg.model, cfg.rollout, placement.rollout_options(cfg))
     reward_pool = RewardPool(cfg.rewards, cfg.format.markers, placement.reward_options(cfg))
-    model = PeftModel.from_pretrained(load_model(cfg.model, device), str(sft_adapter(cfg)), is_trainable=True)
-    rollout = RolloutFunction(cfg, tokenizer, rows, rollout_pool, reward_pool, ctx.get_world_rank(), loop_config["final_dir"])
-    work = Path(tempfile.mkdtemp(prefix="grpo-"))
-    args = grpo_args(cfg, work, device)
-    validate = loop_config.get("validate")  # a sweep's trial: {"rows": n, "every": k}
-    validator = Validator(cfg, tokenizer, rollout_pool, validate["rows"]) if validate else None
-    sync = _callbacks(rollout_pool, rollout, loop_config["final_dir"], validator, validate["every"] if validate else 1)
-    callbacks = [sync, RayTrainReportCallback()] + ([_report_every_step()] if validate else [])
-    if loop_config.get("progress") is not None:
-        callbacks.append(ReportSteps(loop_config["progress"]))
-    trainer = _trainer_class()(model=model, reward_funcs=reward_funcs(rollout.components), args=args,
-                               train_dataset=dataset, processing_class=tokenizer, rollout_func=rollout,
-                               callbacks=callbacks)
-    sync.trainer = trainer
+    model = PeftModel.from_pretrained(load_model(cfg.model, device), str(layout(cfg).adapter("sft")), is_trainable=True)
+    rollout = RolloutFunction(cfg, tokenizer, rows, rollout_pool, reward_pool, ray.train.get_context().get_world_rank(),
+                              cfg.grpo.num_generations, args.final_dir)
+    work = learner.work_dir("grpo")
+    trainer = LogprobDiffGRPOTrainer(
+        model=model, reward_funcs=trl_reward_funcs(cfg.rewards), args=grpo_args(cfg, work, device),
+        train_dataset=datasets.Dataset.from_list([{"prompt": r["prompt"]} for r in rows]),
+        processing_class=tokenizer, rollout_func=rollout)
+    metrics = trainer._metrics["train"]  # TRL averages what callbacks append here into each logged step
+    trainer.add_callback(AdapterSync(rollout_pool, rollout, args.final_dir, metrics))
+    if args.validation:
+        trainer.add_callback(Validate(Validator(cfg, tokenizer, rollout_pool, args.validation.rows), args.validation, metrics))
+    trainer.add_callback(RayTrainReportCallback())
+    if args.validation:  # a sweep trial: Tune's scheduler needs every step
+        trainer.add_callback(ReportEveryStep())
+    if args.progress is not None:
+        trainer.add_callback(ReportSteps(args.progress))
     trainer = prepare_trainer(trainer)
-    resume, resumed_from = restored_checkpoint(work)
-    journal(loop_config["final_dir"], "start", resumed_from_step=resumed_from)
-    journal(loop_config["final_dir"], "actors", strategy=cfg.placement.strategy,  # where placement put them
+    resume, resumed_from = learner.start(args, work)
+    journal(args.final_dir, "actors", strategy=cfg.placement.strategy,  # where placement put them
             rollout=[{k: a[k] for k in ("actor_id", "node_id")} for a in rollout_pool.health()],
             reward=[{k: a[k] for k in ("actor_id", "node_id")} for a in reward_pool.info()])
     try:
         trainer.train(resume_from_checkpoint=resume)
-        if ctx.get_world_rank() == 0:
-            save_final(trainer.model, Path(loop_config["final_dir"]),
-                       {"log_history": trainer.state.log_history, "resumed_from_step": resumed_from,
-                        "rollout_actors": rollout_pool.health(), "reward_actors": reward_pool.info()})
+        learner.finish(trainer, args, resumed_from, rollout_actors=rollout_pool.health(), reward_actors=reward_pool.info())
     finally:
         rollout_pool.shutdown()
         reward_pool.shutdown()
@@ -413,39 +132,61 @@ def _train_loop(loop_config: dict) -> None:
 def check_config(cfg: Config) -> None:
     """What must hold before any worker starts."""
     from medmcqa_ray.adapters import read_adapter
-
-    if cfg.rollout.engine == "vllm" and cfg.grpo.temperature != 1.0:
-        raise StageError("grpo.temperature must be 1.0 with rollout.engine=vllm: vLLM reports raw logprobs, and "
-                         "TRL's learner scores logits / temperature")
-    from medmcqa_ray.training.placement import check_resources
+    from medmcqa_ray.training.capacity import check_resources
 
     if cfg.rewards.similarity_fallback == "error":
         from medmcqa_ray.rewards.similarity import missing_model
 
         if why := missing_model(cfg.rewards.similarity_model):
             raise StageError(f"rewards.similarity_fallback=error: the similarity model cannot load: {why}")
-    read_adapter(sft_adapter(cfg))  # a clear error naming the folder when the SFT adapter is missing
+    read_adapter(layout(cfg).adapter("sft"))  # a clear error naming the folder when the SFT adapter is missing
     training_prompts(cfg)
     check_resources(cfg)
 
 
-def run_grpo(cfg: Config, key: str = "", name: str = "grpo", final_dir: Optional[Path] = None,
-             run_callbacks: Optional[list] = None, validate: Optional[dict] = None) -> dict:
-    """The grpo stage; a sweep trial runs it under its own name and folder, with Tune's callback and
-    validation every few steps (`validate={"rows": n, "every": k}`)."""
+def train(cfg: Config, key: str, name: str = "grpo", final_dir: Optional[Path] = None,
+          run_callbacks: Optional[list] = None, validation: Optional[ValidationArgs] = None) -> GRPOManifest:
+    """The grpo stage's run; a sweep trial runs it under its own name and folder, with Tune's callback
+    and validation every few steps."""
+    from medmcqa_ray.training import placement
+
     check_config(cfg)
-    final = final_dir or Path(cfg.output_dir) / "checkpoints" / "grpo"
-    # A sweep trial (validate set) runs under Tune, whose driver is not a terminal of ours: no bar there.
-    result, resuming = fit(name, _train_loop, cfg, key, final, extra={"validate": validate}, callbacks=run_callbacks,
-                           progress_steps=None if validate else cfg.grpo.max_steps)
-    info = training_info(final)
-    history = info["log_history"]
-    steps = [h for h in history if "rewards/correct/mean" in h]
-    return {"stage": "grpo", "adapter": str(final), "init_adapter": str(sft_adapter(cfg)), "resumed": resuming,
-            "resumed_from_step": info["resumed_from_step"], **restarts(final), "steps": cfg.grpo.max_steps,
-            "first_correct": steps[0]["rewards/correct/mean"] if steps else None,
-            "last_correct": steps[-1]["rewards/correct/mean"] if steps else None,
-            "rollout_actors": info["rollout_actors"], "reward_actors": info["reward_actors"],
-            # Which similarity ran (embedding, or the token-overlap fallback): the reward is not the same.
-            "similarity_scorer": info["reward_actors"][0]["similarity_scorer"],
-            "history": history, "checkpoint": str(result.checkpoint.path) if result.checkpoint else None}
+    final = final_dir or layout(cfg).trained_adapter("grpo")
+    # A sweep trial (validation set) runs under Tune, whose driver is not a terminal of ours: no bar there.
+    result, resumed = fit(name, _train_loop, LearnerArgs(cfg, str(final), validation=validation), key,
+                          placement.worker_resources(cfg), callbacks=run_callbacks,
+                          progress_steps=None if validation else cfg.grpo.max_steps)
+    info = learner.training_info(final)
+    fields = learner.manifest_fields(final, info, result, resumed)
+    steps = [h for h in fields["history"] if M.CORRECT in h]
+    return GRPOManifest(**fields, init_adapter=str(layout(cfg).adapter("sft")), steps=cfg.grpo.max_steps,
+                        first_correct=steps[0][M.CORRECT] if steps else None,
+                        last_correct=steps[-1][M.CORRECT] if steps else None,
+                        rollout_actors=info["rollout_actors"], reward_actors=info["reward_actors"],
+                        similarity_scorer=info["reward_actors"][0]["similarity_scorer"], config_hash=key)
+
+
+class GRPOStage(Stage):
+    name = "grpo"
+    manifest_type = GRPOManifest
+
+    def inputs(self, cfg: Config) -> list[Path]:
+        return [layout(cfg).adapter("sft"), layout(cfg).formatted(cfg.grpo.split)]
+
+    def output(self, cfg: Config) -> Path:
+        return layout(cfg).trained_adapter("grpo")
+
+    def manifest_path(self, cfg: Config) -> Path:
+        return layout(cfg).training_manifest("grpo")
+
+    def cache_key(self, cfg: Config) -> str:
+        paths = layout(cfg)
+        sft = paths.adapter("sft")
+        return hash_parts(cfg.section_hash("model", "grpo", "rewards", "rollout", "scaling", "format"),
+                          upstream_key(paths.formatted_manifest), str(sft), fingerprint(sft))
+
+    def run(self, cfg: Config) -> Manifest:
+        return train(cfg, key=self.cache_key(cfg))
+
+
+STAGE = GRPOStage()

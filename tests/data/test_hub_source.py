@@ -37,4 +37,4 @@ def test_hub_path_loads_a_dataset_repository_layout(ray_session, make_config, tm
     manifest = run_stage("download", cfg)
     assert {s: c["kept"] for s, c in manifest["splits"].items()} == {"train": 12, "validation": 5, "test": 3}
     assert manifest["source"]["kind"] == "hub" and manifest["source"]["layout"] == "hf"
-    assert "hf_dontleak" not in json.dumps(manifest)
+    assert "hf_dontleak" not in json.dumps(manifest.as_dict())

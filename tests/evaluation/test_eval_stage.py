@@ -78,13 +78,13 @@ def test_bad_adapters_and_empty_sets_say_so(prepared, tmp_path):
     from ..conftest import REPO
 
     base = [REPO / "configs" / "ci.yaml"]
-    cfg = load_config(base, [f"output_dir={prepared.output_dir}", f"eval.sft_adapter={tmp_path}", "eval.heads=[sft]",
+    cfg = load_config(base, [f"output_dir={prepared.output_dir}", f"adapters.sft={tmp_path}", "eval.heads=[sft]",
                              f"eval.out_dir={tmp_path / 'e1'}"])
-    with pytest.raises(StageError, match=f"eval.sft_adapter: {tmp_path} is not a PEFT adapter"):
+    with pytest.raises(StageError, match=f"adapters.sft: {tmp_path} is not a PEFT adapter"):
         run_stage("eval", cfg)
 
     other = save_adapter(prepared.model, tmp_path / "other", hidden_override=32)
-    cfg = load_config(base, [f"output_dir={prepared.output_dir}", f"eval.sft_adapter={other}", "eval.heads=[sft]",
+    cfg = load_config(base, [f"output_dir={prepared.output_dir}", f"adapters.sft={other}", "eval.heads=[sft]",
                              f"eval.out_dir={tmp_path / 'e2'}"])
     with pytest.raises(Exception) as e:
         run_stage("eval", cfg)
@@ -94,6 +94,6 @@ def test_bad_adapters_and_empty_sets_say_so(prepared, tmp_path):
 
     empty = tmp_path / "empty.jsonl"
     empty.write_text(json.dumps({"id": "t1", "prompt": [], "answer_label": None}) + "\n")
-    cfg = load_config(base, [f"output_dir={prepared.output_dir}", f"eval.formatted_jsonl={empty}", f"eval.out_dir={tmp_path / 'e3'}"])
+    cfg = load_config(base, [f"output_dir={prepared.output_dir}", f"eval.input={empty}", f"eval.out_dir={tmp_path / 'e3'}"])
     with pytest.raises(StageError, match="no labelled rows: nothing to evaluate"):
         run_stage("baseline", cfg)

@@ -29,7 +29,7 @@ def test_truncated_parquet_shards_and_inputs_name_the_file(ray_session, make_con
     for stage in ("download", "prep"):
         run_stage(stage, cfg)
     data = Path(cfg.output_dir) / "data"
-    prep_manifest = STAGES["prep"].manifest(cfg)
+    prep_manifest = STAGES["prep"].manifest_path(cfg)
     prep_before = prep_manifest.read_text()
 
     # A formatted shard cut in half: SFT and eval name it before any worker starts; nothing is written.
@@ -38,13 +38,13 @@ def test_truncated_parquet_shards_and_inputs_name_the_file(ray_session, make_con
     truncate(shard)
     err = failure("sft", cfg)
     assert isinstance(err, DataFileError) and str(shard) in str(err) and "not a readable Parquet file" in str(err)
-    assert not STAGES["sft"].manifest(cfg).exists() and not (Path(cfg.output_dir) / "checkpoints" / "sft").exists()
+    assert not STAGES["sft"].manifest_path(cfg).exists() and not (Path(cfg.output_dir) / "checkpoints" / "sft").exists()
     shard.write_bytes(saved)
     val = sorted((data / "formatted" / "validation").glob("*.parquet"))[0]
     truncate(val)
     err = failure("baseline", cfg)
     assert isinstance(err, DataFileError) and str(val) in str(err)
-    assert not STAGES["baseline"].manifest(cfg).exists()
+    assert not STAGES["baseline"].manifest_path(cfg).exists()
 
     # A processed shard cut in half: prep (in a Ray Data task) names it; the previous formatted output
     # and prep's manifest stay as they were.
@@ -61,13 +61,13 @@ def test_truncated_parquet_shards_and_inputs_name_the_file(ray_session, make_con
     bad = make_config("data.source=local", f"data.path={src}", "data.layout=hf", output_dir=tmp_path / "other")
     err = failure("download", bad)
     assert isinstance(err, DataFileError) and "train.parquet" in str(err)
-    assert not STAGES["download"].manifest(bad).exists()
+    assert not STAGES["download"].manifest_path(bad).exists()
 
 
 def test_config_naming_a_missing_adapter_fails_before_work(make_config, tmp_path):
     missing = tmp_path / "no-such-adapter"
-    for stage, key in (("grpo", "grpo.adapter"), ("eval", "eval.sft_adapter")):
-        cfg = make_config(f"{key}={missing}", "eval.heads=[sft]")
+    for stage in ("grpo", "eval"):  # adapters.sft: the adapter GRPO continues and eval's sft head
+        cfg = make_config(f"adapters.sft={missing}", "eval.heads=[sft]")
         with pytest.raises(StageError, match=str(missing)):
             run_stage(stage, cfg)
-        assert not STAGES[stage].manifest(cfg).exists() and not (Path(cfg.output_dir) / "eval").exists()
+        assert not STAGES[stage].manifest_path(cfg).exists() and not (Path(cfg.output_dir) / "eval").exists()

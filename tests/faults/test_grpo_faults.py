@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from medmcqa_ray.pipeline import run_stage
-from medmcqa_ray.training.ray_run import read_journal
+from medmcqa_ray.training.journal import read_journal
 
 from ..conftest import state_api
 from ..training.test_grpo import config, steps

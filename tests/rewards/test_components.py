@@ -2,9 +2,19 @@
 
 import pytest
 
-from medmcqa_ray.config import Markers, RewardsConfig, load_config
+from medmcqa_ray.config import BUILTIN_REWARDS, Markers, RewardsSection, load_config
 from medmcqa_ray.errors import ConfigError
-from medmcqa_ray.rewards.scoring import RewardBatch, Scorer, reward_weights
+from medmcqa_ray.rewards import components
+from medmcqa_ray.rewards.registry import (
+    REWARD_FIELD,
+    RewardSpec,
+    reward_names,
+    reward_specs,
+    reward_weights,
+    searchable_names,
+    trl_reward_funcs,
+)
+from medmcqa_ray.rewards.scoring import RewardBatch, Scorer
 
 M = Markers()
 OPTS = ["Vitamin A", "Vitamin B12", "Vitamin C", "Vitamin D"]
@@ -31,7 +41,7 @@ CASES = {
 
 @pytest.fixture(scope="module")
 def scorer():
-    return Scorer(RewardsConfig(), M)
+    return Scorer(RewardsSection(), M)
 
 
 def test_every_component_on_hand_written_completions(scorer):
@@ -49,7 +59,7 @@ def test_every_component_on_hand_written_completions(scorer):
 
 
 def test_correct_is_reported_whatever_the_weights_and_unlabelled_rows_score_zero(scorer):
-    cfg = RewardsConfig(weights={"correct": 0.0, "format_exact": 1.0})
+    cfg = RewardsSection(weights={"correct": 0.0, "format_exact": 1.0})
     assert "correct" in Scorer(cfg, M).names()
     assert reward_weights(cfg) == [1.0, 0.0, 0.0, 0.0]
     s = scorer.score(RewardBatch(completions=[CASES["exact"][0]], answer_labels=[None], explanations=[None], options=[OPTS]))
@@ -120,3 +130,20 @@ def test_a_raising_scorer_gives_none_and_is_counted():
     s = Scorer(cfg.rewards, M).score(RewardBatch(completions=["a", "b"], answer_labels=["A", "B"], explanations=["e", "e"], options=[OPTS, OPTS]))
     assert s.components["explodes"] == [None, None] and s.errors["explodes"] == 2
     assert s.components["correct"] == [0.0, 0.0]  # the others still score
+
+
+def test_registry_is_the_one_order_of_names_weights_and_trl_functions():
+    cfg = load_config([], ["rewards.custom.brevity.path=tests.rewards.custom_reward:brevity",
+                           "rewards.custom.brevity.weight=0.25"]).rewards.model_copy(update={"weights": {"correct": 2.0}})
+    assert reward_specs(cfg) == [RewardSpec("format_exact", 0.0, True), RewardSpec("format_approx", 0.0, True),
+                                 RewardSpec("correct", 2.0, True), RewardSpec("similarity", 0.0, True),
+                                 RewardSpec("brevity", 0.25, False)]
+    assert reward_names(cfg) == [*BUILTIN_REWARDS, "brevity"] == Scorer(cfg, M).names()
+    assert reward_weights(cfg) == [0.0, 0.0, 2.0, 0.0, 0.25]
+    assert searchable_names(cfg) == {*BUILTIN_REWARDS, "brevity"}
+    funcs = trl_reward_funcs(cfg)
+    assert [f.__name__ for f in funcs] == reward_names(cfg)  # TRL logs rewards/<name>/mean
+    fields = {REWARD_FIELD.format(n): [float(i)] for i, n in enumerate(reward_names(cfg))}
+    assert [f(["c"], **fields) for f in funcs] == [[0.0], [1.0], [2.0], [3.0], [4.0]]
+    # Every built-in has its function: per completion, or the batch-wise similarity.
+    assert set(components.PER_COMPLETION) | {components.SIMILARITY} == set(BUILTIN_REWARDS)

@@ -24,9 +24,7 @@ def test_pool_scores_in_actors_with_custom_component(ray_session):
     batch = RewardBatch(completions=completions, answer_labels=["A"] * 10, explanations=[EXP] * 10, options=[OPTS] * 10)
     pool = RewardPool(cfg.rewards, cfg.format.markers)
     try:
-        refs = pool.score_async(batch)  # returns at once; the learner generates meanwhile
-        assert len(refs) == 2
-        scores = pool.gather(refs)
+        scores = pool.score(batch)  # one slice per actor
         local = Scorer(cfg.rewards, cfg.format.markers).score(batch)
         assert scores.components["correct"] == local.components["correct"] == [1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0, 0]
         assert scores.components["cites_gold"] == local.components["cites_gold"]

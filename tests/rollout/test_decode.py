@@ -8,7 +8,7 @@ import torch
 from scipy.stats import chisquare
 from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper
 
-from medmcqa_ray.config import ModelConfig
+from medmcqa_ray.config import ModelSection
 from medmcqa_ray.models import load_model, load_tokenizer
 from medmcqa_ray.rollout.decode import decode, sample_inverse_cdf
 from medmcqa_ray.rollout.types import Sampling
@@ -27,14 +27,14 @@ def chat_prompts(tok) -> list[list[int]]:
 def tiny():
     """The random model: fast, with spread-out logits for the distribution tests (greedy, it only
     ever says a newline, so greedy equivalence is checked on the real model below)."""
-    cfg = ModelConfig(name="embedded:tiny-random-smollm2")
+    cfg = ModelSection(name="embedded:tiny-random-smollm2")
     model, tok = load_model(cfg, "cpu"), load_tokenizer(cfg)
     return model, tok, chat_prompts(tok), {tok.eos_token_id}
 
 
 @pytest.fixture(scope="module")
 def smollm():
-    cfg = ModelConfig(name="embedded:smollm2-135m-instruct")
+    cfg = ModelSection(name="embedded:smollm2-135m-instruct")
     model, tok = load_model(cfg, "cpu"), load_tokenizer(cfg)
     return model, tok, chat_prompts(tok), {tok.eos_token_id}
 

@@ -4,11 +4,11 @@ import pytest
 import torch
 
 from medmcqa_ray.adapters import adapter_from_model
-from medmcqa_ray.config import ModelConfig, RolloutConfig
+from medmcqa_ray.config import ModelSection, RolloutSection
 from medmcqa_ray.models import load_model, load_tokenizer
 from medmcqa_ray.rollout.types import AdapterUpdate, Sampling
 
-TINY = ModelConfig(name="embedded:tiny-random-smollm2")
+TINY = ModelSection(name="embedded:tiny-random-smollm2")
 PROMPT = "<|im_start|>user\nWhich vitamin prevents scurvy?<|im_end|>\n<|im_start|>assistant\n<start_working_out>"
 
 
@@ -62,7 +62,7 @@ def test_actor_adapter_sync_and_restart(ray_session):
 
     from medmcqa_ray.rollout.actor import RolloutPool
 
-    pool = RolloutPool(TINY, RolloutConfig(engine="hf", num_actors=2, num_cpus_per_actor=0.5, max_restarts=2))
+    pool = RolloutPool(TINY, RolloutSection(engine="hf", num_actors=2, num_cpus_per_actor=0.5, max_restarts=2))
     try:
         base = pool.generate([ids(PROMPT)], Sampling(temperature=0, max_new_tokens=8))[0][0]
         model, peft_config, weights = changed_lora(seed=1)

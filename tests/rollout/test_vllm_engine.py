@@ -10,7 +10,7 @@ import json
 import pytest
 import torch
 
-from medmcqa_ray.config import ModelConfig, RolloutConfig
+from medmcqa_ray.config import ModelSection, RolloutSection
 from medmcqa_ray.errors import StageError
 from medmcqa_ray.rollout.types import AdapterUpdate, Sampling
 
@@ -39,7 +39,7 @@ def test_vllm_actor_agrees_with_the_hf_engine_and_survives_a_restart(ray_session
     prompts = [ids(p) for p in PROMPTS]
     greedy = Sampling(temperature=0, max_new_tokens=12)
     hf = HFEngine(TINY, device="cpu")
-    pool = RolloutPool(TINY, RolloutConfig(**VLLM))
+    pool = RolloutPool(TINY, RolloutSection(**VLLM))
     try:
         assert pool.health()[0]["engine"] == "VLLMEngine"
         # Base model, greedy: the same tokens as the hf engine, and the model's own logprobs.
@@ -104,4 +104,4 @@ def test_a_vllm_engine_that_cannot_start_stops_the_pool_naming_the_engine(ray_se
     broken.mkdir()
     (broken / "config.json").write_text(json.dumps({"model_type": "no-such-architecture"}))
     with pytest.raises(StageError, match=r"rollout\.engine=vllm: the engine did not start: .*no-such-architecture"):
-        RolloutPool(ModelConfig(name=str(broken)), RolloutConfig(**VLLM))
+        RolloutPool(ModelSection(name=str(broken)), RolloutSection(**VLLM))

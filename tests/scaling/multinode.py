@@ -27,7 +27,7 @@ def main(out: Path, overrides: list[str]) -> dict:
     from medmcqa_ray.config import load_config
     from medmcqa_ray.pipeline import run_stage
     from medmcqa_ray.runtime import configure_ray_data
-    from medmcqa_ray.training.ray_run import read_journal
+    from medmcqa_ray.training.journal import read_journal
 
     from ..conftest import REPO, state_api
     from ..training.interrupt import registered_checkpoints
@@ -131,7 +131,7 @@ def tensor_parallel_config(out: Path, size: int):
 def tensor_parallel_refused(out: Path) -> str:
     """tensor_parallel_size=3 on a cluster with 3 GPUs, but no node with 3: refused before any work."""
     from medmcqa_ray.errors import StageError
-    from medmcqa_ray.training.placement import check_resources
+    from medmcqa_ray.training.capacity import check_resources
 
     try:
         check_resources(tensor_parallel_config(out, 3))

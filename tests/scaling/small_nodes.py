@@ -24,9 +24,9 @@ def main(out: Path, overrides: list[str]) -> dict:
     from medmcqa_ray.errors import StageError
     from medmcqa_ray.pipeline import run_stage
     from medmcqa_ray.runtime import configure_ray_data
-    from medmcqa_ray.training.grpo import sft_adapter
-    from medmcqa_ray.training.placement import check_resources
-    from medmcqa_ray.training.ray_run import read_journal
+    from medmcqa_ray.layout import layout
+    from medmcqa_ray.training.capacity import check_resources
+    from medmcqa_ray.training.journal import read_journal
 
     from ..conftest import REPO, state_api
     from ..evaluation.test_eval_stage import save_adapter
@@ -45,7 +45,7 @@ def main(out: Path, overrides: list[str]) -> dict:
     cfg = config("rollout.num_cpus_per_actor=0.5", "rewards.num_cpus_per_actor=0.5", *overrides)
     for stage in ("download", "prep"):
         run_stage(stage, cfg)
-    save_adapter(cfg.model, sft_adapter(cfg))  # an untrained LoRA: what matters here is where GRPO runs
+    save_adapter(cfg.model, layout(cfg).adapter("sft"))  # an untrained LoRA: what matters here is where GRPO runs
     try:
         check_resources(config())  # ci.yaml's actors: 1 CPU each, 3 CPUs a learner
         refused = ""

@@ -30,7 +30,7 @@ import pytest
 
 from medmcqa_ray.config import load_config
 from medmcqa_ray.errors import StageError
-from medmcqa_ray.training import placement
+from medmcqa_ray.training import capacity, placement
 
 from ..conftest import REPO
 from ..test_jobs import BIN, env, free_port, serving  # noqa: F401 - env is a fixture
@@ -44,7 +44,7 @@ def config(out: Path, *overrides: str, base: Path = CI):
 
 
 def shortfall(cfg, nodes: list[dict]) -> str:
-    return placement._shortfall(placement._bundles(cfg), nodes, free=False)
+    return capacity._shortfall(capacity._bundles(cfg), nodes, free=False)
 
 
 def test_capacity_is_counted_per_node(tmp_path):
@@ -68,7 +68,7 @@ def test_capacity_is_counted_per_node(tmp_path):
                  "rollout.num_gpus_per_actor=1", "rollout.num_actors=3")
     assert placement.worker_resources(gpu) == {"CPU": 6.0, "GPU": 4.0}
     half_gpu = config(tmp_path, "scaling.use_gpu=true", "scaling.resources_per_worker={GPU: 1}", "rollout.num_gpus_per_actor=0.5")
-    assert "1.5 GPUs" in placement._gpu_bundle_misfit(half_gpu)
+    assert "1.5 GPUs" in capacity._gpu_bundle_misfit(half_gpu)
 
 
 @pytest.mark.slow
@@ -77,7 +77,7 @@ def test_no_room_now_waits_saying_what_for_then_fails_after_the_timeout(ray_sess
     import ray
     from ray.util.placement_group import placement_group, remove_placement_group
 
-    assert not placement.has_autoscaler()  # a local Ray: its monitor only mirrors the node there is
+    assert not capacity.has_autoscaler()  # a local Ray: its monitor only mirrors the node there is
     free = ray.available_resources().get("CPU", 0.0)
     if free < 3:
         pytest.skip(f"the session's Ray has {free:g} CPUs free")
@@ -86,10 +86,10 @@ def test_no_room_now_waits_saying_what_for_then_fails_after_the_timeout(ray_sess
     cfg = config(tmp_path / "out", "placement.timeout_s=3", "placement.log_interval_s=1")
     start = time.monotonic()
     try:
-        with caplog.at_level(logging.WARNING, logger=placement.__name__):
+        with caplog.at_level(logging.WARNING, logger=capacity.__name__):
             with pytest.raises(StageError, match=r"could not be placed within 3 s \(placement.timeout_s.*"
                                                  r"CPU: needs 3, the cluster has 2 free \(scaling.num_workers"):
-                placement.check_resources(cfg)
+                capacity.check_resources(cfg)
     finally:
         remove_placement_group(held)
     assert time.monotonic() - start < 15
@@ -169,7 +169,7 @@ def outcome(address: str, submission_id: str, timeout_s: float) -> tuple[str, st
 def grpo_ready(ray_session, tmp_path_factory) -> Path:
     """An output_dir with the formatted data and an (untrained) SFT adapter: all a GRPO stage needs."""
     from medmcqa_ray.pipeline import run_stage
-    from medmcqa_ray.training.grpo import sft_adapter
+    from medmcqa_ray.layout import layout
 
     from ..evaluation.test_eval_stage import save_adapter
 
@@ -177,7 +177,7 @@ def grpo_ready(ray_session, tmp_path_factory) -> Path:
     cfg = config(out)
     for stage in ("download", "prep"):
         run_stage(stage, cfg)
-    save_adapter(cfg.model, sft_adapter(cfg))
+    save_adapter(cfg.model, layout(cfg).adapter("sft"))
     return out
 
 
@@ -217,7 +217,7 @@ def test_job_waits_for_the_autoscaler_saying_what_for_then_runs_on_its_node(grpo
     waits = [line for line in logs.splitlines() if "placement: waited" in line]
     assert len(waits) >= 2 and all("an autoscaler may add nodes" in w for w in waits), logs[-3000:]
     # The learner ran with its actors on the node the autoscaler added (4 CPUs), not on the head (2).
-    from medmcqa_ray.training.ray_run import read_journal
+    from medmcqa_ray.training.journal import read_journal
 
     events = read_journal(grpo_ready / "checkpoints" / "grpo")
     placed = [e for e in events if e["event"] == "actors"]

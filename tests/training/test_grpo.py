@@ -77,14 +77,14 @@ def test_grpo_learns_a_toy_rule_in_actors(toy_sft):
 def test_grpo_fails_before_work_without_an_sft_adapter(tmp_path):
     from medmcqa_ray.training.grpo import check_config
 
-    cfg = config(tmp_path / "out", f"grpo.adapter={tmp_path / 'nowhere'}")
+    cfg = config(tmp_path / "out", f"adapters.sft={tmp_path / 'nowhere'}")
     with pytest.raises(StageError, match="nowhere"):
         check_config(cfg)
 
 
 def test_grpo_fails_before_work_when_learners_and_actors_cannot_fit(ray_session, tmp_path):
     """Ray would wait forever for resources that never come; the stage says what does not fit."""
-    from medmcqa_ray.training.placement import check_resources
+    from medmcqa_ray.training.capacity import check_resources
 
     cfg = config(tmp_path / "out", "scaling.num_workers=4")  # 4 x (1 + 1 + 1) CPUs on a 6-CPU session
     with pytest.raises(StageError, match=r"CPU: needs 12, the cluster has 6 \(scaling.num_workers"):

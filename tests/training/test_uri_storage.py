@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from medmcqa_ray.training.ray_run import prepare_run_dir, worker_starts
+from medmcqa_ray.training.journal import worker_starts
+from medmcqa_ray.training.ray_run import prepare_run_dir
 
 from .interrupt import kill_when, registered_checkpoints, rerun
 from .test_sft import config

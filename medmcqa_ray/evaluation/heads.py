@@ -1,0 +1,71 @@
+"""The heads evaluation scores (base, the SFT adapter, the GRPO adapter): which adapter each uses, and one
+head's predictions over the rows, by Ray Data batch inference (`map_batches` over an actor pool of rollout
+engines, greedy)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+import pyarrow as pa
+import ray
+
+from medmcqa_ray.config import Config
+from medmcqa_ray.console import bar
+from medmcqa_ray.errors import StageError
+from medmcqa_ray.evaluation.predictor import HeadPredictor
+from medmcqa_ray.layout import layout
+from medmcqa_ray.rollout import tensor_parallel
+
+log = logging.getLogger(__name__)
+HEADS = ("base", "sft", "grpo")
+
+
+def head_adapters(cfg: Config, heads: list[str]) -> dict[str, Optional[str]]:
+    """Adapter folder per head (None for base). A configured adapter (adapters.<head>) must be a PEFT
+    folder; a default one that does not exist yet (no SFT run) just drops that head, with a note."""
+    paths = layout(cfg)
+    out: dict[str, Optional[str]] = {}
+    for head in heads:
+        if head == "base":
+            out[head] = None
+            continue
+        configured = paths.configured_adapter(head)
+        if configured is not None:
+            if not (configured / "adapter_config.json").is_file():
+                raise StageError(f"adapters.{head}: {configured} is not a PEFT adapter folder (no adapter_config.json)")
+            out[head] = str(configured)
+            continue
+        default = paths.trained_adapter(head)
+        if (default / "adapter_config.json").is_file():
+            out[head] = str(default)
+        else:
+            log.info("eval: no %s adapter at %s yet; skipping the %s head", head, default, head)
+    return out
+
+
+def evaluate_head(cfg: Config, rows: pa.Table, adapter: Optional[str], head: str = "") -> list[dict]:
+    """Per-row records (RESULT in predictor.py) of one head, in the rows' order."""
+    placement: dict = {"num_cpus": cfg.rollout.num_cpus_per_actor, "num_gpus": cfg.rollout.num_gpus_per_actor}
+    groups = None
+    if tensor_parallel.uses_placement_group(cfg.rollout):  # each predictor in its engine's placement group
+        groups = tensor_parallel.EngineGroups(cfg.rollout, cfg.rollout.num_actors)
+        placement |= {"num_gpus": 0, "ray_remote_args_fn": groups}
+    ds = ray.data.from_arrow(rows).map_batches(
+        HeadPredictor,
+        fn_constructor_kwargs={"model_cfg": cfg.model, "rollout_cfg": cfg.rollout, "format_cfg": cfg.format,
+                               "adapter": adapter, "max_new_tokens": cfg.eval.max_new_tokens},
+        batch_size=cfg.eval.batch_size, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=cfg.rollout.num_actors),
+        **placement,
+    )
+    order = {row_id: i for i, row_id in enumerate(rows["id"].to_pylist())}
+    records: list[dict] = []
+    try:
+        with bar(f"eval {head}", rows.num_rows, "q") as b:
+            for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+                records.extend(batch.to_pylist())
+                b.update(batch.num_rows)
+        return sorted(records, key=lambda r: order[r["id"]])
+    finally:
+        if groups is not None:
+            groups.remove()

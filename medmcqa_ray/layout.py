@@ -1,0 +1,130 @@
+"""Where every output lives under `output_dir`: the one module that builds those paths.
+
+```
+output_dir/
+  data/raw/hub/                      the hub dataset's download (data.source=hub)
+  data/processed/<split>/*.parquet   normalised rows          (download)
+  data/quarantine/<split>.jsonl      rows set aside, with why (download)
+  data/manifest.json                 download's manifest
+  data/formatted/<split>/*.parquet   prompts and SFT targets  (prep)
+  data/formatted/manifest.json       prep's manifest
+  checkpoints/<stage>/               the final adapter of sft and grpo
+  checkpoints/<stage>_manifest.json  their manifests; <stage>_journal.jsonl beside them
+  checkpoints/ray/                   Ray Train's checkpoints (scaling.storage_path moves them)
+  eval/                              baseline and eval (eval.out_dir moves it)
+  sweeps/<sweep.name>/               a sweep's Tune experiment, trials, results, best.yaml
+  logs/<command>-<time>.log          the console log of each command
+  mlflow.db, mlartifacts/            the embedded MLflow store
+  tracking/offline/                  MLflow calls kept while the tracking server was unreachable
+```
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Optional
+
+from medmcqa_ray.config import Config
+
+Head = Literal["base", "sft", "grpo"]
+
+
+class Layout:
+    """The paths of one config's outputs. Paths in the config are absolute already (resolved at load)."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.root = Path(cfg.output_dir)
+
+    # ------------------------------------------------------------------------------------------ data
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def hub_download(self) -> Path:
+        return self.data / "raw" / "hub"
+
+    @property
+    def processed_root(self) -> Path:
+        return self.data / "processed"
+
+    def processed(self, split: str) -> Path:
+        return self.processed_root / split
+
+    @property
+    def quarantine(self) -> Path:
+        return self.data / "quarantine"
+
+    @property
+    def data_manifest(self) -> Path:
+        return self.data / "manifest.json"
+
+    @property
+    def formatted_root(self) -> Path:
+        return self.data / "formatted"
+
+    def formatted(self, split: str) -> Path:
+        return self.formatted_root / split
+
+    @property
+    def formatted_manifest(self) -> Path:
+        return self.formatted_root / "manifest.json"
+
+    # ----------------------------------------------------------------------------------- training
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    def trained_adapter(self, stage: Literal["sft", "grpo"]) -> Path:
+        """Where the sft or grpo stage writes its final adapter."""
+        return self.checkpoints / stage
+
+    def training_manifest(self, stage: Literal["sft", "grpo"]) -> Path:
+        return self.checkpoints / f"{stage}_manifest.json"
+
+    @property
+    def ray_storage(self) -> str:
+        """Ray Train's checkpoint store: a folder, or a URI (s3://...) from scaling.storage_path."""
+        return self.cfg.scaling.storage_path or str(self.checkpoints / "ray")
+
+    def configured_adapter(self, head: Literal["sft", "grpo"]) -> Optional[Path]:
+        """The adapter named in the config (adapters.<head>), if any."""
+        path = getattr(self.cfg.adapters, head)
+        return Path(path) if path is not None else None
+
+    def adapter(self, head: Literal["sft", "grpo"]) -> Path:
+        """The adapter a head uses: adapters.<head>, else this pipeline's own checkpoint. GRPO continues
+        `adapter("sft")`; eval scores both."""
+        return self.configured_adapter(head) or self.trained_adapter(head)
+
+    # ----------------------------------------------------------------------------------- evaluation
+    @property
+    def eval_dir(self) -> Path:
+        return Path(self.cfg.eval.out_dir or self.root / "eval")
+
+    @property
+    def eval_input(self) -> Path:
+        """eval.input, else this pipeline's formatted eval.split."""
+        return Path(self.cfg.eval.input or self.formatted(self.cfg.eval.split))
+
+    # ---------------------------------------------------------------------------------- the rest
+    @property
+    def sweep_dir(self) -> Path:
+        return self.root / "sweeps" / self.cfg.sweep.name
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def mlflow_db(self) -> Path:
+        return self.root / "mlflow.db"
+
+    @property
+    def offline_tracking(self) -> Path:
+        return self.root / "tracking" / "offline"
+
+
+def layout(cfg: Config) -> Layout:
+    return Layout(cfg)

@@ -1,0 +1,133 @@
+"""The stage contract. Each stage module (data/download.py, data/prep.py, training/sft.py, training/grpo.py,
+evaluation/stage.py, tuning.py) defines a `Stage` subclass that declares what it reads, what it writes,
+its cache key, and `run()` returning its typed `Manifest`; the manifest knows its own MLflow metrics and
+its console table. pipeline.py runs any stage through this contract alone.
+
+A stage is skipped when its manifest on disk carries the cache key the config gives now (the hash of the
+config sections it reads and of its inputs' identity) and its output is there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Optional
+
+from pydantic import BaseModel, ConfigDict
+
+from medmcqa_ray.config import Config
+from medmcqa_ray.manifest import read_manifest
+
+if TYPE_CHECKING:
+    from medmcqa_ray.tracking import Tracker
+
+
+class Manifest(BaseModel):
+    """What a stage wrote, from which inputs: `<stage>_manifest.json`. Subclasses declare their fields;
+    they read like the JSON they are written as (`m["adapter"]`), which is what jobs and tests see."""
+
+    model_config = ConfigDict(extra="forbid")
+    stage: str
+    config_hash: str = ""
+    skipped: bool = False
+
+    def metrics(self) -> dict[str, float]:
+        """The stage's figures for MLflow (one value each)."""
+        return {}
+
+    def step_metrics(self) -> Iterator[tuple[int, dict[str, float]]]:
+        """Per-step figures (a trainer's log history), as (step, {name: value})."""
+        return iter(())
+
+    def params(self) -> dict[str, Any]:
+        """MLflow params only known once the stage ran (say, which similarity scorer loaded)."""
+        return {}
+
+    def artifacts(self) -> list[tuple[Path, str]]:
+        """Files to log with the stage's run: (path, artifact folder)."""
+        return []
+
+    def table(self) -> str:
+        """A short human summary for the console."""
+        return ""
+
+    def as_dict(self) -> dict:
+        return self.model_dump(mode="json")
+
+    def __getitem__(self, key: str) -> Any:
+        return self.as_dict()[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.as_dict().get(key, default)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.as_dict()
+
+
+class Stage(ABC):
+    name: ClassVar[str]
+    manifest_type: ClassVar[type[Manifest]] = Manifest
+
+    @abstractmethod
+    def inputs(self, cfg: Config) -> list[Path]:
+        """What the stage reads (another stage's output, or files the config names)."""
+
+    @abstractmethod
+    def output(self, cfg: Config) -> Path:
+        """The folder the stage writes; a missing one means the stage runs again."""
+
+    @abstractmethod
+    def manifest_path(self, cfg: Config) -> Path: ...
+
+    @abstractmethod
+    def cache_key(self, cfg: Config) -> str: ...
+
+    @abstractmethod
+    def run(self, cfg: Config) -> Manifest: ...
+
+    def previous(self, cfg: Config) -> Optional[Manifest]:
+        """The manifest on disk, if it is one this stage can read."""
+        data = read_manifest(self.manifest_path(cfg))
+        if data is None:
+            return None
+        try:
+            return self.manifest_type.model_validate(data)
+        except ValueError:  # written by an older version: run again
+            return None
+
+    def record(self, tracker: "Tracker", manifest: Manifest) -> None:
+        """Log the manifest in the stage's MLflow run."""
+        tracker.log_metrics(manifest.metrics())
+        for step, values in manifest.step_metrics():
+            tracker.log_metrics({f"{self.name}/{k}": v for k, v in values.items()}, step=step)
+        if params := manifest.params():
+            tracker.log_params(params)
+        tracker.log_dict(manifest.as_dict(), f"{self.name}_manifest.json")
+        for path, folder in manifest.artifacts():
+            tracker.log_artifact(path, folder)
+
+
+def hash_parts(*parts: str) -> str:
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def upstream_key(manifest: Path) -> str:
+    """The cache key recorded in another stage's manifest: a stage's own key includes it, so a changed
+    upstream makes it run again."""
+    return str((read_manifest(manifest) or {}).get("config_hash"))
+
+
+def fingerprint(path: Path) -> str:
+    """Identity of a folder's files (names, sizes, modification times), or of one file."""
+    path = Path(path)
+    files = sorted(path.glob("*")) if path.is_dir() else ([path] if path.is_file() else [])
+    return "|".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
+
+
+def history_steps(history: list[dict]) -> Iterator[tuple[int, dict[str, float]]]:
+    """A trainer's log history as step metrics: each entry's numbers at its step."""
+    for entry in history:
+        step = entry.get("step")
+        if step is not None:
+            yield step, {k: v for k, v in entry.items() if isinstance(v, (int, float)) and k != "step"}

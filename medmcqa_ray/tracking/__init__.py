@@ -1,0 +1,33 @@
+"""MLflow tracking: one parent run per pipeline invocation, one nested run per stage.
+
+Layout. `Tracker.pipeline_run("all")` opens the parent run: params are the flattened resolved config
+(secrets already `***`), tags the package version and `data.source`. Each `Tracker.stage_run("sft")`
+inside it opens a child run (tag `mlflow.parentRunId`) that holds the stage's metrics, params and
+artifacts; a stage run with no parent open is a top-level run and carries the config params itself.
+
+Store. `tracking.uri`, else MLFLOW_TRACKING_URI, else an embedded sqlite store `<output_dir>/mlflow.db`
+with artifacts in `<output_dir>/mlartifacts`. Browse it with the command `ui_command(cfg)` returns, e.g.
+`mlflow ui --backend-store-uri sqlite:////abs/outputs/local/mlflow.db`, then open http://127.0.0.1:5000.
+
+Offline. A tracking server that is unreachable at the start, or dies mid-run, costs one warning: the
+work goes on and every call is appended to `<output_dir>/tracking/offline/<run>.jsonl`;
+`replay_offline(cfg)` sends those records later. Build an enabled Tracker on rank 0 only; other ranks
+get `Tracker(cfg, enabled=False)`, which has the same methods and does nothing.
+
+Modules: tracker.py (the Tracker and its offline journal), store.py (the URI, the server probe, the
+MLflow client, `send`), replay.py (`replay_offline`).
+"""
+
+from medmcqa_ray.tracking.replay import replay_offline
+from medmcqa_ray.tracking.store import (
+    PARAM_LIMIT,
+    TAG_LIMIT,
+    TrackingUnavailableError,
+    offline_dir,
+    tracking_uri,
+    ui_command,
+)
+from medmcqa_ray.tracking.tracker import Tracker
+
+__all__ = ["PARAM_LIMIT", "TAG_LIMIT", "Tracker", "TrackingUnavailableError", "offline_dir", "replay_offline",
+           "tracking_uri", "ui_command"]

@@ -1,0 +1,186 @@
+"""The Tracker: one process's MLflow runs (a pipeline run, stage runs nested in it) and its calls, sent
+live or, once the store is unreachable, appended to the offline journal that replay.py sends later."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Optional
+
+from medmcqa_ray import __version__
+from medmcqa_ray.config import Config, flatten, resolved_dict
+from medmcqa_ray.redaction import redact_uri
+from medmcqa_ray.tracking.store import (
+    OFFLINE_PREFIX,
+    PARAM_LIMIT,
+    TAG_LIMIT,
+    client_env,
+    experiment_id,
+    make_client,
+    offline_dir,
+    reachable,
+    refused,
+    send,
+    tracking_uri,
+)
+
+# The package's name, not this module's: users and tests filter tracking warnings on "medmcqa_ray.tracking".
+log = logging.getLogger("medmcqa_ray.tracking")
+
+
+def _clip(value: Any, limit: int) -> str:
+    text = value if isinstance(value, str) else str(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+@dataclass
+class _Run:
+    key: str  # the MLflow run id, or offline-<hex> for a run the store never saw
+    name: str
+    parent: Optional[str]
+
+
+class Tracker:
+    """Runs and logging for one process (rank 0); disabled, every method is a no-op. Not thread-safe."""
+
+    def __init__(self, cfg: Config, enabled: bool = True) -> None:
+        self.cfg = cfg
+        self.enabled = enabled and cfg.tracking.enabled
+        self.uri = tracking_uri(cfg)
+        self.offline = False
+        self._client: Any = None
+        self._experiment_id = ""
+        self._stack: list[_Run] = []
+
+    @property
+    def run_id(self) -> Optional[str]:
+        """The innermost open run's id (offline-<hex> when offline), None when none is open."""
+        return self._stack[-1].key if self._stack else None
+
+    def pipeline_run(self, name: str = "pipeline") -> contextlib.AbstractContextManager[Optional[str]]:
+        return self._run(name, {"medmcqa_ray.kind": "pipeline"})
+
+    def stage_run(self, stage: str) -> contextlib.AbstractContextManager[Optional[str]]:
+        return self._run(stage, {"medmcqa_ray.kind": "stage", "medmcqa_ray.stage": stage})
+
+    def nested_run(self, name: str, tags: dict[str, str]) -> contextlib.AbstractContextManager[Optional[str]]:
+        """A run nested under the open one (a sweep's trial under the sweep stage's run)."""
+        return self._run(name, tags)
+
+    def log_metrics(self, metrics: Mapping[str, Any], step: Optional[int] = None) -> None:
+        if not self.enabled:  # other ranks pay nothing, not even the float() of a tensor
+            return
+        values = {str(k): float(v) for k, v in metrics.items()}
+        self._record("metrics", {"metrics": values, "step": step, "ts": int(time.time() * 1000)})
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        self._record("params", {"params": {str(k): _clip(v, PARAM_LIMIT) for k, v in params.items()}})
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        self._record("tags", {"tags": {str(k): _clip(v, TAG_LIMIT) for k, v in tags.items()}})
+
+    def log_dict(self, obj: Any, name: str) -> None:
+        if self.enabled:  # the round trip turns numpy/Path values into JSON ones, once, for both paths
+            self._record("dict", {"obj": json.loads(json.dumps(obj, default=str)), "name": name})
+
+    def log_artifact(self, path: str | Path, artifact_path: Optional[str] = None) -> None:
+        if self.enabled and not Path(path).exists():
+            log.warning("tracking: artifact %s does not exist; not logged", path)
+            return
+        self._record("artifact", {"path": str(Path(path).resolve()), "artifact_path": artifact_path})
+
+    # ------------------------------------------------------------------------------------- internals
+
+    @contextlib.contextmanager
+    def _run(self, name: str, tags: dict[str, str]) -> Iterator[Optional[str]]:
+        if not self.enabled:
+            yield None
+            return
+        parent = self._stack[-1] if self._stack else None
+        run = self._start(name, parent, tags | {"medmcqa_ray.version": __version__,
+                                                "medmcqa_ray.data_source": self.cfg.data.source})
+        self._stack.append(run)
+        status = "FAILED"
+        try:
+            if parent is None:  # the config belongs to the top-level run only
+                self.log_params(flatten(resolved_dict(self.cfg)))
+            yield run.key
+            status = "FINISHED"
+        except KeyboardInterrupt:
+            status = "KILLED"
+            raise
+        finally:
+            self._stack.pop()
+            self._record("end", {"status": status, "end_time": int(time.time() * 1000)}, run)
+
+    def _start(self, name: str, parent: Optional[_Run], tags: dict[str, str]) -> _Run:
+        # Connect lazily: building a tracker (every rank, every CLI call) costs nothing until a run opens.
+        if self._client is None and not self.offline:
+            if not reachable(self.uri):
+                self._go_offline(f"tracking server {self.uri} is unreachable")
+            else:
+                try:
+                    with client_env():
+                        self._client = make_client(self.uri)
+                        self._experiment_id = experiment_id(self._client, self.uri, self.cfg.tracking.experiment)
+                except Exception as e:
+                    self._go_offline(f"tracking store {self.uri} failed ({type(e).__name__}: {e})")
+        parent_key = parent.key if parent else None
+        if not self.offline:
+            try:
+                with client_env():
+                    extra = {"mlflow.parentRunId": parent_key} if parent_key else {}
+                    info = self._client.create_run(self._experiment_id, run_name=name, tags=tags | extra).info
+                return _Run(info.run_id, name, parent_key)
+            except Exception as e:
+                self._go_offline(f"tracking: starting run {name!r} failed ({type(e).__name__}: {e})")
+        run = _Run(OFFLINE_PREFIX + uuid.uuid4().hex[:16], name, parent_key)
+        self._write(run, "start", {"tags": tags})
+        return run
+
+    def _record(self, kind: str, payload: dict, run: Optional[_Run] = None) -> None:
+        if not self.enabled:
+            return
+        run = run or (self._stack[-1] if self._stack else None)
+        if run is None:
+            log.warning("tracking: %s logged outside any run; open pipeline_run or stage_run first", kind)
+            return
+        if not self.offline:  # an offline tracker never goes back: replay keeps the order whole
+            try:
+                with client_env():
+                    send(self._client, run.key, kind, payload)
+                return
+            except Exception as e:
+                if refused(e):
+                    log.warning("tracking: MLflow refused %s for run %r: %s", kind, run.name, e)
+                    return
+                self._go_offline(f"tracking call {kind} failed ({type(e).__name__}: {e})")
+        self._write(run, kind, payload)
+
+    def _go_offline(self, reason: str) -> None:
+        if not self.offline:  # the reason may quote the URI (and MLflow's errors the URL), credentials and all
+            log.warning("%s; tracking goes on offline in %s (send it later with replay_offline)",
+                        redact_uri(reason), offline_dir(self.cfg))
+        self.offline = True
+
+    def _write(self, run: _Run, kind: str, payload: dict) -> None:
+        folder = offline_dir(self.cfg)
+        if kind == "artifact":
+            # Copy now: checkpoints get overwritten and temp files vanish before anyone replays.
+            src = Path(payload["path"])
+            dest = folder / f"{run.key}.files" / uuid.uuid4().hex[:8] / src.name
+            dest.parent.mkdir(parents=True)
+            (shutil.copytree if src.is_dir() else shutil.copy2)(src, dest)
+            payload = payload | {"path": str(dest)}
+        folder.mkdir(parents=True, exist_ok=True)
+        record = {"run": run.key, "name": run.name, "parent": run.parent, "kind": kind, "payload": payload,
+                  "experiment": self.cfg.tracking.experiment, "timestamp": time.time()}
+        with open(folder / f"{run.key}.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+

@@ -1,0 +1,132 @@
+"""The learner scaffold SFT and GRPO share: what a Ray Train worker is given (`LearnerArgs`), its device
+and scratch folder, restoring the HF Trainer from Ray Train's latest checkpoint, the journal's start
+line, rank 0's atomic save of the final adapter, and the manifest fields both stages write.
+
+Cheap to import: the stage modules import it on the driver at CLI start; torch, transformers and Ray
+Train are imported where a worker uses them."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+from medmcqa_ray.config import Config
+from medmcqa_ray.stage import Manifest, history_steps
+from medmcqa_ray.training.journal import journal, restarts
+
+
+@dataclass(frozen=True)
+class ValidationArgs:
+    """A sweep trial's validation: greedy accuracy on the first `rows` validation questions, scored at
+    step 1, every `every` steps, and at the last step."""
+
+    rows: int
+    every: int
+
+
+@dataclass(frozen=True)
+class LearnerArgs:
+    """What every learner gets. Ray Train's train_loop_config must be a dict: `as_loop_config()` wraps
+    this in one and `from_loop_config` unwraps it in the worker. The Config object travels pickled: a
+    JSON dump would turn secrets such as model.hub_token into ***."""
+
+    cfg: Config
+    final_dir: str
+    progress: Any = None  # the driver's StepCounter actor, when a step bar is drawn
+    validation: Optional[ValidationArgs] = None
+
+    def as_loop_config(self) -> dict:
+        return {"args": self}
+
+    @staticmethod
+    def from_loop_config(loop_config: dict) -> "LearnerArgs":
+        return loop_config["args"]
+
+
+def device(cfg: Config) -> str:
+    import torch
+
+    return "cuda" if cfg.scaling.use_gpu and torch.cuda.is_available() else "cpu"
+
+
+def work_dir(stage: str) -> Path:
+    """The HF Trainer's own output folder: scratch, since Ray Train keeps the checkpoints that count."""
+    return Path(tempfile.mkdtemp(prefix=f"{stage}-"))
+
+
+def restored_checkpoint(work: Path) -> tuple[Optional[str], int]:
+    """The HF checkpoint inside Ray Train's latest checkpoint, copied under `work` for
+    `trainer.train(resume_from_checkpoint=...)`, and its global step; (None, 0) on a fresh start."""
+    import ray.train
+    from ray.train.huggingface.transformers import RayTrainReportCallback
+
+    checkpoint = ray.train.get_checkpoint()
+    if not checkpoint:
+        return None, 0
+    with checkpoint.as_directory() as d:
+        resume = work / "resume"
+        shutil.copytree(Path(d) / RayTrainReportCallback.CHECKPOINT_NAME, resume)
+    return str(resume), json.loads((resume / "trainer_state.json").read_text())["global_step"]
+
+
+def start(args: LearnerArgs, work: Path) -> tuple[Optional[str], int]:
+    """Restore from Ray Train's checkpoint, if any, and journal this worker's start."""
+    resume, resumed_from = restored_checkpoint(work)
+    journal(args.final_dir, "start", resumed_from_step=resumed_from)
+    return resume, resumed_from
+
+
+def finish(trainer: Any, args: LearnerArgs, resumed_from: int, **info: Any) -> None:
+    """Rank 0 saves the final adapter with its training info (the log history, and `info`)."""
+    import ray.train
+
+    if ray.train.get_context().get_world_rank() == 0:
+        save_final(trainer.model, Path(args.final_dir),
+                   {"log_history": trainer.state.log_history, "resumed_from_step": resumed_from} | info)
+
+
+def save_final(model: Any, final_dir: Path, info: dict) -> None:
+    """The final PEFT adapter plus `training_info.json`, written beside and renamed into place, so a
+    crash never leaves a half-written adapter where the next stage looks for one."""
+    tmp = final_dir.with_name(final_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    (tmp / "training_info.json").write_text(json.dumps(info, default=str))
+    shutil.rmtree(final_dir, ignore_errors=True)
+    tmp.rename(final_dir)
+
+
+def training_info(final_dir: Path) -> dict:
+    return json.loads((final_dir / "training_info.json").read_text())
+
+
+class TrainingManifest(Manifest):
+    """What the sft and grpo manifests share: the adapter written, whether and where an interrupted run
+    resumed, the worker (re)starts the journal saw, and the trainer's per-step log."""
+
+    adapter: str
+    resumed: bool
+    resumed_from_step: int
+    worker_starts: list[dict]
+    worker_restarts: int
+    journal: str
+    steps: int
+    history: list[dict]
+    checkpoint: Optional[str]
+
+    def metrics(self) -> dict[str, float]:
+        return {f"{self.stage}/worker_restarts": self.worker_restarts}
+
+    def step_metrics(self) -> Iterator[tuple[int, dict[str, float]]]:
+        return history_steps(self.history)
+
+
+def manifest_fields(final: Path, info: dict, result: Any, resumed: bool) -> dict:
+    """The TrainingManifest fields of a finished run (`info`: its training_info, `result`: Ray Train's)."""
+    return {"adapter": str(final), "resumed": resumed, "resumed_from_step": info["resumed_from_step"],
+            **restarts(final), "history": info["log_history"],
+            "checkpoint": str(result.checkpoint.path) if result.checkpoint else None}

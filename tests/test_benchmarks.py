@@ -1,0 +1,52 @@
+"""Every benchmark script runs at its smallest size and prints the JSON it promises, so a refactor that
+breaks one breaks the suite. The figures themselves are not judged here (2 shared cores say nothing);
+benchmarks/gpu_check.py has its own test (test_gpu_check.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = "embedded:tiny-random-smollm2"
+
+# script, smallest arguments, keys its JSON must hold
+SMOKE = {
+    "prep": (["--rows", "300"], ["speedup_ray_vs_loop", "rows_kept"]),
+    "rewards": (["--completions", "16", "--actors", "1"], ["speedup_pool_vs_in_process", "similarity_scorer"]),
+    "rollout": (["--model", TINY, "--prompts", "2", "--n", "2", "--tokens", "8", "--engines", "hf,vllm",
+                 "--modes", "base,adapter", "--kv-cache-gb", "0.25", "--lora-rank", "8"], ["benchmark"]),
+    "grpo_step": (["--model", TINY, "--steps", "2", "--prompts", "1", "--n", "2", "--tokens", "8", "--engines", "hf,trl",
+                   "--kv-cache-gb", "0.25", "--max-model-len", "512"], ["benchmark"]),
+    "gpu_smoke": (["--device", "cpu", "--steps", "1"], []),
+    "scaling": (["--learners", "1", "--steps", "2", "sft.max_steps=1"], ["speedup_vs_first", "learners"]),
+}
+
+
+def last_json(stdout: str) -> dict:
+    """The JSON object a script prints last (some print progress lines before it)."""
+    lines = stdout.splitlines()
+    for i in reversed(range(len(lines))):
+        if lines[i].startswith("{"):
+            try:
+                return json.loads("\n".join(lines[i:]))
+            except json.JSONDecodeError:
+                continue
+    raise AssertionError(f"no JSON object in the output: {stdout[-2000:]}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", sorted(SMOKE))
+def test_benchmark_runs_at_its_smallest_size(script, tmp_path):
+    args, keys = SMOKE[script]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / f"{script}.py"), *args], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = last_json(proc.stdout)
+    assert all(k in result for k in keys), sorted(result)
