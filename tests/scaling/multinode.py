@@ -94,7 +94,7 @@ def main(out: Path, overrides: list[str]) -> dict:
                    if a.actor_id in ids}
     ray.shutdown()
     cluster.shutdown()
-    return {"manifest": manifest, "journal": events, "removed_node": removed.get("node"), "actor_nodes": actor_nodes,
+    return {"manifest": manifest.as_dict(), "journal": events, "removed_node": removed.get("node"), "actor_nodes": actor_nodes,
             "learner_nodes": sorted(nodes), "spread_nodes": spread_nodes, "gpu_node": gpu_node.node_id,
             "tensor_parallel": tensor_parallel}
 

@@ -62,7 +62,7 @@ def main(out: Path, overrides: list[str]) -> dict:
                            "rewards.num_cpus_per_actor=0.25"))
     ray.shutdown()
     cluster.shutdown()
-    return {"manifest": manifest, "journal": events, "actor_nodes": actor_nodes, "refused": refused, "gpu_unit": gpus}
+    return {"manifest": manifest.as_dict(), "journal": events, "actor_nodes": actor_nodes, "refused": refused, "gpu_unit": gpus}
 
 
 def gpu_unit(cfg) -> dict:
