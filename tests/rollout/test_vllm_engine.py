@@ -14,7 +14,7 @@ from medmcqa_ray.config import ModelSection, RolloutSection
 from medmcqa_ray.errors import StageError
 from medmcqa_ray.rollout.types import AdapterUpdate, Sampling
 
-from .test_rollout_actors import PROMPT, TINY, changed_lora, ids, reference_logprobs
+from .test_rollout_actors import PROMPT, TINY, changed_lora, ids
 
 pytestmark = pytest.mark.slow
 
