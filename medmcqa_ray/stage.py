@@ -1,5 +1,5 @@
 """The stage contract. Each stage module (data/download.py, data/prep.py, training/sft.py, training/grpo.py,
-evaluation/stage.py, tuning.py) defines a `Stage` subclass that declares what it reads, what it writes,
+evaluation/stage.py, tuning/stage.py) defines a `Stage` subclass that declares what it reads, what it writes,
 its cache key, and `run()` returning its typed `Manifest`; the manifest knows its own MLflow metrics and
 its console table. pipeline.py runs any stage through this contract alone.
 
