@@ -23,8 +23,8 @@ SMOKE = {
                  "--modes", "base,adapter", "--kv-cache-gb", "0.25", "--lora-rank", "8"], ["benchmark"]),
     "grpo_step": (["--model", TINY, "--steps", "2", "--prompts", "1", "--n", "2", "--tokens", "8", "--engines", "hf,trl",
                    "--kv-cache-gb", "0.25", "--max-model-len", "512"], ["benchmark"]),
-    "gpu_smoke": (["--device", "cpu", "--steps", "1"], []),
-    "scaling": (["--learners", "1", "--steps", "2", "sft.max_steps=1"], ["speedup_vs_first", "learners"]),
+    "gpu_smoke": (["--device", "cpu", "--steps", "1", "--tiny"], ["grpo_steps", "s_per_step"]),
+    "scaling": (["--learners", "1", "--steps", "1", "sft.max_steps=1", "grpo.max_completion_length=8"], ["speedup_vs_first", "learners"]),
 }
 
 

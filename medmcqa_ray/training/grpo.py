@@ -73,6 +73,7 @@ class GRPOManifest(TrainingManifest):
 
 def _train_loop(loop_config: dict) -> None:
     """One learner (a Ray Train worker) with its rollout and reward actors."""
+    learner.hide_vllm_from_trl()
     import datasets
     import ray.train
     from peft import PeftModel
@@ -95,10 +96,11 @@ def _train_loop(loop_config: dict) -> None:
     rows = training_prompts(cfg)
     tokenizer = load_tokenizer(cfg.model)
     placement.keep_learner_share(cfg)
-    # The actors first, each waited for: a vLLM engine sharing the learner's GPU sizes its KV cache from
+    # The actors first. Reward actors (CPU only) are started without waiting, so they load while the
+    # rollout pool waits for its engines: a vLLM engine sharing the learner's GPU sizes its KV cache from
     # the memory free when it starts, so the learner allocates after it; a failed start stops here.
-    rollout_pool = RolloutPool(cfg.model, cfg.rollout, placement.rollout_options(cfg))
     reward_pool = RewardPool(cfg.rewards, cfg.format.markers, placement.reward_options(cfg))
+    rollout_pool = RolloutPool(cfg.model, cfg.rollout, placement.rollout_options(cfg))
     model = PeftModel.from_pretrained(load_model(cfg.model, device), str(layout(cfg).adapter("sft")), is_trainable=True)
     rollout = RolloutFunction(cfg, tokenizer, rows, rollout_pool, reward_pool, ray.train.get_context().get_world_rank(),
                               cfg.grpo.num_generations, args.final_dir)

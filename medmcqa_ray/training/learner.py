@@ -19,6 +19,16 @@ from medmcqa_ray.stage import Manifest, history_steps
 from medmcqa_ray.training.journal import journal, restarts
 
 
+def hide_vllm_from_trl() -> None:
+    """Call before importing TRL's trainers in a learner. Our learners never use TRL's own vLLM
+    integration (rollouts come from our actors, use_vllm stays off), yet with vLLM installed TRL's
+    trainer modules import it at module level: about 5 s of every learner start on CPU. TRL asks
+    `trl.import_utils.is_vllm_available` first, so answering no there keeps vLLM out of the process."""
+    import trl.import_utils as trl_imports  # `as`: trl is a lazy module without the attribute
+
+    trl_imports.is_vllm_available = lambda *args, **kwargs: False
+
+
 @dataclass(frozen=True)
 class ValidationArgs:
     """A sweep trial's validation: greedy accuracy on the first `rows` validation questions, scored at

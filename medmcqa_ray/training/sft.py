@@ -52,6 +52,7 @@ class SFTManifest(TrainingManifest):
 
 def _train_loop(loop_config: dict) -> None:
     """One learner (a Ray Train worker)."""
+    learner.hide_vllm_from_trl()
     import datasets
     from peft import LoraConfig
     from ray.train.huggingface.transformers import RayTrainReportCallback, prepare_trainer
