@@ -20,12 +20,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from medmcqa_ray.config import load_config  # noqa: E402
-from medmcqa_ray.data.offline_sample import generate as offline_rows  # noqa: E402
+from medmcqa_ray.data.synthetic_sample import generate as synthetic_rows  # noqa: E402
 from medmcqa_ray.rewards.scoring import RewardBatch, Scorer  # noqa: E402
 
 
 def make_batch(n: int) -> RewardBatch:
-    rows = offline_rows()["train"]
+    rows = synthetic_rows()["train"]
     completions, golds, exps, opts = [], [], [], []
     for i in range(n):
         r = rows[i % len(rows)]

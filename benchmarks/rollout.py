@@ -63,7 +63,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from medmcqa_ray.config import FormatSection, ModelSection, RolloutSection  # noqa: E402
 from medmcqa_ray.data.normalise import normalise_row  # noqa: E402
-from medmcqa_ray.data.offline_sample import generate as offline_rows  # noqa: E402
+from medmcqa_ray.data.synthetic_sample import generate as synthetic_rows  # noqa: E402
 from medmcqa_ray.formatting import format_row, generation_prompt, prompt_token_ids  # noqa: E402
 from medmcqa_ray.models import load_tokenizer  # noqa: E402
 from medmcqa_ray.rollout.types import AdapterUpdate, Sampling  # noqa: E402
@@ -170,7 +170,7 @@ def matmul_gflops(size: int = 1024, repeats: int = 10, trials: int = 5) -> float
 def prompts(tokenizer: Any, count: int) -> list[list[int]]:
     """Token ids of `count` formatted validation questions, as the GRPO rollout function makes them."""
     cfg = FormatSection()
-    rows = offline_rows()["validation"]
+    rows = synthetic_rows()["validation"]
     if count > len(rows):
         raise SystemExit(f"--prompts {count}: the offline sample has {len(rows)} validation questions")
     out = []

@@ -204,4 +204,5 @@ def format_row(row: dict, cfg: FormatSection) -> dict:
         "explanation": row.get("explanation"),
         "subject": row.get("subject"),
         "options": list(row["options"]),
+        "question": row["question"],
     }

@@ -26,7 +26,7 @@ def test_architecture_map_names_every_module_and_modules_stay_small():
     package = REPO / "medmcqa_ray"
     for path in sorted(package.rglob("*.py")):
         rel = path.relative_to(package).as_posix()
-        if path.name == "__init__.py" or "/offline/" in f"/{rel}":
+        if path.name == "__init__.py" or "/synthetic/" in f"/{rel}" or "/medmcqa_sample/" in f"/{rel}":
             continue
         # A row names a module by its path, or by its file name within its package's row.
         assert rel in named or path.name in named, f"docs/architecture.md does not name medmcqa_ray/{rel}"

@@ -212,7 +212,8 @@ def test_submitted_job_runs_every_stage_into_a_tracking_server(ray_head, mlflow_
     history = rest(url, f"metrics/get-history?run_id={grpo_id}&metric_key=grpo/rewards/correct/mean")["metrics"]
     assert sorted(m["step"] for m in history) == [1, 2]
     eval_metrics = {m["key"] for m in stages["eval"]["data"]["metrics"]}
-    assert {"eval/base/accuracy", "eval/sft/accuracy", "eval/grpo/accuracy"} <= eval_metrics
+    assert {f"eval/{head}/{scoring}/accuracy" for head in ("base", "sft", "grpo") for scoring in ("generate", "loglik")} \
+        <= eval_metrics
     files = rest(url, f"artifacts/list?run_id={stages['eval']['info']['run_id']}&path=eval")["files"]
     assert {"eval/summary.json", "eval/accuracy.png", "eval/eval_results.jsonl"} <= {f["path"] for f in files}
 

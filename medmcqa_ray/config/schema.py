@@ -74,8 +74,10 @@ class RaySection(Section):
 
 
 class DataSection(Section):
-    source: Literal["hub", "local", "offline"] = "offline"
-    """Where rows come from: the Hugging Face hub, local files, or the offline sample bundled with the package."""
+    source: Literal["hub", "local", "sample", "synthetic"] = "sample"
+    """Where rows come from: the Hugging Face hub, local files, or bundled with the package: `sample`
+    (real MedMCQA rows: 2,229 train, 344 validation, 83 test) or `synthetic` (questions written for
+    this project, with a rule a small model can learn; not MedMCQA)."""
     path: Optional[LocalPath] = None
     """For source=local: a folder of split files, or one file (JSON lines, JSON array or Parquet)."""
     layout: Literal["auto", "original", "hf"] = "auto"
@@ -258,6 +260,12 @@ class EvalSection(Section):
     or a JSON-lines file of formatted rows (id, prompt, answer_label, options, subject)."""
     limit: Optional[PositiveInt] = None
     """Evaluate at most this many rows (smoke runs)."""
+    scoring: Literal["generate", "loglik", "both"] = "both"
+    """generate: greedy generation in the reasoning format, the answer read from its SOLUTION block.
+    loglik: lm-evaluation-harness's `medmcqa` scoring (its prompt, the log-likelihood of " A".." D"),
+    comparable with published MedMCQA figures. both: each head scored both ways on the same rows."""
+    generate_limit: Optional[PositiveInt] = None
+    """Score at most the first this-many rows by generation (its cost), all of them by log-likelihood."""
     heads: list[Literal["base", "sft", "grpo"]] = ["base", "sft", "grpo"]
     """Heads to evaluate; an adapter head is skipped, with a note, when its adapter does not exist."""
     batch_size: PositiveInt = 8

@@ -37,10 +37,10 @@ log = logging.getLogger(__name__)
 
 def known_layout(cfg: DataSection) -> str | None:
     """The cop layout when known before reading: configured, or fixed by the source (the hub dataset and
-    the offline sample are 0-based); None means detect it from the values."""
+    the bundled samples are 0-based); None means detect it from the values."""
     if cfg.layout != "auto":
         return cfg.layout
-    return "hf" if cfg.source in ("hub", "offline") else None
+    return "hf" if cfg.source in ("hub", "sample", "synthetic") else None
 
 
 def normalise_kwargs(cfg: DataSection) -> dict:

@@ -15,9 +15,10 @@ from medmcqa_ray.errors import StageError
 
 
 def read_formatted(source: Path, columns: Optional[list[str]] = None, limit: Optional[int] = None,
-                   purpose: str = "use") -> pa.Table:
+                   purpose: str = "use", unlabelled: Optional[list[str]] = None) -> pa.Table:
     """The labelled rows of `source`, in file order, cut to `limit`. `purpose` ends the error raised when
-    there are none ("nothing to <purpose>")."""
+    there are none ("nothing to <purpose>"). Rows without an answer are never returned: pass a list as
+    `unlabelled` to have their ids appended to it (so a caller can count them)."""
     source = Path(source)
     if not source.exists():
         raise StageError(f"{source} does not exist: run download and prep first")
@@ -32,7 +33,10 @@ def read_formatted(source: Path, columns: Optional[list[str]] = None, limit: Opt
         if not files:
             raise StageError(f"{source} has no formatted {source.name} shards: run download and prep first")
         table = pa.concat_tables([read_shard(f, wanted) for f in files])
-    table = table.filter(pc.is_valid(table["answer_label"]))
+    labelled = pc.is_valid(table["answer_label"])
+    if unlabelled is not None and "id" in table.column_names:
+        unlabelled.extend(table.filter(pc.invert(labelled))["id"].to_pylist())
+    table = table.filter(labelled)
     if table.num_rows == 0:
         raise StageError(f"{source} has no labelled rows: nothing to {purpose} (is it the test split?)")
     if columns is not None and "answer_label" not in columns:

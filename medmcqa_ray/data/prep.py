@@ -15,7 +15,7 @@ import ray
 from pydantic import BaseModel, ConfigDict
 
 from medmcqa_ray.config import Config, FormatSection
-from medmcqa_ray.data.records import FORMATTED, PROCESSED
+from medmcqa_ray.data.records import FORMATTED, FORMATTED_VERSION, PROCESSED
 from medmcqa_ray.data.shards import read_shard, shard_metadata, write_empty_parquet, write_split_parquet
 from medmcqa_ray.errors import StageError
 from medmcqa_ray.formatting import format_row
@@ -122,7 +122,7 @@ class PrepStage(Stage):
         return layout(cfg).formatted_manifest
 
     def cache_key(self, cfg: Config) -> str:
-        return hash_parts(cfg.section_hash("format"), upstream_key(layout(cfg).data_manifest))
+        return hash_parts(cfg.section_hash("format"), FORMATTED_VERSION, upstream_key(layout(cfg).data_manifest))
 
     def run(self, cfg: Config) -> PrepManifest:
         return run_prep(cfg)

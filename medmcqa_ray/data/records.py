@@ -77,7 +77,10 @@ FORMATTED = pa.schema(
         ("explanation", pa.string()),
         ("subject", pa.string()),
         ("options", pa.list_(pa.string())),
+        ("question", pa.string()),  # as normalised: lm-eval's prompt for log-likelihood scoring is built from it
     ]
 )
+FORMATTED_VERSION = "2"
+"""Bumped when FORMATTED changes, so prep's cache key redoes folders written with the old columns."""
 
 KEPT, QUARANTINED, LIMITED = "kept", "quarantined", "limited"

@@ -1,8 +1,9 @@
 """Find the input files of a source, cut them into read tasks, and read one task's raw rows.
 
 Sources: `local` files (JSON lines, JSON array, Parquet; original or Hugging Face layout), `hub`
-(datasets.load_dataset, written once to Parquet and then read like local files), and `offline` (the
-offline sample bundled in the package). A read task is a byte range of a JSON-lines file, one
+(datasets.load_dataset, written once to Parquet and then read like local files), and two bundled with
+the package: `sample` (real MedMCQA rows, data/medmcqa_sample/) and `synthetic` (questions written for
+this project with a known answer rule, data/synthetic_sample.py). A read task is a byte range of a JSON-lines file, one
 Parquet row group, or one JSON array file, so Ray Data can parse a large file on every core.
 """
 
@@ -25,8 +26,11 @@ from medmcqa_ray.errors import DataFileError, HubUnavailableError
 DATA_SUFFIXES = {".jsonl", ".ndjson", ".json", ".parquet"}
 SPLIT_ALIASES = {"train": "train", "validation": "validation", "valid": "validation", "val": "validation",
                  "dev": "validation", "test": "test"}
-OFFLINE_DIR = Path(__file__).parent / "offline"
-OFFLINE_NAME = "the offline sample"
+SAMPLE_DIR = Path(__file__).parent / "medmcqa_sample"
+SAMPLE_NAME = "the MedMCQA sample"
+SYNTHETIC_DIR = Path(__file__).parent / "synthetic"
+SYNTHETIC_NAME = "the synthetic sample"
+BUNDLED = {"sample": SAMPLE_DIR, "synthetic": SYNTHETIC_DIR}
 ORDINAL_FILE_SHIFT = 2**32  # ordinal = file index * 2**32 + row number: file order, then row order
 
 
@@ -173,7 +177,7 @@ def fetch_hub(cfg: DataSection, cache_dir: Path) -> Path:
     local = Path(cfg.hub_id).exists()
     token = cfg.hub_token.get_secret_value() if cfg.hub_token else None
     if not local:
-        hint = "use data.source=local with data.path=<folder of MedMCQA files>, or data.source=offline"
+        hint = "use data.source=local with data.path=<folder of MedMCQA files>, or data.source=sample"
         if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
             raise HubUnavailableError(f"HF_HUB_OFFLINE is set, so {cfg.hub_id} cannot be downloaded; {hint}")
         from huggingface_hub import HfApi
@@ -195,8 +199,8 @@ def fetch_hub(cfg: DataSection, cache_dir: Path) -> Path:
 
 def source_key(cfg: DataSection) -> str:
     """What the download stage's cache compares: changes when the input files would."""
-    if cfg.source == "offline":
-        return fingerprint(discover(OFFLINE_DIR, cfg.splits), by_content=True)
+    if cfg.source in BUNDLED:
+        return fingerprint(discover(BUNDLED[cfg.source], cfg.splits), by_content=True)
     if cfg.source == "hub":
         return f"{cfg.hub_id}@{cfg.hub_revision or 'default'}"
     return fingerprint(discover(Path(cfg.path), cfg.splits))
@@ -204,10 +208,14 @@ def source_key(cfg: DataSection) -> str:
 
 def resolve_source(cfg: DataSection, hub_download: Path) -> tuple[list[tuple[Path, str]], dict]:
     """The files to read (for source=hub, downloaded into `hub_download` first) and the manifest's description."""
-    if cfg.source == "offline":
-        info = {"kind": "offline", "name": OFFLINE_NAME,
+    if cfg.source == "sample":
+        info = {"kind": "sample", "name": SAMPLE_NAME,
+                "note": "real MedMCQA rows (Pal et al., CHIL 2022; MIT licence): 2,229 train, 344 validation, 83 test"}
+        return discover(SAMPLE_DIR, cfg.splits), info
+    if cfg.source == "synthetic":
+        info = {"kind": "synthetic", "name": SYNTHETIC_NAME,
                 "note": "multiple-choice questions written for medmcqa-ray in MedMCQA's schema; not MedMCQA"}
-        return discover(OFFLINE_DIR, cfg.splits), info
+        return discover(SYNTHETIC_DIR, cfg.splits), info
     if cfg.source == "hub":
         root = fetch_hub(cfg, hub_download)
         info = {"kind": "hub", "name": f"MedMCQA ({cfg.hub_id})", "revision": cfg.hub_revision}

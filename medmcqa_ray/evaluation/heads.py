@@ -51,10 +51,13 @@ def evaluate_head(cfg: Config, rows: pa.Table, adapter: Optional[str], head: str
     if tensor_parallel.uses_placement_group(cfg.rollout):  # each predictor in its engine's placement group
         groups = tensor_parallel.EngineGroups(cfg.rollout, cfg.rollout.num_actors)
         placement |= {"num_gpus": 0, "ray_remote_args_fn": groups}
+    if cfg.eval.generate_limit is not None:  # generation's share: the first rows, the same for every head
+        flags = [i < cfg.eval.generate_limit for i in range(rows.num_rows)]
+        rows = rows.append_column("generate", pa.array(flags, pa.bool_()))
     ds = ray.data.from_arrow(rows).map_batches(
         HeadPredictor,
         fn_constructor_kwargs={"model_cfg": cfg.model, "rollout_cfg": cfg.rollout, "format_cfg": cfg.format,
-                               "adapter": adapter, "max_new_tokens": cfg.eval.max_new_tokens},
+                               "adapter": adapter, "max_new_tokens": cfg.eval.max_new_tokens, "scoring": cfg.eval.scoring},
         batch_size=cfg.eval.batch_size, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=cfg.rollout.num_actors),
         **placement,
     )

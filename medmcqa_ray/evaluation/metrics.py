@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 
 def wilson_ci(correct: int, n: int, z: float = 1.959964) -> tuple[float, float]:
@@ -27,19 +27,36 @@ def mcnemar_p(base: list[bool], head: list[bool]) -> float:
     return min(1.0, 2 * tail)
 
 
-def summarise(records: list[dict]) -> dict:
-    """One head's summary from its per-example records (keys: correct, compliant, subject)."""
-    n = len(records)
-    correct = sum(r["correct"] for r in records)
+SCORINGS = {"generate": ("correct", "extracted"), "loglik": ("loglik_correct", "loglik_choice")}
+"""Per scoring, the record fields holding its verdict and its chosen letter (null where not scored)."""
+
+
+def summarise(records: list[dict], scoring: str) -> dict:
+    """One head's summary under one scoring, over the records that scoring reached."""
+    correct_key, choice_key = SCORINGS[scoring]
+    scored = [r for r in records if r.get(correct_key) is not None]
+    n = len(scored)
+    correct = sum(r[correct_key] for r in scored)
     by_subject: dict[str, list[bool]] = defaultdict(list)
-    for r in records:
-        by_subject[r["subject"] or "Unknown"].append(r["correct"])
-    return {
+    for r in scored:
+        by_subject[r["subject"] or "Unknown"].append(r[correct_key])
+    choices = Counter(r[choice_key] for r in scored if r[choice_key])
+    summary = {
         "n": n,
         "correct": correct,
         "accuracy": correct / n if n else 0.0,
         "ci95": list(wilson_ci(correct, n)),
-        "format_compliance": sum(r["compliant"] for r in records) / n if n else 0.0,
-        "extracted": sum(r["extracted"] is not None for r in records) / n if n else 0.0,
+        "choices": dict(sorted(choices.items())),
+        "top_choice_share": max(choices.values()) / n if choices else 0.0,
         "per_subject": {s: {"n": len(v), "accuracy": sum(v) / len(v)} for s, v in sorted(by_subject.items())},
     }
+    if scoring == "generate":
+        summary["format_compliance"] = sum(r["compliant"] for r in scored) / n if n else 0.0
+        summary["extracted"] = sum(r["extracted"] is not None for r in scored) / n if n else 0.0
+    return summary
+
+
+def paired_p(a: dict[str, bool], b: dict[str, bool]) -> tuple[float, int]:
+    """McNemar's p between two sets of verdicts keyed by question id, on the questions both have."""
+    ids = [i for i in a if i in b]
+    return mcnemar_p([a[i] for i in ids], [b[i] for i in ids]), len(ids)

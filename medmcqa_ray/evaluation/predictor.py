@@ -1,5 +1,7 @@
 """The callable class Ray Data maps over the evaluation rows: one rollout engine per actor, loaded once,
-with the head's adapter (if any); greedy generation; formatting's extraction, "correct" and format check."""
+with the head's adapter (if any). Each row is scored the ways eval.scoring asks: greedy generation
+(formatting's extraction, "correct" and format check; rows flagged `generate` only) and lm-eval's
+log-likelihood choice (loglik.py). A scoring not applied to a row leaves its fields null."""
 
 from __future__ import annotations
 
@@ -11,20 +13,23 @@ import pyarrow as pa
 from medmcqa_ray.adapters import read_adapter
 from medmcqa_ray.config import FormatSection, ModelSection, RolloutSection, resolve_engine
 from medmcqa_ray.errors import StageError
+from medmcqa_ray.evaluation.loglik import choice_requests, choose
 from medmcqa_ray.formatting import extract_answer, generation_prompt, is_correct, is_well_formatted, prompt_token_ids
 from medmcqa_ray.models import load_tokenizer
 from medmcqa_ray.rollout.engines import make_engine
 from medmcqa_ray.rollout.types import AdapterUpdate, Sampling
 
-RESULT = pa.schema([("id", pa.string()), ("subject", pa.string()), ("prompt", pa.string()), ("generation", pa.string()),
-                    ("extracted", pa.string()), ("gold", pa.string()), ("correct", pa.bool_()), ("compliant", pa.bool_()),
-                    ("finish_reason", pa.string())])
+RESULT = pa.schema([("id", pa.string()), ("subject", pa.string()), ("gold", pa.string()),
+                    ("prompt", pa.string()), ("generation", pa.string()), ("extracted", pa.string()),
+                    ("correct", pa.bool_()), ("compliant", pa.bool_()), ("finish_reason", pa.string()),
+                    ("loglik_choice", pa.string()), ("loglik_correct", pa.bool_()), ("logliks", pa.list_(pa.float64()))])
 
 
 class HeadPredictor:
     def __init__(self, model_cfg: ModelSection, rollout_cfg: RolloutSection, format_cfg: FormatSection,
-                 adapter: Optional[str], max_new_tokens: int):
+                 adapter: Optional[str], max_new_tokens: int, scoring: str):
         self.format_cfg = format_cfg
+        self.generates, self.logliks = scoring in ("generate", "both"), scoring in ("loglik", "both")
         self.tokenizer = load_tokenizer(model_cfg)
         # No learner shares the GPU during evaluation: an engine that slept between batches would only
         # move its weights back and forth.
@@ -40,17 +45,30 @@ class HeadPredictor:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
-        markers = self.format_cfg.markers
-        prompts = [generation_prompt(r["prompt"], self.tokenizer, markers) for r in rows]
-        outputs = self.engine.generate([prompt_token_ids(p, self.tokenizer) for p in prompts], self.sampling)
-        results = []
-        for row, prompt, group in zip(rows, prompts, outputs):
-            completion = group[0]
-            letter = extract_answer(completion.text, row["options"], markers).letter
-            results.append({
-                "id": row["id"], "subject": row["subject"], "prompt": prompt, "generation": completion.text,
-                "extracted": letter, "gold": row["answer_label"],
-                "correct": is_correct(completion.text, row["answer_label"], row["options"], markers),
-                "compliant": is_well_formatted(completion.text, markers), "finish_reason": completion.finish_reason,
-            })
+        results = [{"id": r["id"], "subject": r["subject"], "gold": r["answer_label"]} for r in rows]
+        if self.generates:
+            self._generate([(row, out) for row, out in zip(rows, results) if row.get("generate", True)])
+        if self.logliks:
+            self._loglik(rows, results)
         return pa.Table.from_pylist(results, schema=RESULT)
+
+    def _generate(self, pairs: list[tuple[dict, dict]]) -> None:
+        if not pairs:
+            return
+        markers = self.format_cfg.markers
+        prompts = [generation_prompt(row["prompt"], self.tokenizer, markers) for row, _ in pairs]
+        outputs = self.engine.generate([prompt_token_ids(p, self.tokenizer) for p in prompts], self.sampling)
+        for (row, out), prompt, group in zip(pairs, prompts, outputs):
+            completion = group[0]
+            out |= {"prompt": prompt, "generation": completion.text,
+                    "extracted": extract_answer(completion.text, row["options"], markers).letter,
+                    "correct": is_correct(completion.text, row["answer_label"], row["options"], markers),
+                    "compliant": is_well_formatted(completion.text, markers), "finish_reason": completion.finish_reason}
+
+    def _loglik(self, rows: list[dict], results: list[dict]) -> None:
+        per_row = [choice_requests(row["question"], row["options"], self.tokenizer) for row in rows]
+        scores = iter(self.engine.continuation_logprobs([pair for pairs in per_row for pair in pairs]))
+        for row, out, pairs in zip(rows, results, per_row):
+            logprobs = [next(scores) for _ in pairs]
+            choice = choose(logprobs)
+            out |= {"loglik_choice": choice, "loglik_correct": choice == row["answer_label"], "logliks": logprobs}

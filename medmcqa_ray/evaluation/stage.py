@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Optional
 
@@ -17,6 +18,7 @@ import pyarrow as pa
 
 from medmcqa_ray.config import Config
 from medmcqa_ray.data.formatted_rows import read_formatted
+from medmcqa_ray.errors import StageError
 from medmcqa_ray.evaluation.heads import HEADS, evaluate_head, head_adapters
 from medmcqa_ray.evaluation.report import table
 from medmcqa_ray.evaluation.summary import build_summary
@@ -33,33 +35,66 @@ class EvalManifest(Manifest):
     heads: list[str]
     adapters: dict[str, Optional[str]]
     rows: int
+    unlabelled: int = 0
+    """Rows of eval.input without an answer (the test split's, say): counted here, never scored."""
     summary: dict[str, Any]
     out_dir: Optional[str] = None
     """The folder the eval files were written to (eval.out_dir, default output_dir/eval)."""
 
     def metrics(self) -> dict[str, float]:
         metrics: dict[str, float] = {}
-        for head, s in self.summary["heads"].items():
-            metrics |= {f"eval/{head}/accuracy": s["accuracy"], f"eval/{head}/ci95_low": s["ci95"][0],
-                        f"eval/{head}/ci95_high": s["ci95"][1], f"eval/{head}/format_compliance": s["format_compliance"],
-                        f"eval/{head}/n": s["n"]}
+        for head, scorings in self.summary["heads"].items():
+            for scoring, s in scorings.items():
+                key = f"eval/{head}/{scoring}"
+                metrics |= {f"{key}/accuracy": s["accuracy"], f"{key}/ci95_low": s["ci95"][0],
+                            f"{key}/ci95_high": s["ci95"][1], f"{key}/n": s["n"],
+                            f"{key}/top_choice_share": s["top_choice_share"]}
+                metrics |= {f"{key}/{name}": s[name] for name in ("format_compliance", "p_vs_base", "p_vs_sft", "p_vs_majority")
+                            if s.get(name) is not None}
+        floors = self.summary.get("floors")
+        if floors:
+            metrics |= {"eval/floor/uniform": floors["uniform"],
+                        "eval/floor/majority_letter": floors["majority_letter"]["accuracy"]}
         return metrics
 
     def artifacts(self) -> list[tuple[Path, str]]:
         return [(Path(self.out_dir) / name, "eval") for name in ARTIFACTS] if self.out_dir else []
 
     def table(self) -> str:
-        return table(self.summary)
+        note = f"\n{self.unlabelled} rows without an answer were not scored" if self.unlabelled else ""
+        return table(self.summary) + note
 
 
-def load_eval_rows(cfg: Config) -> pa.Table:
-    """The labelled rows of eval.input, in file order, cut to eval.limit."""
-    return read_formatted(layout(cfg).eval_input, limit=cfg.eval.limit, purpose="evaluate")
+def load_eval_rows(cfg: Config, unlabelled: Optional[list[str]] = None) -> pa.Table:
+    """The labelled rows of eval.input, in file order, cut to eval.limit; the ids of rows without an
+    answer go to `unlabelled` (counted, never scored as wrong)."""
+    rows = read_formatted(layout(cfg).eval_input, limit=cfg.eval.limit, purpose="evaluate", unlabelled=unlabelled)
+    if cfg.eval.scoring != "generate" and "question" not in rows.column_names:
+        raise StageError(f"{layout(cfg).eval_input} has no `question` column, which eval.scoring={cfg.eval.scoring} "
+                         "needs for lm-eval's prompt: re-run prep (formatted rows carry it since this version), "
+                         "or set eval.scoring=generate")
+    return rows
+
+
+def majority_letter(cfg: Config, rows: pa.Table) -> tuple[Optional[str], str]:
+    """The train split's most frequent answer letter (the floor a model reaches by always giving it), or,
+    when this pipeline has no formatted train split, the evaluated rows' own."""
+    train = layout(cfg).formatted("train")
+    if train.is_dir() and any(train.glob("*.parquet")):
+        labels, source = read_formatted(train, columns=["answer_label"])["answer_label"].to_pylist(), "train's most frequent"
+    else:
+        labels, source = rows["answer_label"].to_pylist(), "these rows' most frequent"
+    counts = Counter(labels)
+    return (max(sorted(counts), key=counts.get) if counts else None), source
 
 
 def run_eval(cfg: Config, heads: list[str]) -> EvalManifest:
     adapters = head_adapters(cfg, heads)  # a configured adapter that is not there fails before any work
-    rows = load_eval_rows(cfg)
+    unlabelled: list[str] = []
+    rows = load_eval_rows(cfg, unlabelled)
+    if unlabelled:
+        log.info("eval: %d rows of %s have no answer and are not scored (e.g. %s)", len(unlabelled),
+                 layout(cfg).eval_input, unlabelled[0])
     out = layout(cfg).eval_dir
     (out / "heads").mkdir(parents=True, exist_ok=True)
     for head, adapter in adapters.items():
@@ -68,8 +103,9 @@ def run_eval(cfg: Config, heads: list[str]) -> EvalManifest:
         tmp = out / "heads" / f"{head}.jsonl.tmp"
         tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
         tmp.rename(out / "heads" / f"{head}.jsonl")
-    summary = build_summary(out, str(layout(cfg).eval_input))
-    return EvalManifest(heads=list(adapters), adapters=adapters, rows=rows.num_rows, summary=summary, out_dir=str(out))
+    summary = build_summary(out, str(layout(cfg).eval_input), *majority_letter(cfg, rows))
+    return EvalManifest(heads=list(adapters), adapters=adapters, rows=rows.num_rows, unlabelled=len(unlabelled),
+                        summary=summary, out_dir=str(out))
 
 
 class EvalStage(Stage):

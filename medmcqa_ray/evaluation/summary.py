@@ -1,32 +1,53 @@
 """The eval folder's summary of every head scored so far (heads/<head>.jsonl): summary.json, the combined
 eval_results.jsonl and accuracy.png. A head scored earlier (base, by `baseline`) stays beside those
-scored now, and each adapter head is compared with base on the questions both answered."""
+scored now. Per head and scoring: accuracy with its Wilson interval, the letters chosen, and McNemar's
+test against base, against SFT (the GRPO head) and against the majority-letter floor, each on the
+questions both answered. Two floors sit beside the heads: a uniform guess, and always answering the
+letter most frequent in the train split."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Optional
 
 from medmcqa_ray.evaluation.heads import HEADS
-from medmcqa_ray.evaluation.metrics import mcnemar_p, summarise
+from medmcqa_ray.evaluation.metrics import SCORINGS, paired_p, summarise, wilson_ci
 from medmcqa_ray.evaluation.report import accuracy_plot
+from medmcqa_ray.formatting import LETTERS
 
 
 def _read_head(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def build_summary(out: Path, dataset: str) -> dict:
+def floors(gold: dict[str, str], majority_letter: Optional[str], letter_source: str) -> dict:
+    """The two floors on these questions: a uniform guess over the options, and always answering
+    `majority_letter` (the train split's most frequent; `letter_source` says where it came from)."""
+    n = len(gold)
+    hits = sum(g == majority_letter for g in gold.values())
+    return {"uniform": 1 / len(LETTERS),
+            "majority_letter": {"letter": majority_letter, "source": letter_source, "n": n, "correct": hits,
+                                "accuracy": hits / n if n else 0.0, "ci95": list(wilson_ci(hits, n))}}
+
+
+def build_summary(out: Path, dataset: str, majority_letter: Optional[str], letter_source: str) -> dict:
     results = {p.stem: _read_head(p) for p in sorted((out / "heads").glob("*.jsonl"), key=lambda p: HEADS.index(p.stem))}
-    summary: dict = {"dataset": dataset, "heads": {}}
-    base = {r["id"]: r["correct"] for r in results.get("base", [])}
-    for head, records in results.items():
-        s = summarise(records)
-        paired = [(base[r["id"]], r["correct"]) for r in records if r["id"] in base]
-        if head != "base" and paired:
-            s["p_vs_base"] = mcnemar_p([b for b, _ in paired], [h for _, h in paired])
-            s["paired_n"] = len(paired)
-        summary["heads"][head] = s
+    gold = {r["id"]: r["gold"] for records in results.values() for r in records}
+    summary: dict = {"dataset": dataset, "floors": floors(gold, majority_letter, letter_source), "heads": {}}
+    majority = {i: g == majority_letter for i, g in gold.items()}
+    for scoring, (correct_key, _) in SCORINGS.items():
+        verdicts = {head: {r["id"]: r[correct_key] for r in records if r.get(correct_key) is not None}
+                    for head, records in results.items()}
+        for head, records in results.items():
+            if not verdicts[head]:
+                continue
+            s = summarise(records, scoring)
+            for other, name in (("base", "base"), ("sft", "sft")):
+                if head != other and verdicts.get(other) and HEADS.index(head) > HEADS.index(other):
+                    s[f"p_vs_{name}"], s[f"paired_n_vs_{name}"] = paired_p(verdicts[other], verdicts[head])
+            s["p_vs_majority"], _ = paired_p({i: majority[i] for i in verdicts[head]}, verdicts[head])
+            summary["heads"].setdefault(head, {})[scoring] = s
     with (out / "eval_results.jsonl").open("w") as f:
         for head, records in results.items():
             for r in records:

@@ -26,6 +26,12 @@ class RolloutEngine(ABC):
     def load_adapter(self, update: AdapterUpdate, weights: dict[str, Any]) -> None:
         """Use this LoRA adapter from now on (weights: PEFT state-dict tensors, no base weights)."""
 
+    def continuation_logprobs(self, requests: list[tuple[list[int], list[int]]]) -> list[float]:
+        """For each (context, continuation) pair of token ids, the summed log-probability of the
+        continuation after the context, under the current policy (adapter included): what
+        log-likelihood multiple-choice scoring compares across an item's choices."""
+        raise NotImplementedError(f"{type(self).__name__} does not score continuations")
+
     def health(self) -> dict[str, Any]:
         return {"engine": type(self).__name__, "policy_version": self.policy_version}
 

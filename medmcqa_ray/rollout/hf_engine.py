@@ -74,5 +74,38 @@ class HFEngine(RolloutEngine):
             ))
         return results
 
+    @torch.inference_mode()
+    def continuation_logprobs(self, requests: list[tuple[list[int], list[int]]]) -> list[float]:
+        """Right-padded batches of at most rollout.max_batch_rows sequences (right padding leaves every
+        real token's position as in an unpadded pass). Requests that share a context and continue it by
+        one token each (multiple-choice letters) share one forward pass of the context."""
+        if bad := [i for i, (ctx, cont) in enumerate(requests) if not ctx or not cont]:
+            raise ValueError(f"request {bad[0]} has an empty context or continuation")
+        out = [0.0] * len(requests)
+        # One forward sequence per group: a context shared by one-token continuations, or one request's
+        # context + continuation (its last token is predicted, never fed).
+        by_context: dict[tuple, list[int]] = {}
+        for i, (ctx, cont) in enumerate(requests):
+            by_context.setdefault(("shared", *ctx) if len(cont) == 1 else ("own", i), []).append(i)
+        groups = [(requests[idx[0]][0] + requests[idx[0]][1][:-1], idx) for idx in by_context.values()]
+        for start in range(0, len(groups), self.max_rows):
+            chunk = groups[start:start + self.max_rows]
+            width = max(len(seq) for seq, _ in chunk)
+            ids = torch.full((len(chunk), width), self.pad_id, dtype=torch.long)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for row, (seq, _) in enumerate(chunk):
+                ids[row, :len(seq)] = torch.tensor(seq)
+                mask[row, :len(seq)] = 1
+            logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits.float()
+            logprobs = torch.log_softmax(logits, dim=-1)
+            for row, (seq, idx) in enumerate(chunk):
+                for i in idx:
+                    ctx, cont = requests[i]
+                    # The logits at position p predict token p + 1: the continuation's tokens are predicted
+                    # from the context's last position on.
+                    positions = torch.arange(len(ctx) - 1, len(ctx) - 1 + len(cont))
+                    out[i] = float(logprobs[row, positions, torch.tensor(cont)].sum())
+        return out
+
     def health(self) -> dict[str, Any]:
         return super().health() | {"device": self.device, "adapter": self._peft_config is not None}

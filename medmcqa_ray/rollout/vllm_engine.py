@@ -175,6 +175,29 @@ class VLLMEngine(RolloutEngine):
             results = [[c.model_copy(update={"sample_index": j}) for j in range(sampling.n)] for [c] in results]
         return results
 
+    def continuation_logprobs(self, requests: list[tuple[list[int], list[int]]]) -> list[float]:
+        """vLLM's prompt logprobs of context + continuation (one token generated and ignored)."""
+        if not requests:
+            return []
+        from vllm import SamplingParams, TokensPrompt
+
+        if bad := [i for i, (ctx, cont) in enumerate(requests) if not ctx or not cont]:
+            raise ValueError(f"request {bad[0]} has an empty context or continuation")
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
+        self._wake()
+        try:
+            outputs = self.llm.generate([TokensPrompt(prompt_token_ids=[*ctx, *cont]) for ctx, cont in requests], params,
+                                        lora_request=self.lora_request, use_tqdm=False)
+        finally:
+            self._sleep()
+        scores = []
+        for (ctx, cont), output in zip(requests, outputs):
+            # prompt_logprobs[p] maps token ids to logprobs at position p (None at 0); the prompt's own
+            # token is always among them.
+            tail = output.prompt_logprobs[len(ctx):]
+            scores.append(float(sum(position[token].logprob for position, token in zip(tail, cont))))
+        return scores
+
     def load_adapter(self, update: AdapterUpdate, weights: dict[str, Any]) -> None:
         """`weights`: a PEFT adapter state dict (get_peft_model_state_dict keys, no adapter name)."""
         from safetensors.torch import save_file

@@ -137,7 +137,7 @@ def test_duplicates_limit_and_missing_optional_fields(ray_session, make_config, 
 def test_caching_skips_and_force_redoes(ray_session, make_config, caplog):
     cfg = make_config()
     first = data_stages(cfg)
-    assert first["download"]["source"]["name"] == "the offline sample"
+    assert first["download"]["source"]["name"] == "the synthetic sample"
     again = data_stages(cfg)
     assert again["download"].get("skipped") and again["prep"].get("skipped")
     forced = run_stage("download", cfg, force=True)

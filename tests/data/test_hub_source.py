@@ -18,7 +18,7 @@ def test_unreachable_hub_fails_fast_with_advice(make_config, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     cfg = make_config("data.source=hub")
     start = time.monotonic()
-    with pytest.raises(HubUnavailableError, match="data.source=local .* or data.source=offline"):
+    with pytest.raises(HubUnavailableError, match="data.source=local .* or data.source=sample"):
         fetch_hub(cfg.data, cfg.output_dir)
     assert time.monotonic() - start < 5
 

@@ -33,7 +33,7 @@ def test_baseline_on_embedded_model_is_recorded_in_mlflow(ray_session, tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "mlflow ui --backend-store-uri sqlite:///" in r.stdout
     summary = json.loads((out / "eval" / "summary.json").read_text())
-    assert summary["heads"]["base"]["n"] == 12
+    assert summary["heads"]["base"]["generate"]["n"] == summary["heads"]["base"]["loglik"]["n"] == 12
     assert (out / "eval" / "eval_results.jsonl").exists() and (out / "eval" / "accuracy.png").exists()
 
     cfg = load_config([REPO / "configs" / "local.yaml"], overrides)
@@ -46,7 +46,9 @@ def test_baseline_on_embedded_model_is_recorded_in_mlflow(ray_session, tmp_path)
     assert parent[0].data.params["model.name"] == "embedded:smollm2-135m-instruct"
     assert parent[0].data.params["eval.limit"] == "12"
     metrics = stage[0].data.metrics
-    assert metrics["eval/base/n"] == 12
-    assert metrics["eval/base/accuracy"] == pytest.approx(summary["heads"]["base"]["accuracy"])
+    for scoring in ("generate", "loglik"):
+        assert metrics[f"eval/base/{scoring}/n"] == 12
+        assert metrics[f"eval/base/{scoring}/accuracy"] == pytest.approx(summary["heads"]["base"][scoring]["accuracy"])
+    assert metrics["eval/floor/uniform"] == 0.25 and "eval/floor/majority_letter" in metrics
     artifacts = {a.path for a in client.list_artifacts(stage[0].info.run_id, "eval")}
     assert {"eval/summary.json", "eval/accuracy.png", "eval/eval_results.jsonl"} <= artifacts

@@ -49,11 +49,15 @@ def prepared(ray_session, tmp_path_factory):
 
 @pytest.mark.slow
 def test_baseline_then_eval_with_an_sft_adapter(prepared):
+    from medmcqa_ray.config import load_config
+
+    from ..conftest import REPO
+
     cfg = prepared
     m = run_stage("baseline", cfg)
     out = Path(cfg.output_dir) / "eval"
     summary = json.loads((out / "summary.json").read_text())
-    base = summary["heads"]["base"]
+    base = summary["heads"]["base"]["generate"]
     assert base["n"] == 12 and 0 <= base["accuracy"] <= 1 and base["ci95"][0] <= base["accuracy"] <= base["ci95"][1]
     assert set(base["per_subject"]) and "format_compliance" in base
     lines = [json.loads(x) for x in (out / "eval_results.jsonl").read_text().splitlines()]
@@ -61,6 +65,17 @@ def test_baseline_then_eval_with_an_sft_adapter(prepared):
     assert all(r["prompt"].endswith("<start_working_out>") for r in lines)
     # A random model never closes its tags: incorrect and non-compliant, not a crash.
     assert base["format_compliance"] == 0.0
+    # Log-likelihood (eval.scoring=both, the default): every row, the letter with the highest of four logprobs.
+    loglik = summary["heads"]["base"]["loglik"]
+    assert loglik["n"] == 12 and sum(loglik["choices"].values()) == 12
+    for r in lines:
+        assert len(r["logliks"]) == 4 and all(x < 0 for x in r["logliks"])
+        assert r["loglik_choice"] == "ABCD"[r["logliks"].index(max(r["logliks"]))]
+        assert r["loglik_correct"] == (r["loglik_choice"] == r["gold"])
+    floors = summary["floors"]
+    assert floors["uniform"] == 0.25 and floors["majority_letter"]["letter"] in "ABCD"
+    assert floors["majority_letter"]["source"] == "train's most frequent" and floors["majority_letter"]["n"] == 12
+    assert "floors: uniform guess 25.0%" in m.table() and "loglik" in m.table()
     assert (out / "accuracy.png").stat().st_size > 1000
     assert run_stage("baseline", cfg).get("skipped")
 
@@ -68,7 +83,18 @@ def test_baseline_then_eval_with_an_sft_adapter(prepared):
     m = run_stage("eval", cfg)
     assert m["heads"] == ["base", "sft"]  # no grpo adapter yet: that head is skipped
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary["heads"]) == {"base", "sft"} and "p_vs_base" in summary["heads"]["sft"]
+    assert set(summary["heads"]) == {"base", "sft"}
+    assert all("p_vs_base" in summary["heads"]["sft"][scoring] for scoring in ("generate", "loglik"))
+
+    # Generation on the first rows only; log-likelihood alone.
+    cfg = load_config([REPO / "configs" / "ci.yaml"], [f"output_dir={cfg.output_dir}", "eval.generate_limit=5",
+                                                        "eval.heads=[base]", f"eval.out_dir={out.parent / 'e-limit'}"])
+    summary = run_stage("eval", cfg)["summary"]
+    assert summary["heads"]["base"]["generate"]["n"] == 5 and summary["heads"]["base"]["loglik"]["n"] == 12
+    cfg = load_config([REPO / "configs" / "ci.yaml"], [f"output_dir={cfg.output_dir}", "eval.scoring=loglik",
+                                                        "eval.heads=[base]", f"eval.out_dir={out.parent / 'e-loglik'}"])
+    summary = run_stage("eval", cfg)["summary"]
+    assert set(summary["heads"]["base"]) == {"loglik"}
 
 
 @pytest.mark.slow

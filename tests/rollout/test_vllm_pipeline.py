@@ -48,10 +48,13 @@ def test_grpo_and_eval_heads_with_vllm_engines(ray_session, tmp_path):
     e = run_stage("eval", cfg)
     assert e["heads"] == ["base", "sft", "grpo"]
     summary = json.loads((Path(cfg.output_dir) / "eval" / "summary.json").read_text())
-    assert {h: s["n"] for h, s in summary["heads"].items()} == {"base": 12, "sft": 12, "grpo": 12}
+    assert {h: (s["generate"]["n"], s["loglik"]["n"]) for h, s in summary["heads"].items()} == \
+        {"base": (12, 12), "sft": (12, 12), "grpo": (12, 12)}
     # The figures are the engine's, not vLLM's quirks: the hf engine, given the same prompts and each
     # head's adapter, generates the same greedy answers.
     from medmcqa_ray.adapters import read_adapter
+    from medmcqa_ray.evaluation.loglik import choice_requests
+    from medmcqa_ray.evaluation.stage import load_eval_rows
     from medmcqa_ray.formatting import prompt_token_ids
     from medmcqa_ray.rollout.hf_engine import HFEngine
     from medmcqa_ray.rollout.types import AdapterUpdate, Sampling
@@ -67,3 +70,9 @@ def test_grpo_and_eval_heads_with_vllm_engines(ray_session, tmp_path):
         prompts = [prompt_token_ids(r["prompt"], hf.tokenizer) for r in records[head]]
         answers = hf.generate(prompts, Sampling(temperature=0, max_new_tokens=cfg.eval.max_new_tokens))
         assert [g[0].text for g in answers] == [r["generation"] for r in records[head]], head
+        # Log-likelihood scoring: vLLM's prompt logprobs of each choice agree with the hf engine's forward pass.
+        rows = {r["id"]: r for r in load_eval_rows(cfg).to_pylist()}
+        requests = [pair for r in records[head] for pair in choice_requests(rows[r["id"]]["question"], rows[r["id"]]["options"], hf.tokenizer)]
+        hf_scores = hf.continuation_logprobs(requests)
+        vllm_scores = [x for r in records[head] for x in r["logliks"]]
+        assert max(abs(a - b) for a, b in zip(hf_scores, vllm_scores)) < 1e-3, head

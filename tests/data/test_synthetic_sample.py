@@ -1,8 +1,8 @@
-"""The offline sample: reproducible, labelled as ours, and validation phrasing unseen in train."""
+"""The synthetic sample: reproducible, labelled as ours, and validation phrasing unseen in train."""
 
 import json
 
-from medmcqa_ray.data.offline_sample import OUT_DIR, RELATIONS, generate
+from medmcqa_ray.data.synthetic_sample import OUT_DIR, RELATIONS, generate
 
 
 def bundled(split):

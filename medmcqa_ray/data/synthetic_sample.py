@@ -1,4 +1,4 @@
-"""The offline sample: multiple-choice questions written for medmcqa-ray, in MedMCQA's schema.
+"""The synthetic sample (`data.source: synthetic`): multiple-choice questions written for medmcqa-ray, in MedMCQA's schema.
 
 NOT MedMCQA. Each question is generated from a table of textbook medical facts (one relation per
 table: deficiency -> vitamin, drug -> class, poison -> antidote, ...). Distractors are other answers
@@ -7,7 +7,7 @@ make the train split and the third, unseen phrasing makes the validation split, 
 the same facts in words a model has not been trained on. That gives a small model something it can
 measurably learn (the facts) without letting it memorise the wording.
 
-Regenerate the bundled files with `python -m medmcqa_ray.data.offline_sample` (deterministic).
+Regenerate the bundled files with `python -m medmcqa_ray.data.synthetic_sample` (deterministic).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-OUT_DIR = Path(__file__).parent / "offline"
+OUT_DIR = Path(__file__).parent / "synthetic"
 NAMESPACE = uuid.UUID("6f1d3c1e-6c43-4d0b-9d7a-0f0c1a2b3c4d")
 
 
