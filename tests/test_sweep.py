@@ -1,6 +1,7 @@
-"""Ray Tune sweep of reward weights: trials are GRPO runs on Ray Train, ASHA stops the one that trails,
-each trial is an MLflow run nested under the sweep's, best.yaml is a config overlay, and a sweep
-killed after its first trial is restored without running that trial again."""
+"""Ray Tune sweep of reward weights: trials are GRPO runs on Ray Train, each an MLflow run nested under
+the sweep's, and best.yaml is a config overlay. On the tiny model in CI; in the extended tier, on
+SmolLM2 learning the toy rule: ASHA stops the trial that trails, and a sweep killed after its first
+trial is restored without running that trial again."""
 
 from __future__ import annotations
 
@@ -19,6 +20,36 @@ from .conftest import REPO
 pytestmark = pytest.mark.slow
 
 
+def test_sweep_runs_its_trials_as_nested_runs_and_writes_best_yaml(ray_session, tmp_path):
+    """Two trials (correct weighted 1 and -1) of 2 GRPO steps on the tiny model, FIFO, in this process."""
+    from mlflow import MlflowClient
+
+    from medmcqa_ray.config import load_config
+    from medmcqa_ray.pipeline import run_stage
+    from medmcqa_ray.tracking import tracking_uri
+
+    cfg = load_config([REPO / "configs" / "ci.yaml"], [
+        f"output_dir={tmp_path / 'out'}", "sft.max_steps=2", "sft.save_steps=2", "grpo.max_steps=2", "grpo.save_steps=2",
+        "grpo.max_completion_length=8", "sweep.name=tiny", "sweep.space={correct: {grid: [1.0, -1.0]}}",
+        "sweep.scheduler=fifo", "sweep.eval_rows=4", "sweep.eval_every=1", "tracking.enabled=true"])
+    for stage in ("download", "prep", "sft"):
+        run_stage(stage, cfg)
+    m = run_stage("sweep", cfg)
+    trials = {t["weights"]["correct"]: t for t in m["trials"]}
+    assert set(trials) == {1.0, -1.0} and all(t["status"] == "completed" and t["last_step"] == 2 for t in trials.values())
+    assert all([s for s, _ in t["curves"]["val_accuracy"]] == [1, 2] for t in trials.values())
+    best = load_config([REPO / "configs" / "ci.yaml", Path(m["best_yaml"])])
+    assert best.rewards.weights["correct"] == m["best"]["weights"]["correct"]
+
+    client = MlflowClient(tracking_uri=tracking_uri(cfg))
+    runs = client.search_runs([client.get_experiment_by_name(cfg.tracking.experiment).experiment_id])
+    sweep_run = next(r for r in runs if r.data.tags.get("medmcqa_ray.stage") == "sweep")
+    trial_runs = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == sweep_run.info.run_id]
+    assert {r.data.params["weight.correct"] for r in trial_runs} == {"1.0", "-1.0"}
+    assert all(len(client.get_metric_history(r.info.run_id, "rewards/correct/mean")) == 2 for r in trial_runs)
+
+
+@pytest.mark.extended
 def test_sweep_stops_the_trailing_trial_writes_best_yaml_and_resumes(toy_sft):
     """SmolLM2 after a short SFT on the toy split, then two trials on the always-C split: `correct`
     weighted +2 (GRPO learns to answer C) and -2 (it learns not to). ASHA stops the second at its

@@ -14,7 +14,7 @@ from ..training.interrupt import kill_when, registered_checkpoints, rerun
 from ..training.test_grpo import config, steps
 from .test_grpo_faults import journal
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.extended]
 
 
 def step_prompts(events: list[dict]) -> dict[int, list[str]]:

@@ -201,6 +201,7 @@ def node_resources(address: str) -> dict[str, dict]:
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_job_waits_for_the_autoscaler_saying_what_for_then_runs_on_its_node(grpo_ready, env, tmp_path):  # noqa: F811
     with head(env, autoscaler={"cpu4": {"resources": {"CPU": 4}, "node_config": {}, "min_workers": 0, "max_workers": 1}}) \
             as address:
@@ -226,6 +227,7 @@ def test_job_waits_for_the_autoscaler_saying_what_for_then_runs_on_its_node(grpo
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_two_learners_on_three_two_cpu_nodes_get_a_node_each_with_their_actors(tmp_path):
     out = tmp_path / "out"
     env = dict(os.environ, HF_HUB_OFFLINE="1")

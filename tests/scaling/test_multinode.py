@@ -19,7 +19,7 @@ from medmcqa_ray.adapters import adapter_checksum, read_adapter
 
 from ..conftest import REPO
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.extended]
 
 
 def test_two_learners_on_three_nodes_agree_and_survive_a_lost_node(tmp_path):

@@ -35,6 +35,25 @@ def kill_when(cmd: list[str], ready: Callable[[], bool], timeout_s: float = 400)
         proc.wait()
 
 
+def wait_gone(pids: list[int], timeout_s: float = 60) -> None:
+    """Until none of `pids` is alive. A killed CLI's Ray workers are not all in its process group: a
+    learner can outlive the kill for a moment and register one more checkpoint."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        alive = [p for p in pids if Path(f"/proc/{p}").exists() and "zombie" not in _state(p)]
+        if not alive:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"processes {alive} still alive {timeout_s:g} s after the kill")
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split("\n")[0].lower()
+    except (OSError, IndexError):
+        return "zombie"  # gone while we looked
+
+
 def rerun(cmd: list[str], timeout_s: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=timeout_s)
 

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from medmcqa_ray.training.journal import worker_starts
 from medmcqa_ray.training.ray_run import prepare_run_dir
 
-from .interrupt import kill_when, registered_checkpoints, rerun
+from .interrupt import kill_when, registered_checkpoints, rerun, wait_gone
 from .test_sft import config
 
 BUCKET = "bucket"
@@ -104,6 +105,7 @@ def test_the_run_key_is_kept_and_checked_in_the_store(kind, tmp_path, request):
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_killed_sft_on_s3_resumes_from_its_last_registered_checkpoint(ray_session, s3, tmp_path):
     """SFT with its Ray Train checkpoints in a bucket, run as a CLI process killed (SIGKILL to its
     process group) once Ray Train registered a checkpoint there: run again, it resumes from the last
@@ -119,10 +121,11 @@ def test_killed_sft_on_s3_resumes_from_its_last_registered_checkpoint(ray_sessio
     run_stage("download", cfg)
     run_stage("prep", cfg)
     fs, root = _store(store)
-    run = f"{root}/sft"
+    run, final = f"{root}/sft", out / "checkpoints" / "sft"
     sft = [sys.executable, "-m", "medmcqa_ray.cli", "sft", "--config", "configs/ci.yaml", f"output_dir={out}", *overrides]
 
     kill_when(sft, lambda: bool(registered_checkpoints(out, "sft", store)))
+    wait_gone([s["pid"] for s in worker_starts(final)])  # the learner too: it could register one more
     assert not (out / "checkpoints" / "sft_manifest.json").exists()  # nothing marked complete
     registered = settled(lambda: registered_checkpoints(out, "sft", store))
     key = _read(fs, f"{run}/medmcqa_run_key")
@@ -142,7 +145,7 @@ def test_killed_sft_on_s3_resumes_from_its_last_registered_checkpoint(ray_sessio
 
 def settled(read, interval_s: float = 0.5, timeout_s: float = 10):
     """`read()` once two reads `interval_s` apart agree. The S3 server runs in this process: a request
-    the killed run sent just before it died (a new checkpoint snapshot) can still land after the kill."""
+    the killed run sent just before it died can still land after the kill."""
     last, deadline = read(), time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         time.sleep(interval_s)
