@@ -43,9 +43,9 @@ def build_summary(out: Path, dataset: str, majority_letter: Optional[str], lette
             if not verdicts[head]:
                 continue
             s = summarise(records, scoring)
-            for other, name in (("base", "base"), ("sft", "sft")):
-                if head != other and verdicts.get(other) and HEADS.index(head) > HEADS.index(other):
-                    s[f"p_vs_{name}"], s[f"paired_n_vs_{name}"] = paired_p(verdicts[other], verdicts[head])
+            for other in ("base", "sft"):  # each later head against the earlier ones
+                if verdicts.get(other) and HEADS.index(head) > HEADS.index(other):
+                    s[f"p_vs_{other}"], s[f"paired_n_vs_{other}"] = paired_p(verdicts[other], verdicts[head])
             s["p_vs_majority"], _ = paired_p({i: majority[i] for i in verdicts[head]}, verdicts[head])
             summary["heads"].setdefault(head, {})[scoring] = s
     with (out / "eval_results.jsonl").open("w") as f:

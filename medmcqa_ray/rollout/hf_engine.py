@@ -96,15 +96,15 @@ class HFEngine(RolloutEngine):
             for row, (seq, _) in enumerate(chunk):
                 ids[row, :len(seq)] = torch.tensor(seq)
                 mask[row, :len(seq)] = 1
-            logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits.float()
-            logprobs = torch.log_softmax(logits, dim=-1)
+            logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
             for row, (seq, idx) in enumerate(chunk):
                 for i in idx:
                     ctx, cont = requests[i]
                     # The logits at position p predict token p + 1: the continuation's tokens are predicted
-                    # from the context's last position on.
-                    positions = torch.arange(len(ctx) - 1, len(ctx) - 1 + len(cont))
-                    out[i] = float(logprobs[row, positions, torch.tensor(cont)].sum())
+                    # from the context's last position on. Only those rows are normalised (in fp32): a
+                    # whole batch's worth would be batch x length x vocabulary floats.
+                    at = logits[row, len(ctx) - 1:len(ctx) - 1 + len(cont)].float().log_softmax(dim=-1)
+                    out[i] = float(at[torch.arange(len(cont)), torch.tensor(cont)].sum())
         return out
 
     def health(self) -> dict[str, Any]:
