@@ -72,7 +72,7 @@ def _check_store(client: mlflow.MlflowClient, parent_id: str) -> None:
     assert parent.info.status == "FINISHED" and parent.info.run_name == "all"
     assert parent.data.params["data.hub_token"] == "***"
     assert parent.data.params["tracking.experiment"] == "medmcqa-ray"
-    assert parent.data.tags["medmcqa_ray.data_source"] == "synthetic"
+    assert parent.data.tags["medmcqa_ray.data_source"] == "sample"
     assert parent.data.tags["medmcqa_ray.version"]
     exp = parent.info.experiment_id
     children = client.search_runs([exp], f"tags.mlflow.parentRunId = '{parent_id}'")
