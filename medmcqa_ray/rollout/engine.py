@@ -26,8 +26,9 @@ class RolloutEngine(ABC):
     def load_adapter(self, update: AdapterUpdate, weights: dict[str, Any]) -> None:
         """Use this LoRA adapter from now on (weights: PEFT state-dict tensors, no base weights)."""
 
-    scores_continuations: bool = True
-    """Whether continuation_logprobs works here (checked before evaluation starts)."""
+    scores_continuations: bool = False
+    """Whether continuation_logprobs works here (checked before evaluation starts); engines that
+    implement it say so."""
 
     def continuation_logprobs(self, requests: list[tuple[list[int], list[int]]]) -> list[float]:
         """For each (context, continuation) pair of token ids, the summed log-probability of the

@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 class HFEngine(RolloutEngine):
     last_stats: Optional[DecodeStats] = None
+    scores_continuations = True
 
     def __init__(self, model_cfg: ModelSection, rollout_cfg: Optional[RolloutSection] = None, device: Optional[str] = None):
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
