@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,9 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# Ray Train's controller polls its workers every 2 s, so a run's end waits up to 2 s to be seen; tests
+# run some fifty short ones (the Ray instances they start, and their subprocesses, inherit this).
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_MEDMCQA = REPO.parent / "shared" / "medmcqa"
@@ -54,6 +58,30 @@ def toy_sft(ray_session, tmp_path_factory) -> tuple[Path, list[str]]:
     for stage in ("download", "prep", "sft"):
         run_stage(stage, cfg)
     return out, overrides
+
+
+CI_SFT = ["sft.max_steps=2", "sft.save_steps=2"]
+
+
+@pytest.fixture(scope="session")
+def ci_sft(ray_session, tmp_path_factory) -> Path:
+    """An output_dir holding configs/ci.yaml's synthetic rows, downloaded and prepped, and a 2-step SFT
+    adapter of the tiny model (CI_SFT), made once: tests that start from an SFT adapter take a copy
+    (`sft_copy`) and run their own later stages into it."""
+    from medmcqa_ray.config import load_config
+    from medmcqa_ray.pipeline import run_stage
+
+    out = tmp_path_factory.mktemp("ci-sft") / "out"
+    cfg = load_config([REPO / "configs" / "ci.yaml"], [f"output_dir={out}", *CI_SFT])
+    for stage in ("download", "prep", "sft"):
+        run_stage(stage, cfg)
+    return out
+
+
+def sft_copy(ci_sft: Path, dest: Path) -> Path:
+    """A test's own output_dir, holding what `ci_sft` made."""
+    shutil.copytree(ci_sft, dest, symlinks=True)
+    return dest
 
 
 @pytest.fixture(scope="session")

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import REPO
+from .conftest import CI_SFT, REPO, sft_copy
 
 pytestmark = pytest.mark.slow
 
 
-def test_sweep_runs_its_trials_as_nested_runs_and_writes_best_yaml(ray_session, tmp_path):
+def test_sweep_runs_its_trials_as_nested_runs_and_writes_best_yaml(ci_sft, tmp_path):
     """Two trials (correct weighted 1 and -1) of 2 GRPO steps on the tiny model, FIFO, in this process."""
     from mlflow import MlflowClient
 
@@ -29,11 +29,9 @@ def test_sweep_runs_its_trials_as_nested_runs_and_writes_best_yaml(ray_session, 
     from medmcqa_ray.tracking import tracking_uri
 
     cfg = load_config([REPO / "configs" / "ci.yaml"], [
-        f"output_dir={tmp_path / 'out'}", "sft.max_steps=2", "sft.save_steps=2", "grpo.max_steps=2", "grpo.save_steps=2",
+        f"output_dir={sft_copy(ci_sft, tmp_path / 'out')}", *CI_SFT, "grpo.max_steps=2", "grpo.save_steps=2",
         "grpo.max_completion_length=8", "sweep.name=tiny", "sweep.space={correct: {grid: [1.0, -1.0]}}",
         "sweep.scheduler=fifo", "sweep.eval_rows=4", "sweep.eval_every=1", "tracking.enabled=true"])
-    for stage in ("download", "prep", "sft"):
-        run_stage(stage, cfg)
     m = run_stage("sweep", cfg)
     trials = {t["weights"]["correct"]: t for t in m["trials"]}
     assert set(trials) == {1.0, -1.0} and all(t["status"] == "completed" and t["last_step"] == 2 for t in trials.values())

@@ -1,5 +1,5 @@
-"""The heads evaluation scores (base, the SFT adapter, the GRPO adapter): which adapter each uses, and one
-head's predictions over the rows, by Ray Data batch inference (`map_batches` over an actor pool of rollout
+"""The heads evaluation scores (base, the SFT adapter, the GRPO adapter): which adapter each uses, and their
+predictions over the rows, by Ray Data batch inference (`map_batches` over one actor pool of rollout
 engines, greedy)."""
 
 from __future__ import annotations
@@ -44,8 +44,13 @@ def head_adapters(cfg: Config, heads: list[str]) -> dict[str, Optional[str]]:
     return out
 
 
-def evaluate_head(cfg: Config, rows: pa.Table, adapter: Optional[str], head: str = "") -> list[dict]:
-    """Per-row records (RESULT in predictor.py) of one head, in the rows' order."""
+def evaluate_heads(cfg: Config, rows: pa.Table, adapters: dict[str, Optional[str]]) -> dict[str, list[dict]]:
+    """Per-row records (RESULT in predictor.py) of each head (its adapter folder, None for base), in the
+    rows' order. One actor pool scores every head: each engine loads the base model once and switches
+    adapters between heads, since loading the model (minutes for vLLM with a 4B model on GPU) costs far
+    more than loading a LoRA adapter."""
+    if not adapters:
+        return {}
     placement: dict = {"num_cpus": cfg.rollout.num_cpus_per_actor, "num_gpus": cfg.rollout.num_gpus_per_actor}
     groups = None
     if tensor_parallel.uses_placement_group(cfg.rollout):  # each predictor in its engine's placement group
@@ -54,21 +59,25 @@ def evaluate_head(cfg: Config, rows: pa.Table, adapter: Optional[str], head: str
     if cfg.eval.generate_limit is not None:  # generation's share: the first rows, the same for every head
         flags = [i < cfg.eval.generate_limit for i in range(rows.num_rows)]
         rows = rows.append_column("generate", pa.array(flags, pa.bool_()))
-    ds = ray.data.from_arrow(rows).map_batches(
+    # Head after head, so a batch rarely straddles two and each engine switches adapters about once a head.
+    all_rows = pa.concat_tables([rows.append_column("head", pa.array([head] * rows.num_rows, pa.string()))
+                                 for head in adapters])
+    ds = ray.data.from_arrow(all_rows).map_batches(
         HeadPredictor,
         fn_constructor_kwargs={"model_cfg": cfg.model, "rollout_cfg": cfg.rollout, "format_cfg": cfg.format,
-                               "adapter": adapter, "max_new_tokens": cfg.eval.max_new_tokens, "scoring": cfg.eval.scoring},
+                               "adapters": adapters, "max_new_tokens": cfg.eval.max_new_tokens, "scoring": cfg.eval.scoring},
         batch_size=cfg.eval.batch_size, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=cfg.rollout.num_actors),
         **placement,
     )
     order = {row_id: i for i, row_id in enumerate(rows["id"].to_pylist())}
-    records: list[dict] = []
+    records: dict[str, list[dict]] = {head: [] for head in adapters}
     try:
-        with bar(f"eval {head}", rows.num_rows, "q") as b:
+        with bar(f"eval {', '.join(adapters)}", all_rows.num_rows, "q") as b:
             for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-                records.extend(batch.to_pylist())
+                for record in batch.to_pylist():
+                    records[record.pop("head")].append(record)
                 b.update(batch.num_rows)
-        return sorted(records, key=lambda r: order[r["id"]])
+        return {head: sorted(rs, key=lambda r: order[r["id"]]) for head, rs in records.items()}
     finally:
         if groups is not None:
             groups.remove()

@@ -1,7 +1,8 @@
-"""The callable class Ray Data maps over the evaluation rows: one rollout engine per actor, loaded once,
-with the head's adapter (if any). Each row is scored the ways eval.scoring asks: greedy generation
-(formatting's extraction, "correct" and format check; rows flagged `generate` only) and lm-eval's
-log-likelihood choice (loglik.py). A scoring not applied to a row leaves its fields null."""
+"""The callable class Ray Data maps over the evaluation rows of every head: one rollout engine per actor,
+loaded once and switched to each row's head's adapter (none for base). Each row is scored the ways
+eval.scoring asks: greedy generation (formatting's extraction, "correct" and format check; rows flagged
+`generate` only) and lm-eval's log-likelihood choice (loglik.py). A scoring not applied to a row leaves
+its fields null."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from medmcqa_ray.models import load_tokenizer
 from medmcqa_ray.rollout.engines import make_engine
 from medmcqa_ray.rollout.types import AdapterUpdate, Sampling
 
-RESULT = pa.schema([("id", pa.string()), ("subject", pa.string()), ("gold", pa.string()),
+RESULT = pa.schema([("id", pa.string()), ("head", pa.string()), ("subject", pa.string()), ("gold", pa.string()),
                     ("prompt", pa.string()), ("generation", pa.string()), ("extracted", pa.string()),
                     ("correct", pa.bool_()), ("compliant", pa.bool_()), ("finish_reason", pa.string()),
                     ("loglik_choice", pa.string()), ("loglik_correct", pa.bool_()), ("logliks", pa.list_(pa.float64()))])
@@ -27,7 +28,7 @@ RESULT = pa.schema([("id", pa.string()), ("subject", pa.string()), ("gold", pa.s
 
 class HeadPredictor:
     def __init__(self, model_cfg: ModelSection, rollout_cfg: RolloutSection, format_cfg: FormatSection,
-                 adapter: Optional[str], max_new_tokens: int, scoring: str):
+                 adapters: dict[str, Optional[str]], max_new_tokens: int, scoring: str):
         self.format_cfg = format_cfg
         self.generates, self.logliks = scoring in ("generate", "both"), scoring in ("loglik", "both")
         self.tokenizer = load_tokenizer(model_cfg)
@@ -38,21 +39,44 @@ class HeadPredictor:
         if self.logliks and not self.engine.scores_continuations:
             raise StageError(f"eval.scoring={scoring}: the {resolve_engine(rollout_cfg)} engine cannot score log-likelihoods "
                              "here (vLLM on CPU); set rollout.engine=hf for evaluation, or eval.scoring=generate")
-        if adapter:
-            peft_config, weights = read_adapter(Path(adapter))
-            try:
-                self.engine.load_adapter(AdapterUpdate(version=0, peft_config=peft_config), weights)
-            except Exception as e:  # shape mismatches surface as RuntimeError/ValueError from PEFT/torch
-                raise StageError(f"adapter {adapter} does not fit model {model_cfg.name}: {str(e).splitlines()[0][:300]}") from None
+        # Each head's adapter as the engine takes it (version: the head's place, so vLLM names them apart),
+        # each loaded once here so that one which does not fit the model fails before any row is scored.
+        self.model_name, self.folders = model_cfg.name, adapters
+        self.adapters: dict[str, Optional[tuple[AdapterUpdate, dict]]] = {}
+        for version, (head, folder) in enumerate(adapters.items(), start=1):
+            self.adapters[head] = None
+            if folder:
+                peft_config, weights = read_adapter(Path(folder))
+                self.adapters[head] = (AdapterUpdate(version=version, peft_config=peft_config), weights)
+                self._use(head)
         self.sampling = Sampling(temperature=0, max_new_tokens=max_new_tokens)
+
+    def _use(self, head: str) -> None:
+        """Switch the engine to `head`'s adapter (the base model for none)."""
+        adapter = self.adapters[head]
+        if adapter is None:
+            self.engine.use_base()
+            return
+        if self.engine.policy_version == adapter[0].version:
+            return
+        try:
+            self.engine.load_adapter(*adapter)
+        except Exception as e:  # shape mismatches surface as RuntimeError/ValueError from PEFT/torch
+            raise StageError(f"adapter {self.folders[head]} does not fit model {self.model_name}: "
+                             f"{str(e).splitlines()[0][:300]}") from None
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
-        results = [{"id": r["id"], "subject": r["subject"], "gold": r["answer_label"]} for r in rows]
-        if self.generates:
-            self._generate([(row, out) for row, out in zip(rows, results) if row.get("generate", True)])
-        if self.logliks:
-            self._loglik(rows, results)
+        results = []
+        for head in dict.fromkeys(r["head"] for r in rows):  # a batch may straddle two heads
+            self._use(head)
+            part = [r for r in rows if r["head"] == head]
+            out = [{"id": r["id"], "head": head, "subject": r["subject"], "gold": r["answer_label"]} for r in part]
+            if self.generates:
+                self._generate([(row, o) for row, o in zip(part, out) if row.get("generate", True)])
+            if self.logliks:
+                self._loglik(part, out)
+            results.extend(out)
         return pa.Table.from_pylist(results, schema=RESULT)
 
     def _generate(self, pairs: list[tuple[dict, dict]]) -> None:

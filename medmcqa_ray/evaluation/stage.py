@@ -19,7 +19,7 @@ import pyarrow as pa
 from medmcqa_ray.config import Config
 from medmcqa_ray.data.formatted_rows import read_formatted
 from medmcqa_ray.errors import StageError
-from medmcqa_ray.evaluation.heads import HEADS, evaluate_head, head_adapters
+from medmcqa_ray.evaluation.heads import HEADS, evaluate_heads, head_adapters
 from medmcqa_ray.evaluation.report import table
 from medmcqa_ray.evaluation.summary import build_summary
 from medmcqa_ray.layout import layout
@@ -99,7 +99,7 @@ def run_eval(cfg: Config, heads: list[str]) -> EvalManifest:
     (out / "heads").mkdir(parents=True, exist_ok=True)
     for head, adapter in adapters.items():
         log.info("eval: %s head on %d rows%s", head, rows.num_rows, f" (adapter {adapter})" if adapter else "")
-        records = evaluate_head(cfg, rows, adapter, head)
+    for head, records in evaluate_heads(cfg, rows, adapters).items():
         tmp = out / "heads" / f"{head}.jsonl.tmp"
         tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
         tmp.rename(out / "heads" / f"{head}.jsonl")

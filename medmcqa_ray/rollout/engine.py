@@ -26,6 +26,10 @@ class RolloutEngine(ABC):
     def load_adapter(self, update: AdapterUpdate, weights: dict[str, Any]) -> None:
         """Use this LoRA adapter from now on (weights: PEFT state-dict tensors, no base weights)."""
 
+    @abstractmethod
+    def use_base(self) -> None:
+        """Generate and score with the base model alone, until the next `load_adapter`."""
+
     scores_continuations: bool = False
     """Whether continuation_logprobs works here (checked before evaluation starts); engines that
     implement it say so."""

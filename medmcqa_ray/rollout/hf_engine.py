@@ -55,6 +55,12 @@ class HFEngine(RolloutEngine):
                              f"unexpected {list(result.unexpected_keys)[:3]}")
         self.policy_version = update.version
 
+    def use_base(self) -> None:
+        if self._peft_config is not None:
+            self.model = self.model.unload()  # the LoRA layers out, the base weights as they were
+            self._peft_config = None
+        self.policy_version = -1
+
     # --------------------------------------------------------------------------------- generation
 
     @torch.inference_mode()

@@ -240,6 +240,17 @@ class VLLMEngine(RolloutEngine):
         finally:
             self._sleep()
 
+    def use_base(self) -> None:
+        if self.lora_request is not None:
+            self._wake()
+            try:
+                self.llm.llm_engine.remove_lora(self.lora_request.lora_int_id)  # False: the LRU cache evicted it already
+            finally:
+                self._sleep()
+            shutil.rmtree(self.lora_request.lora_path, ignore_errors=True)
+            self.lora_request = None
+        self.policy_version = -1
+
     def health(self) -> dict[str, Any]:
         lora_id = self.lora_request.lora_int_id if self.lora_request is not None else None
         return {**super().health(), "lora_id": lora_id, "device": self.device, "asleep": self.asleep}

@@ -79,9 +79,13 @@ def test_baseline_then_eval_with_an_sft_adapter(prepared):
     assert (out / "accuracy.png").stat().st_size > 1000
     assert run_stage("baseline", cfg).get("skipped")
 
+    baseline = (out / "heads" / "base.jsonl").read_text()
     save_adapter(cfg.model, Path(cfg.output_dir) / "checkpoints" / "sft")
     m = run_stage("eval", cfg)
     assert m["heads"] == ["base", "sft"]  # no grpo adapter yet: that head is skipped
+    # One engine scores both heads: it checks the SFT adapter at start, then takes it off for the base
+    # head, whose answers are the baseline's to the last logprob.
+    assert (out / "heads" / "base.jsonl").read_text() == baseline
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["heads"]) == {"base", "sft"}
     assert all("p_vs_base" in summary["heads"]["sft"][scoring] for scoring in ("generate", "loglik"))

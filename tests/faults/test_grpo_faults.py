@@ -16,7 +16,7 @@ import pytest
 from medmcqa_ray.pipeline import run_stage
 from medmcqa_ray.training.journal import read_journal
 
-from ..conftest import state_api
+from ..conftest import CI_SFT, sft_copy, state_api
 from ..training.test_grpo import config, steps
 from .slow_reward import ARMED, SCORING, SIGNALS
 
@@ -76,7 +76,7 @@ class Faults(threading.Thread):
             self.error = e
 
 
-def test_killed_actors_and_learner_mid_grpo_lose_nothing(ray_session, tmp_path):
+def test_killed_actors_and_learner_mid_grpo_lose_nothing(ci_sft, tmp_path):
     from mlflow import MlflowClient
     from ray.util.state import list_tasks
 
@@ -85,12 +85,10 @@ def test_killed_actors_and_learner_mid_grpo_lose_nothing(ray_session, tmp_path):
     SIGNALS.mkdir(exist_ok=True)
     for f in (ARMED, SCORING):
         f.unlink(missing_ok=True)
-    out = tmp_path / "out"
-    cfg = config(out, "sft.max_steps=2", "grpo.max_steps=6", "grpo.save_steps=2", "grpo.max_completion_length=8",
+    out = sft_copy(ci_sft, tmp_path / "out")
+    cfg = config(out, *CI_SFT, "grpo.max_steps=6", "grpo.save_steps=2", "grpo.max_completion_length=8",
                  "rewards.custom.slow.path=tests.faults.slow_reward:score", "rewards.custom.slow.weight=0.0",
                  "scaling.max_failures=1", "tracking.enabled=true")
-    for stage in ("download", "prep", "sft"):
-        run_stage(stage, cfg)
     faults = Faults(out)
     faults.start()
     tracker = Tracker(cfg)

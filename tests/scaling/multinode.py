@@ -150,7 +150,8 @@ def tensor_parallel_engine(out: Path) -> dict:
     from ray.util import placement_group_table
     from ray.util.state import list_actors
 
-    from medmcqa_ray.evaluation.stage import evaluate_head, load_eval_rows
+    from medmcqa_ray.evaluation.heads import evaluate_heads
+    from medmcqa_ray.evaluation.stage import load_eval_rows
     from medmcqa_ray.rollout.actor import RolloutPool
     from medmcqa_ray.rollout.types import Sampling
     from medmcqa_ray.runtime import configure_ray_data
@@ -190,9 +191,9 @@ def tensor_parallel_engine(out: Path) -> dict:
         time.sleep(0.5)
     second = snapshot()
     pool.shutdown()
-    # Evaluation: Ray Data's predictors in such groups, two heads one after the other on the same GPUs.
+    # Evaluation: Ray Data's predictors in such groups, two evaluations one after the other on the same GPUs.
     rows = load_eval_rows(cfg)
-    evaluated = [len(evaluate_head(cfg, rows, None)) for _ in range(2)]
+    evaluated = [len(evaluate_heads(cfg, rows, {"base": None})["base"]) for _ in range(2)]
     left = [g["state"] for g in placement_group_table().values() if g["state"] != "REMOVED"]
     return {"first": first, "second": second, "evaluated": evaluated, "rows": rows.num_rows,
             "groups_left": left, "vllm_file": str(vllm_file)}
