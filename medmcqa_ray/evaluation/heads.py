@@ -62,7 +62,11 @@ def evaluate_heads(cfg: Config, rows: pa.Table, adapters: dict[str, Optional[str
     # Head after head, so a batch rarely straddles two and each engine switches adapters about once a head.
     all_rows = pa.concat_tables([rows.append_column("head", pa.array([head] * rows.num_rows, pa.string()))
                                  for head in adapters])
-    ds = ray.data.from_arrow(all_rows).map_batches(
+    # One block a batch: a single block would go to one actor whole, idling the rest of the pool, and
+    # its results would arrive all at the end (a progress bar stuck at 0 for the whole evaluation).
+    step = cfg.eval.batch_size
+    blocks = [all_rows.slice(i, step) for i in range(0, all_rows.num_rows, step)]
+    ds = ray.data.from_arrow(blocks).map_batches(
         HeadPredictor,
         fn_constructor_kwargs={"model_cfg": cfg.model, "rollout_cfg": cfg.rollout, "format_cfg": cfg.format,
                                "adapters": adapters, "max_new_tokens": cfg.eval.max_new_tokens, "scoring": cfg.eval.scoring},

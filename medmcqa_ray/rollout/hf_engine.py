@@ -103,14 +103,19 @@ class HFEngine(RolloutEngine):
             for row, (seq, _) in enumerate(chunk):
                 ids[row, :len(seq)] = torch.tensor(seq)
                 mask[row, :len(seq)] = 1
-            logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
+            # The logits at position p predict token p + 1: a continuation's tokens are predicted from its
+            # context's last position on. Only those positions go through the LM head (the vocabulary
+            # projection is a fifth of a 135M model's forward pass over every position), and only they
+            # are normalised, in fp32.
+            wanted = sorted({p for _, idx in chunk for i in idx
+                             for p in range(len(requests[i][0]) - 1, len(requests[i][0]) - 1 + len(requests[i][1]))})
+            column = {p: c for c, p in enumerate(wanted)}
+            logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                                logits_to_keep=torch.tensor(wanted, device=self.device)).logits
             for row, (seq, idx) in enumerate(chunk):
                 for i in idx:
                     ctx, cont = requests[i]
-                    # The logits at position p predict token p + 1: the continuation's tokens are predicted
-                    # from the context's last position on. Only those rows are normalised (in fp32): a
-                    # whole batch's worth would be batch x length x vocabulary floats.
-                    at = logits[row, len(ctx) - 1:len(ctx) - 1 + len(cont)].float().log_softmax(dim=-1)
+                    at = logits[row, [column[p] for p in range(len(ctx) - 1, len(ctx) - 1 + len(cont))]].float().log_softmax(dim=-1)
                     out[i] = float(at[torch.arange(len(cont)), torch.tensor(cont)].sum())
         return out
 
