@@ -230,9 +230,7 @@ class VLLMEngine(RolloutEngine):
             old, self.lora_request = self.lora_request, request
             self.policy_version = update.version
             if old is not None:
-                # False only means vLLM's LRU cache (max_cpu_loras defaults to max_loras=1) already evicted it.
-                self.llm.llm_engine.remove_lora(old.lora_int_id)
-                shutil.rmtree(old.lora_path, ignore_errors=True)
+                self._forget(old)
         except BaseException:
             if self.lora_request is None or self.lora_request.lora_int_id != lora_id:
                 shutil.rmtree(folder, ignore_errors=True)
@@ -240,14 +238,19 @@ class VLLMEngine(RolloutEngine):
         finally:
             self._sleep()
 
+    def _forget(self, request: Any) -> None:
+        """Unload an adapter from vLLM (awake) and delete its folder."""
+        # False only means vLLM's LRU cache (max_cpu_loras defaults to max_loras=1) already evicted it.
+        self.llm.llm_engine.remove_lora(request.lora_int_id)
+        shutil.rmtree(request.lora_path, ignore_errors=True)
+
     def use_base(self) -> None:
         if self.lora_request is not None:
             self._wake()
             try:
-                self.llm.llm_engine.remove_lora(self.lora_request.lora_int_id)  # False: the LRU cache evicted it already
+                self._forget(self.lora_request)
             finally:
                 self._sleep()
-            shutil.rmtree(self.lora_request.lora_path, ignore_errors=True)
             self.lora_request = None
         self.policy_version = -1
 
