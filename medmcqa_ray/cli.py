@@ -54,7 +54,7 @@ def run(args: argparse.Namespace, cfg: Config) -> list[Manifest]:
     log_file = console.start(layout(cfg).logs, args.stage)
     manifests = []
     tracker = Tracker(cfg)
-    with tracker.pipeline_run(args.stage):
+    with tracker.pipeline_run(args.stage) as pipeline_run:
         for name in names:
             m = run_stage(name, cfg, force=args.force, tracker=tracker)
             manifests.append(m)
@@ -63,7 +63,7 @@ def run(args: argparse.Namespace, cfg: Config) -> list[Manifest]:
     workers = console.ray_logs()
     print(f"\nLogs: {log_file}" + (f" (workers: {workers})" if workers else ""))
     if tracker.enabled:
-        print(f"MLflow: {ui_command(cfg)}")
+        print(f"MLflow: {ui_command(cfg, tracker.page(pipeline_run))}")
     return manifests
 
 

@@ -48,6 +48,10 @@ class Manifest(BaseModel):
         """Files to log with the stage's run: (path, artifact folder)."""
         return []
 
+    def adapter_model(self) -> Optional[tuple[str, Path]]:
+        """(head, adapter folder) of the adapter this stage trained, logged and registered as an MLflow model."""
+        return None
+
     def table(self) -> str:
         """A short human summary for the console."""
         return ""
@@ -106,6 +110,8 @@ class Stage(ABC):
         tracker.log_dict(manifest.as_dict(), f"{self.name}_manifest.json")
         for path, folder in manifest.artifacts():
             tracker.log_artifact(path, folder)
+        if model := manifest.adapter_model():
+            tracker.log_adapter_model(*model)
 
 
 def hash_parts(*parts: str) -> str:

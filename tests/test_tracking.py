@@ -25,6 +25,7 @@ from medmcqa_ray.tracking import (
     replay_offline,
     ui_command,
 )
+from medmcqa_ray.tracking.store import run_page
 
 SECRET = "hf_SECRET123"
 
@@ -241,3 +242,11 @@ def test_server_dying_mid_run_switches_to_offline(tmp_path, mlflow_server, caplo
     assert sft.data.params["lr"] == "0.1" and sft.info.status == "FINISHED"
     assert sft.data.tags["mlflow.parentRunId"] == parent_id
     assert client.get_run(parent_id).info.status == "FINISHED"
+
+
+def test_ui_address_opens_the_model_training_view(tmp_path):
+    page = run_page("3", "abc")
+    assert page == "#/experiments/3/runs/abc?workflowType=machine_learning"
+    assert ui_command(_cfg(tmp_path, "tracking.uri=http://u:pw@mlflow.example:5000/"), page) == (
+        f"open http://u:***@mlflow.example:5000/{page} in a browser (MLflow tracking server)")
+    assert ui_command(_cfg(tmp_path), page).endswith(f", then open http://127.0.0.1:5000/{page}")

@@ -516,6 +516,13 @@ class TrackingSection(Section):
     """Tracking URI; None: MLFLOW_TRACKING_URI if set, else sqlite under output_dir (open it with `mlflow ui`)."""
     experiment: str = "medmcqa-ray"
     """MLflow experiment name."""
+    register_models: bool = True
+    """Log the SFT and GRPO adapters as MLflow models and register them (<experiment>-sft, <experiment>-grpo;
+    eval moves each one's alias `best` to its most accurate version)."""
+    system_metrics: bool = True
+    """MLflow system metrics (CPU, memory, GPU where there is one) in the training stages' runs."""
+    system_metrics_interval_s: float = Field(10.0, gt=0)
+    """Seconds between system metric samples (MLflow's default)."""
 
 
 class Config(Section):

@@ -12,21 +12,27 @@ import json
 import logging
 from collections import Counter
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Optional
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Optional
 
 import pyarrow as pa
 
+from medmcqa_ray.adapters import adapter_checksum, read_adapter
 from medmcqa_ray.config import Config
 from medmcqa_ray.data.formatted_rows import read_formatted
 from medmcqa_ray.errors import StageError
 from medmcqa_ray.evaluation.heads import HEADS, evaluate_heads, head_adapters
+from medmcqa_ray.evaluation.predictions import predictions_table
 from medmcqa_ray.evaluation.report import table
 from medmcqa_ray.evaluation.summary import build_summary
 from medmcqa_ray.layout import layout
 from medmcqa_ray.stage import Manifest, Stage, fingerprint, hash_parts, upstream_key
 
+if TYPE_CHECKING:
+    from medmcqa_ray.tracking import Tracker
+
 log = logging.getLogger(__name__)
 ARTIFACTS = ("summary.json", "accuracy.png", "eval_results.jsonl")
+PREDICTIONS = "predictions.json"
 
 
 class EvalManifest(Manifest):
@@ -99,10 +105,12 @@ def run_eval(cfg: Config, heads: list[str]) -> EvalManifest:
     (out / "heads").mkdir(parents=True, exist_ok=True)
     for head, adapter in adapters.items():
         log.info("eval: %s head on %d rows%s", head, rows.num_rows, f" (adapter {adapter})" if adapter else "")
-    for head, records in evaluate_heads(cfg, rows, adapters).items():
+    results = evaluate_heads(cfg, rows, adapters)
+    for head, records in results.items():
         tmp = out / "heads" / f"{head}.jsonl.tmp"
         tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
         tmp.rename(out / "heads" / f"{head}.jsonl")
+    (out / PREDICTIONS).write_text(json.dumps(predictions_table(rows, results), ensure_ascii=False))
     summary = build_summary(out, str(layout(cfg).eval_input), *majority_letter(cfg, rows))
     return EvalManifest(heads=list(adapters), adapters=adapters, rows=rows.num_rows, unlabelled=len(unlabelled),
                         summary=summary, out_dir=str(out))
@@ -138,6 +146,20 @@ class EvalStage(Stage):
 
     def run(self, cfg: Config) -> EvalManifest:
         return run_eval(cfg, self.heads(cfg))
+
+    def record(self, tracker: "Tracker", manifest: Manifest) -> None:
+        """The default record, the per-question predictions as an MLflow table, and each adapter head's
+        accuracy on its registered version, moving alias `best` (generation's accuracy where scored)."""
+        super().record(tracker, manifest)
+        if not (tracker.enabled and manifest.out_dir and (Path(manifest.out_dir) / PREDICTIONS).is_file()):
+            return
+        tracker.log_table(json.loads((Path(manifest.out_dir) / PREDICTIONS).read_text()), "eval/predictions.json")
+        for head, folder in manifest.adapters.items():
+            scorings = manifest.summary["heads"].get(head, {})
+            scoring = "generate" if "generate" in scorings else "loglik"
+            if folder and scoring in scorings:
+                sha = adapter_checksum(read_adapter(Path(folder))[1])
+                tracker.move_best(head, sha, f"validation_{scoring}_accuracy", scorings[scoring]["accuracy"])
 
 
 class BaselineStage(EvalStage):

@@ -27,7 +27,7 @@ from medmcqa_ray.tracking.store import (
     tracking_uri,
     ui_command,
 )
-from medmcqa_ray.tracking.tracker import Tracker
+from medmcqa_ray.tracking.tracker import RunRef, Tracker, active_run
 
-__all__ = ["PARAM_LIMIT", "TAG_LIMIT", "Tracker", "TrackingUnavailableError", "offline_dir", "replay_offline",
+__all__ = ["PARAM_LIMIT", "TAG_LIMIT", "RunRef", "Tracker", "active_run", "TrackingUnavailableError", "offline_dir", "replay_offline",
            "tracking_uri", "ui_command"]

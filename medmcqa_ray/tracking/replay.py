@@ -12,6 +12,7 @@ from medmcqa_ray.config import Config
 from medmcqa_ray.redaction import redact_uri
 from medmcqa_ray.tracking.store import (
     OFFLINE_PREFIX,
+    RegistrationRefused,
     TrackingUnavailableError,
     client_env,
     experiment_id,
@@ -77,7 +78,10 @@ def replay_offline(cfg: Config, target_uri: Optional[str] = None) -> int:
         for r in records:
             run_id = resolve(r["run"])
             if r["kind"] != "start" and run_id is not None:
-                send(client, run_id, r["kind"], r["payload"])
+                try:
+                    send(client, run_id, r["kind"], r["payload"])
+                except RegistrationRefused as e:
+                    log.warning("tracking: %s; the run's artifacts are logged", e)
     done = folder / "replayed"
     done.mkdir(exist_ok=True)
     for f in files:

@@ -11,7 +11,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 from medmcqa_ray.config import Config
 from medmcqa_ray.errors import MedmcqaError
@@ -22,18 +22,36 @@ from medmcqa_ray.redaction import redact_uri
 # tracker never imports mlflow (about a second).
 PARAM_LIMIT, TAG_LIMIT, BATCH = 6000, 8000, 100
 OFFLINE_PREFIX = "offline-"
+BEST_ALIAS = "best"
+# Without it MLflow 3's UI guesses the experiment is GenAI work and opens its "Evaluations" view; training
+# runs belong in the model-training view.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+REGISTERED_MODEL_DESCRIPTION = ("A medmcqa-ray LoRA adapter over its base model (an MLflow pyfunc: question and options "
+                                "in, the completion and its answer letter out). Alias `best`: the version with the "
+                                "highest validation accuracy so far.")
 # MLflow's defaults (7 retries, exponential backoff) make a dead server cost minutes per call; set only
 # around our own calls, and never over what the user exported.
 # MLflow also prints each run's URL when it ends: the URI's credentials included, and one more console line;
 # our own `MLflow:` line gives the redacted address once.
 _CLIENT_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-              "MLFLOW_HTTP_REQUEST_TIMEOUT": "10", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
+              "MLFLOW_HTTP_REQUEST_TIMEOUT": "10", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+              "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
 
 
 
 class TrackingUnavailableError(MedmcqaError):
     """The tracking store cannot be reached (replaying offline records needs it)."""
 
+
+
+class RegistrationRefused(MedmcqaError):
+    """The model registry refused a registration or an alias (a store without a registry, a permission):
+    reported, never a reason to go offline."""
+
+
+def registered_model_name(cfg: Config, head: str) -> str:
+    """One registered model per head kind: <experiment>-sft, <experiment>-grpo."""
+    return f"{cfg.tracking.experiment}-{head}"
 
 
 def tracking_uri(cfg: Config) -> str:
@@ -44,12 +62,20 @@ def tracking_uri(cfg: Config) -> str:
     return f"sqlite:///{layout(cfg).mlflow_db}"
 
 
-def ui_command(cfg: Config) -> str:
-    """How to browse the runs: the `mlflow ui` command for a local store, the URL for a server."""
+def run_page(experiment_id: str, run_id: Optional[str] = None) -> str:
+    """The UI's address of a run (or of the experiment) in its model-training view. MLflow 3's UI opens
+    every experiment in its GenAI view unless the address asks (the experimentKind tag is not enough)."""
+    return f"#/experiments/{experiment_id}" + (f"/runs/{run_id}" if run_id else "") + "?workflowType=machine_learning"
+
+
+def ui_command(cfg: Config, page: str = "") -> str:
+    """How to browse the runs: the `mlflow ui` command for a local store, the URL for a server; with
+    `page` (run_page's), the address to open."""
     uri = redact_uri(tracking_uri(cfg))
     if uri.startswith(("http://", "https://")):
-        return f"open {uri} in a browser (MLflow tracking server)"
-    return f"mlflow ui --backend-store-uri {shlex.quote(uri)}"
+        return f"open {uri.rstrip('/') + '/' + page if page else uri} in a browser (MLflow tracking server)"
+    command = f"mlflow ui --backend-store-uri {shlex.quote(uri)}"
+    return f"{command}, then open http://127.0.0.1:5000/{page}" if page else command
 
 
 
@@ -88,16 +114,25 @@ def client_env() -> Iterator[None]:
             os.environ.pop(k, None)
 
 
+def keep_client_env() -> None:
+    """Our client settings for the rest of this process (a learner's, where MLflow's system metrics
+    thread calls the store at any time), under what the user exported."""
+    for k, v in _CLIENT_ENV.items():
+        os.environ.setdefault(k, v)
+
+
 def experiment_id(client: Any, uri: str, name: str) -> str:
     exp = client.get_experiment_by_name(name)
     if exp is not None:
+        if EXPERIMENT_KIND[0] not in exp.tags:  # made by an older version, or by hand
+            client.set_experiment_tag(exp.experiment_id, *EXPERIMENT_KIND)
         return exp.experiment_id
     location = None
     if uri.startswith("sqlite:///"):
         # A sqlite store's default artifact root is ./mlruns of whatever the cwd is; keep them beside the db.
         location = (Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts").as_uri()
     try:
-        return client.create_experiment(name, artifact_location=location)
+        return client.create_experiment(name, artifact_location=location, tags=dict([EXPERIMENT_KIND]))
     except Exception:  # another process created it between our two calls
         return client.get_experiment_by_name(name).experiment_id
 
@@ -132,8 +167,52 @@ def send(client: Any, run_id: str, kind: str, p: dict) -> None:
     elif kind == "artifact":
         upload = client.log_artifacts if Path(p["path"]).is_dir() else client.log_artifact
         upload(run_id, p["path"], p["artifact_path"])
+    elif kind == "table":
+        client.log_table(run_id, p["data"], p["artifact_file"])
+    elif kind == "model":
+        client.log_artifacts(run_id, p["path"], p["artifact_path"])
+        try:
+            register(client, run_id, p["artifact_path"], p["name"], p["tags"])
+        except Exception as e:
+            raise RegistrationRefused(f"the model registry refused a version of {p['name']!r} "
+                                      f"({type(e).__name__}: {e})") from e
+    elif kind == "best":
+        try:
+            move_best(client, p["name"], p["adapter_sha"], p["metric"], p["value"])
+        except Exception as e:
+            raise RegistrationRefused(f"moving alias {BEST_ALIAS!r} of {p['name']!r} failed ({type(e).__name__}: {e})") from e
     elif kind == "end":
         client.set_terminated(run_id, p["status"], p["end_time"])
+
+
+def register(client: Any, run_id: str, artifact_path: str, name: str, tags: dict[str, str]) -> Any:
+    """A new version of registered model `name` from the run's model folder (the model created on first use)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.create_registered_model(name, description=REGISTERED_MODEL_DESCRIPTION)
+    except MlflowException as e:
+        if e.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    source = f"{client.get_run(run_id).info.artifact_uri.rstrip('/')}/{artifact_path}"
+    return client.create_model_version(name, source, run_id=run_id, tags=tags)
+
+
+def move_best(client: Any, name: str, adapter_sha: str, metric: str, value: float) -> None:
+    """Tag the version of `name` that holds this adapter with its eval `metric`, then point the `best` alias
+    at the version with the highest value of that metric (ties: the newer version)."""
+    from medmcqa_ray.tracking.adapter_model import ADAPTER_SHA_TAG
+
+    versions = client.search_model_versions(f"name='{name}'")
+    mine = [v for v in versions if v.tags.get(ADAPTER_SHA_TAG) == adapter_sha]
+    if not mine:
+        raise LookupError(f"registered model {name!r} has no version of adapter {adapter_sha}")
+    for v in mine:
+        client.set_model_version_tag(name, v.version, metric, str(value))
+        v.tags[metric] = str(value)
+    scored = [v for v in versions if metric in v.tags]
+    best = max(scored, key=lambda v: (float(v.tags[metric]), int(v.version)))
+    client.set_registered_model_alias(name, BEST_ALIAS, best.version)
 
 
 def refused(e: Exception) -> bool:

@@ -4,6 +4,7 @@ live or, once the store is unreachable, appended to the offline journal that rep
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import logging
 import shutil
@@ -13,12 +14,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
 
+from pydantic import BaseModel, ConfigDict
+
 from medmcqa_ray import __version__
 from medmcqa_ray.config import Config, flatten, resolved_dict
 from medmcqa_ray.redaction import redact_uri
 from medmcqa_ray.tracking.store import (
     OFFLINE_PREFIX,
     PARAM_LIMIT,
+    RegistrationRefused,
     TAG_LIMIT,
     client_env,
     experiment_id,
@@ -26,6 +30,8 @@ from medmcqa_ray.tracking.store import (
     offline_dir,
     reachable,
     refused,
+    registered_model_name,
+    run_page,
     send,
     tracking_uri,
 )
@@ -46,6 +52,25 @@ class _Run:
     parent: Optional[str]
 
 
+class RunRef(BaseModel):
+    """An open run as another process (a learner's rank 0, a Tune trial) gets it, to log into it live."""
+
+    model_config = ConfigDict(frozen=True)
+    uri: str
+    run_id: str
+    name: str
+    parent: Optional[str] = None
+
+
+# The innermost run this process has open: what a stage hands its learners (`active_run`).
+_ACTIVE: contextvars.ContextVar[Optional[RunRef]] = contextvars.ContextVar("medmcqa_ray_active_run", default=None)
+
+
+def active_run() -> Optional[RunRef]:
+    """The run the calling code runs inside (None when tracking is off or no run is open)."""
+    return _ACTIVE.get()
+
+
 class Tracker:
     """Runs and logging for one process (rank 0); disabled, every method is a no-op. Not thread-safe."""
 
@@ -57,6 +82,20 @@ class Tracker:
         self._client: Any = None
         self._experiment_id = ""
         self._stack: list[_Run] = []
+
+    @classmethod
+    def attached(cls, cfg: Config, ref: RunRef) -> "Tracker":
+        """A tracker that logs into a run another process opened (and will end): its metrics reach that
+        run as they happen; while the store is unreachable they go to the offline journal under its id."""
+        tracker = cls(cfg)
+        tracker.uri = ref.uri
+        tracker.offline = ref.run_id.startswith(OFFLINE_PREFIX)
+        tracker._stack = [_Run(ref.run_id, ref.name, ref.parent)]
+        return tracker
+
+    def page(self, run_id: Optional[str]) -> str:
+        """The UI address of `run_id` in this tracker's experiment ("" when it never reached the store)."""
+        return run_page(self._experiment_id, run_id) if self._experiment_id and run_id and not run_id.startswith(OFFLINE_PREFIX) else ""
 
     @property
     def run_id(self) -> Optional[str]:
@@ -95,6 +134,45 @@ class Tracker:
             return
         self._record("artifact", {"path": str(Path(path).resolve()), "artifact_path": artifact_path})
 
+    def log_table(self, data: Mapping[str, list], artifact_file: str) -> None:
+        """Columns of equal length as an MLflow table (the run page's artifact view shows it as one)."""
+        if self.enabled:
+            self._record("table", {"data": json.loads(json.dumps(data, default=str)), "artifact_file": artifact_file})
+
+    def log_adapter_model(self, head: str, adapter: Path) -> None:
+        """The adapter as an MLflow model in the open run (artifact `model`), registered as a new version of
+        `registered_model_name(cfg, head)`. A registry that refuses costs a warning; the model stays logged."""
+        if not (self.enabled and self.cfg.tracking.register_models):
+            return
+        from medmcqa_ray.adapters import adapter_checksum, read_adapter
+        from medmcqa_ray.tracking.adapter_model import ADAPTER_SHA_TAG, save_adapter_model
+
+        adapter_sha = adapter_checksum(read_adapter(adapter)[1])
+        saved = save_adapter_model(adapter, self.cfg)
+        try:
+            self._record("model", {"path": str(saved), "artifact_path": "model",
+                                   "name": registered_model_name(self.cfg, head),
+                                   "tags": {ADAPTER_SHA_TAG: adapter_sha, "medmcqa_ray.head": head}})
+        finally:
+            shutil.rmtree(saved.parent, ignore_errors=True)
+
+    def end(self, status: str) -> None:
+        """End the innermost run (an attached tracker's: a run whose process was stopped before its end)."""
+        self._record("end", {"status": status, "end_time": int(time.time() * 1000)})
+
+    def online(self) -> bool:
+        """Connected to the store (connecting now if not yet): False once tracking went offline or is off."""
+        if self.enabled:
+            self._connect()
+        return self.enabled and not self.offline
+
+    def move_best(self, head: str, adapter_sha: str, metric: str, value: float) -> None:
+        """Record `metric` on the registered version holding this adapter and move alias `best` of the
+        head's registered model to its highest-scoring version."""
+        if self.enabled and self.cfg.tracking.register_models:
+            self._record("best", {"name": registered_model_name(self.cfg, head), "adapter_sha": adapter_sha,
+                                  "metric": metric, "value": float(value)})
+
     # ------------------------------------------------------------------------------------- internals
 
     @contextlib.contextmanager
@@ -106,6 +184,7 @@ class Tracker:
         run = self._start(name, parent, tags | {"medmcqa_ray.version": __version__,
                                                 "medmcqa_ray.data_source": self.cfg.data.source})
         self._stack.append(run)
+        token = _ACTIVE.set(RunRef(uri=self.uri, run_id=run.key, name=run.name, parent=run.parent))
         status = "FAILED"
         try:
             if parent is None:  # the config belongs to the top-level run only
@@ -116,21 +195,26 @@ class Tracker:
             status = "KILLED"
             raise
         finally:
+            _ACTIVE.reset(token)
             self._stack.pop()
             self._record("end", {"status": status, "end_time": int(time.time() * 1000)}, run)
 
+    def _connect(self) -> None:
+        # Lazily: building a tracker (every rank, every CLI call) costs nothing until a run opens.
+        if self._client is not None or self.offline:
+            return
+        if not reachable(self.uri):
+            self._go_offline(f"tracking server {self.uri} is unreachable")
+            return
+        try:
+            with client_env():
+                self._client = make_client(self.uri)
+                self._experiment_id = experiment_id(self._client, self.uri, self.cfg.tracking.experiment)
+        except Exception as e:
+            self._go_offline(f"tracking store {self.uri} failed ({type(e).__name__}: {e})")
+
     def _start(self, name: str, parent: Optional[_Run], tags: dict[str, str]) -> _Run:
-        # Connect lazily: building a tracker (every rank, every CLI call) costs nothing until a run opens.
-        if self._client is None and not self.offline:
-            if not reachable(self.uri):
-                self._go_offline(f"tracking server {self.uri} is unreachable")
-            else:
-                try:
-                    with client_env():
-                        self._client = make_client(self.uri)
-                        self._experiment_id = experiment_id(self._client, self.uri, self.cfg.tracking.experiment)
-                except Exception as e:
-                    self._go_offline(f"tracking store {self.uri} failed ({type(e).__name__}: {e})")
+        self._connect()
         parent_key = parent.key if parent else None
         if not self.offline:
             try:
@@ -151,10 +235,14 @@ class Tracker:
         if run is None:
             log.warning("tracking: %s logged outside any run; open pipeline_run or stage_run first", kind)
             return
+        self._connect()  # an attached tracker's first call
         if not self.offline:  # an offline tracker never goes back: replay keeps the order whole
             try:
                 with client_env():
                     send(self._client, run.key, kind, payload)
+                return
+            except RegistrationRefused as e:
+                log.warning("tracking: %s; the run's artifacts are logged", e)
                 return
             except Exception as e:
                 if refused(e):
@@ -171,7 +259,7 @@ class Tracker:
 
     def _write(self, run: _Run, kind: str, payload: dict) -> None:
         folder = offline_dir(self.cfg)
-        if kind == "artifact":
+        if kind in ("artifact", "model"):
             # Copy now: checkpoints get overwritten and temp files vanish before anyone replays.
             src = Path(payload["path"])
             dest = folder / f"{run.key}.files" / uuid.uuid4().hex[:8] / src.name

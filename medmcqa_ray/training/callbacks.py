@@ -1,6 +1,6 @@
 """HF Trainer callbacks of our learners: the GRPO adapter sync to the rollout actors (and the check
 that data-parallel learners hold the same adapter), a sweep trial's validation and the per-step Ray
-Train report its Tune scheduler needs, and SFT's throughput.
+Train report its Tune scheduler needs, SFT's throughput, and rank 0's live MLflow metrics.
 
 Imported only inside a Ray Train worker (transformers and Ray Train at the top)."""
 
@@ -127,3 +127,37 @@ class Throughput(TrainerCallback):
         if self.last is not None and now > self.last[0]:
             entry[M.TOKENS_PER_SECOND] = (entry[M.NUM_TOKENS] - self.last[1]) / (now - self.last[0])
         self.last = (now, entry[M.NUM_TOKENS])
+
+
+class LiveMetrics(TrainerCallback):
+    """Rank 0 logs each logged step into the stage's MLflow run as it happens (`prefix/metric` at the
+    step), and MLflow's system metrics (CPU, memory, GPU where there is one) sample beside them while
+    training runs. Added last, so the step's entry already holds what other callbacks add to it."""
+
+    def __init__(self, tracker: Any, prefix: str):
+        self.tracker, self.prefix = tracker, prefix
+        self.monitor: Any = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        settings = self.tracker.cfg.tracking
+        if settings.system_metrics and self.tracker.online():
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            from medmcqa_ray.tracking.store import keep_client_env
+
+            keep_client_env()  # a dead server costs the monitor seconds, not MLflow's minutes of retries
+            self.monitor = SystemMetricsMonitor(self.tracker.run_id, tracking_uri=self.tracker.uri,
+                                                sampling_interval=settings.system_metrics_interval_s)
+            self.monitor.start()
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        entry = state.log_history[-1] if state.log_history else {}
+        prefix = f"{self.prefix}/" if self.prefix else ""
+        values = {prefix + k: v for k, v in entry.items() if isinstance(v, (int, float)) and k != "step"}
+        if values:
+            self.tracker.log_metrics(values, step=entry.get("step", state.global_step))
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.monitor is not None:
+            self.monitor.finish()
+            self.monitor = None

@@ -24,6 +24,7 @@ from medmcqa_ray.data.formatted_rows import read_formatted
 from medmcqa_ray.errors import StageError
 from medmcqa_ray.layout import layout
 from medmcqa_ray.stage import Manifest, Stage, fingerprint, hash_parts, upstream_key
+from medmcqa_ray.tracking import RunRef, active_run
 from medmcqa_ray.training import learner
 from medmcqa_ray.training.journal import journal
 from medmcqa_ray.training.learner import LearnerArgs, TrainingManifest, ValidationArgs
@@ -118,6 +119,9 @@ def _train_loop(loop_config: dict) -> None:
         trainer.add_callback(ReportEveryStep())
     if args.progress is not None:
         trainer.add_callback(ReportSteps(args.progress))
+    # A sweep trial's run holds just this GRPO run: its metrics keep the names Tune reports them by.
+    for callback in learner.live_metrics(args, "grpo" if args.validation is None else ""):
+        trainer.add_callback(callback)
     trainer = prepare_trainer(trainer)
     resume, resumed_from = learner.start(args, work)
     journal(args.final_dir, "actors", strategy=cfg.placement.strategy,  # where placement put them
@@ -147,19 +151,21 @@ def check_config(cfg: Config) -> None:
 
 
 def train(cfg: Config, key: str, name: str = "grpo", final_dir: Optional[Path] = None,
-          run_callbacks: Optional[list] = None, validation: Optional[ValidationArgs] = None) -> GRPOManifest:
-    """The grpo stage's run; a sweep trial runs it under its own name and folder, with Tune's callback
-    and validation every few steps."""
+          run_callbacks: Optional[list] = None, validation: Optional[ValidationArgs] = None,
+          tracking: Optional[RunRef] = None) -> GRPOManifest:
+    """The grpo stage's run; a sweep trial runs it under its own name and folder, with Tune's callback,
+    validation every few steps, and its own MLflow run (`tracking`; default: the stage's open run)."""
     from medmcqa_ray.training import placement
 
     check_config(cfg)
     final = final_dir or layout(cfg).trained_adapter("grpo")
+    tracking = tracking or active_run()
     # A sweep trial (validation set) runs under Tune, whose driver is not a terminal of ours: no bar there.
-    result, resumed = fit(name, _train_loop, LearnerArgs(cfg, str(final), validation=validation), key,
-                          placement.worker_resources(cfg), callbacks=run_callbacks,
+    result, resumed = fit(name, _train_loop, LearnerArgs(cfg, str(final), validation=validation, tracking=tracking),
+                          key, placement.worker_resources(cfg), callbacks=run_callbacks,
                           progress_steps=None if validation else cfg.grpo.max_steps)
     info = learner.training_info(final)
-    fields = learner.manifest_fields(final, info, result, resumed)
+    fields = learner.manifest_fields(final, info, result, resumed, tracking)
     steps = [h for h in fields["history"] if M.CORRECT in h]
     return GRPOManifest(**fields, init_adapter=str(layout(cfg).adapter("sft")), steps=cfg.grpo.max_steps,
                         first_correct=steps[0][M.CORRECT] if steps else None,

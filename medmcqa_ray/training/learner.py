@@ -16,6 +16,7 @@ from typing import Any, Iterator, Optional
 
 from medmcqa_ray.config import Config
 from medmcqa_ray.stage import Manifest, history_steps
+from medmcqa_ray.tracking.tracker import RunRef
 from medmcqa_ray.training.journal import journal, restarts
 
 
@@ -48,6 +49,7 @@ class LearnerArgs:
     final_dir: str
     progress: Any = None  # the driver's StepCounter actor, when a step bar is drawn
     validation: Optional[ValidationArgs] = None
+    tracking: Optional[RunRef] = None  # the MLflow run rank 0 logs each step into (None: tracking off)
 
     def as_loop_config(self) -> dict:
         return {"args": self}
@@ -61,6 +63,18 @@ def device(cfg: Config) -> str:
     import torch
 
     return "cuda" if cfg.scaling.use_gpu and torch.cuda.is_available() else "cpu"
+
+
+def live_metrics(args: LearnerArgs, prefix: str) -> list:
+    """Rank 0's LiveMetrics callback into the run the driver opened; none on other ranks or untracked."""
+    import ray.train
+
+    if args.tracking is None or ray.train.get_context().get_world_rank() != 0:
+        return []
+    from medmcqa_ray.tracking import Tracker
+    from medmcqa_ray.training.callbacks import LiveMetrics
+
+    return [LiveMetrics(Tracker.attached(args.cfg, args.tracking), prefix)]
 
 
 def work_dir(stage: str) -> Path:
@@ -127,16 +141,21 @@ class TrainingManifest(Manifest):
     steps: int
     history: list[dict]
     checkpoint: Optional[str]
+    logged_live: bool = False
+    """Rank 0 logged each step into the stage's run as it trained: the record does not send them again."""
 
     def metrics(self) -> dict[str, float]:
         return {f"{self.stage}/worker_restarts": self.worker_restarts}
 
     def step_metrics(self) -> Iterator[tuple[int, dict[str, float]]]:
-        return history_steps(self.history)
+        return iter(()) if self.logged_live else history_steps(self.history)
+
+    def adapter_model(self) -> Optional[tuple[str, Path]]:
+        return self.stage, Path(self.adapter)
 
 
-def manifest_fields(final: Path, info: dict, result: Any, resumed: bool) -> dict:
+def manifest_fields(final: Path, info: dict, result: Any, resumed: bool, tracking: Optional[RunRef]) -> dict:
     """The TrainingManifest fields of a finished run (`info`: its training_info, `result`: Ray Train's)."""
     return {"adapter": str(final), "resumed": resumed, "resumed_from_step": info["resumed_from_step"],
-            **restarts(final), "history": info["log_history"],
+            **restarts(final), "history": info["log_history"], "logged_live": tracking is not None,
             "checkpoint": str(result.checkpoint.path) if result.checkpoint else None}

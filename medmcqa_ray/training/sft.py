@@ -23,6 +23,7 @@ from medmcqa_ray.config import Config
 from medmcqa_ray.data.formatted_rows import read_formatted
 from medmcqa_ray.layout import layout
 from medmcqa_ray.stage import Manifest, Stage, hash_parts, upstream_key
+from medmcqa_ray.tracking import active_run
 from medmcqa_ray.training import learner
 from medmcqa_ray.training.learner import LearnerArgs, TrainingManifest
 from medmcqa_ray.training.ray_run import fit
@@ -86,6 +87,8 @@ def _train_loop(loop_config: dict) -> None:
     trainer.add_callback(Throughput())
     if args.progress is not None:
         trainer.add_callback(ReportSteps(args.progress))
+    for callback in learner.live_metrics(args, "sft"):
+        trainer.add_callback(callback)
     trainer = prepare_trainer(trainer)
     resume, resumed_from = learner.start(args, work)
     trainer.train(resume_from_checkpoint=resume)
@@ -126,10 +129,11 @@ class SFTStage(Stage):
             log.warning("sft: %d of %d rows exceed sft.max_length=%d tokens and are truncated",
                         truncated, len(rows), cfg.sft.max_length)
         final = self.output(cfg)
-        result, resumed = fit("sft", _train_loop, LearnerArgs(cfg, str(final)), key, cfg.scaling.resources_per_worker,
-                              progress_steps=cfg.sft.max_steps)
+        tracking = active_run()
+        result, resumed = fit("sft", _train_loop, LearnerArgs(cfg, str(final), tracking=tracking), key,
+                              cfg.scaling.resources_per_worker, progress_steps=cfg.sft.max_steps)
         info = learner.training_info(final)
-        fields = learner.manifest_fields(final, info, result, resumed)
+        fields = learner.manifest_fields(final, info, result, resumed, tracking)
         losses = [h[M.LOSS] for h in fields["history"] if M.LOSS in h]
         return SFTManifest(**fields, rows=len(rows), truncated_rows=truncated, steps=cfg.sft.max_steps,
                            first_loss=losses[0] if losses else None, last_loss=losses[-1] if losses else None,

@@ -104,13 +104,14 @@ class SweepStage(Stage):
         return hash_parts(GRPO.cache_key(cfg), cfg.section_hash("sweep"))
 
     def run(self, cfg: Config) -> Manifest:
+        from medmcqa_ray.tracking import active_run
         from medmcqa_ray.tuning.tuner import trial_record, tuner
 
         key = self.cache_key(cfg)
         _check(cfg)
         folder = layout(cfg).sweep_dir
         folder.mkdir(parents=True, exist_ok=True)
-        results = tuner(cfg, key).fit()
+        results = tuner(cfg, key, active_run()).fit()
         trials = [trial_record(results[i], cfg) for i in range(len(results))]
         metric = "val_accuracy" if cfg.sweep.metric == "val_accuracy" else "correct"
         ranked = _ranked(trials, metric)
@@ -128,17 +129,22 @@ class SweepStage(Stage):
                              best_weights=best_overlay["rewards"]["weights"], best_yaml=str(best_yaml), config_hash=key)
 
     def record(self, tracker: "Tracker", manifest: Manifest) -> None:
-        """The default record (best weights as params, best figures as metrics, best.yaml), plus a nested
-        run per trial under the sweep's (weights as params, curves as metrics) and the results table."""
+        """The default record (best weights as params, best figures as metrics, best.yaml) and the results
+        table. Each trial logged its own run live; here each gets its outcome (status, early stopped), a
+        stopped one its end, and one run before an interruption moves under this sweep run."""
+        from medmcqa_ray.tracking import RunRef, Tracker
+
         super().record(tracker, manifest)
         for t in manifest["trials"]:
-            tags = {"medmcqa_ray.kind": "trial", "medmcqa_ray.status": t["status"],
-                    "medmcqa_ray.early_stopped": str(t["status"] == "early_stopped").lower()}
-            with tracker.nested_run(f"trial-{t['trial_id']}", tags):
-                tracker.log_params({f"weight.{k}": v for k, v in t["weights"].items()})
-                for metric, points in t["curves"].items():
-                    for step, value in points:
-                        tracker.log_metrics({metric: value}, step=step)
+            if not (tracker.enabled and t.get("mlflow_run")):
+                continue
+            trial = Tracker.attached(tracker.cfg, RunRef.model_validate(t["mlflow_run"]))
+            tags = {"medmcqa_ray.status": t["status"], "medmcqa_ray.early_stopped": str(t["status"] == "early_stopped").lower()}
+            if tracker.run_id and t["mlflow_run"]["parent"] != tracker.run_id:
+                tags["mlflow.parentRunId"] = tracker.run_id
+            trial.set_tags(tags)
+            if t["status"] != "completed":  # Tune may have stopped its process before the run's end
+                trial.end("KILLED" if t["status"] == "early_stopped" else "FAILED")
         tracker.log_dict(manifest["trials"], "sweep_results.json")
 
 

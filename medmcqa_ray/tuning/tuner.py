@@ -11,11 +11,12 @@ Imported only when a sweep runs (ray.tune at the top)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
@@ -24,11 +25,13 @@ from ray.tune.schedulers import ASHAScheduler
 from medmcqa_ray import metric_names as M
 from medmcqa_ray.config import Config, SearchDimension
 from medmcqa_ray.layout import layout
+from medmcqa_ray.tracking import RunRef, Tracker, active_run
 from medmcqa_ray.training.learner import ValidationArgs
 from medmcqa_ray.tuning.weights import with_weights
 
 log = logging.getLogger(__name__)
 
+TRIAL_RUN_FILE = "mlflow_run.json"
 # What each sweep.metric is called in the learner's reports.
 METRIC_KEYS = {"val_accuracy": M.VAL_ACCURACY, "correct": M.CORRECT}
 CURVES = (M.VAL_ACCURACY, M.CORRECT, M.FORMAT_EXACT, M.REWARD, M.LOSS, M.ENTROPY, M.COMPLETION_LENGTH,
@@ -45,15 +48,22 @@ def _dimension(d: SearchDimension) -> Any:
     return tune.loguniform(*d.loguniform)
 
 
-def _trial(config: dict, cfg: Config, key: str) -> None:
-    """One trial: GRPO with this trial's weights, reporting every step to Tune."""
+def _trial(config: dict, cfg: Config, key: str, parent: Optional[RunRef]) -> None:
+    """One trial: GRPO with this trial's weights, reporting every step to Tune, and logging it live into
+    its own MLflow run under the sweep's (`parent`; the run's reference in the trial folder, for the record)."""
     from medmcqa_ray.training.grpo import train
 
     trial_id = tune.get_context().get_trial_id()
     folder = layout(cfg).sweep_dir / "trials" / trial_id
-    train(with_weights(cfg, config["weights"]), key=f"{key}-{trial_id}", name=f"sweep-{cfg.sweep.name}-{trial_id}",
-          final_dir=folder / "adapter", run_callbacks=[TuneReportCallback()],
-          validation=ValidationArgs(rows=cfg.sweep.eval_rows, every=cfg.sweep.eval_every))
+    folder.mkdir(parents=True, exist_ok=True)
+    tracker = Tracker.attached(cfg, parent) if parent else Tracker(cfg, enabled=False)
+    with tracker.nested_run(f"trial-{trial_id}", {"medmcqa_ray.kind": "trial", "medmcqa_ray.trial_id": trial_id}):
+        tracker.log_params({f"weight.{k}": v for k, v in config["weights"].items()})
+        if ref := active_run():
+            (folder / TRIAL_RUN_FILE).write_text(ref.model_dump_json())
+        train(with_weights(cfg, config["weights"]), key=f"{key}-{trial_id}", name=f"sweep-{cfg.sweep.name}-{trial_id}",
+              final_dir=folder / "adapter", run_callbacks=[TuneReportCallback()],
+              validation=ValidationArgs(rows=cfg.sweep.eval_rows, every=cfg.sweep.eval_every), tracking=ref)
 
 
 class ResumableASHA(ASHAScheduler):
@@ -99,11 +109,12 @@ def _search_alg(cfg: Config) -> Any:
     return None  # Tune's BasicVariantGenerator: grid and random sampling
 
 
-def tuner(cfg: Config, key: str) -> tune.Tuner:
-    """The sweep's Tuner; the interrupted sweep's, restored, when there is one."""
+def tuner(cfg: Config, key: str, parent: Optional[RunRef]) -> tune.Tuner:
+    """The sweep's Tuner; the interrupted sweep's, restored, when there is one. `parent`: the sweep's
+    MLflow run, under which each trial opens its own."""
     s = cfg.sweep
     folder = layout(cfg).sweep_dir / "tune"
-    trainable = tune.with_resources(tune.with_parameters(_trial, cfg=cfg, key=key), {"CPU": s.trial_cpus})
+    trainable = tune.with_resources(tune.with_parameters(_trial, cfg=cfg, key=key, parent=parent), {"CPU": s.trial_cpus})
     path = folder / s.name
     if tune.Tuner.can_restore(path):
         log.warning("sweep: restoring the interrupted sweep at %s (finished trials are kept)", path)
@@ -143,7 +154,10 @@ def trial_record(result: Any, cfg: Config) -> dict:
     last_step = max((int(r[M.STEP]) for r in rows if _number(r.get(M.STEP)) is not None), default=0)
     status = "error" if result.error else ("completed" if last_step >= cfg.grpo.max_steps else "early_stopped")
     final = {name: points[-1][1] for name, points in curves.items()}
-    return {"trial_id": (result.metrics or {}).get("trial_id") or Path(result.path).name, "weights": result.config["weights"],
+    trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
+    run_file = layout(cfg).sweep_dir / "trials" / trial_id / TRIAL_RUN_FILE
+    return {"trial_id": trial_id, "weights": result.config["weights"],
+            "mlflow_run": json.loads(run_file.read_text()) if run_file.is_file() else None,
             "status": status, "last_step": last_step, "val_accuracy": final.get(M.VAL_ACCURACY),
             "correct": final.get(M.CORRECT), "error": str(result.error) if result.error else None,
             "curves": {name: [list(p) for p in points] for name, points in curves.items()}}

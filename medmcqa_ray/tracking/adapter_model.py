@@ -1,0 +1,81 @@
+"""A trained adapter as an MLflow model: a pyfunc that loads the base model (the run's `model` section)
+with the PEFT adapter over it and answers MedMCQA questions in the reasoning format.
+
+`mlflow.pyfunc.load_model("models:/medmcqa-ray-grpo@best")` gives it back: its input is a DataFrame with
+`question` and `options` (four strings), its output one row per question with the completion, the answer
+letter read from it (None when none can be read) and whether the completion is in the exact format.
+Loading needs this package installed (the model's code is medmcqa_ray's own) and the base model where
+the section names it (a hub id, a local folder, or the embedded model)."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import mlflow.pyfunc
+
+from medmcqa_ray.config import Config, FormatSection, ModelSection
+from medmcqa_ray.tracking.store import client_env
+
+# The tag a registered version carries: which adapter it is, so that eval finds the version of the adapter
+# it scored (adapters.adapter_checksum over the adapter's tensors).
+ADAPTER_SHA_TAG = "medmcqa_ray.adapter_sha"
+
+
+class AdapterModel(mlflow.pyfunc.PythonModel):
+    def load_context(self, context: Any) -> None:
+        from peft import PeftModel
+
+        from medmcqa_ray.models import load_model, load_tokenizer
+
+        conf = context.model_config
+        self.model_cfg = ModelSection.model_validate(conf["model"])
+        self.format_cfg = FormatSection.model_validate(conf["format"])
+        self.max_new_tokens = int(conf["max_new_tokens"])
+        self.tokenizer = load_tokenizer(self.model_cfg)
+        self.model = PeftModel.from_pretrained(load_model(self.model_cfg), context.artifacts["adapter"]).eval()
+
+    def predict(self, context, model_input, params=None):  # no hints: MLflow would infer a signature from them
+        import pandas as pd
+        import torch
+
+        from medmcqa_ray.formatting import extract_answer, generation_prompt, is_well_formatted, prompt_messages
+
+        markers = self.format_cfg.markers
+        out = []
+        for question, options in zip(model_input["question"], model_input["options"]):
+            options = list(options)
+            prompt = generation_prompt(prompt_messages(question, options, self.format_cfg), self.tokenizer, markers)
+            ids = self.tokenizer(prompt, add_special_tokens=False, return_tensors="pt")
+            with torch.no_grad():
+                generated = self.model.generate(**ids, max_new_tokens=self.max_new_tokens, do_sample=False,
+                                                pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id)
+            completion = self.tokenizer.decode(generated[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+            out.append({"completion": completion, "answer": extract_answer(completion, options, markers).letter,
+                        "well_formatted": is_well_formatted(completion, markers)})
+        return pd.DataFrame(out)
+
+
+def _requirements() -> list[str]:
+    # Stated, not inferred: MLflow's inference loads the model in a subprocess (a minute on CPU).
+    return [f"{p}=={importlib.metadata.version(p)}" for p in ("mlflow", "torch", "transformers", "peft", "pandas")]
+
+
+def save_adapter_model(adapter: Path, cfg: Config) -> Path:
+    """The adapter saved as an MLflow pyfunc model in a new temporary folder (logged from there). The
+    model section travels without its hub token: the loader reads HF_TOKEN where it needs one."""
+    dest = Path(tempfile.mkdtemp(prefix="adapter-model-")) / "model"
+    model_config = {"model": cfg.model.model_dump(mode="json", exclude={"hub_token", "cache_dir"}),
+                    "format": cfg.format.model_dump(mode="json"), "max_new_tokens": cfg.eval.max_new_tokens}
+    # Models from code (a file that names the model), not a pickled object: nothing to unpickle at load.
+    # No progress bar for copying the adapter in; and MLflow's advice to type `predict` is not for a
+    # model whose input is a table of questions.
+    with client_env(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*type hints to the `predict` method")
+        mlflow.pyfunc.save_model(path=str(dest), python_model=str(Path(__file__).with_name("adapter_model_code.py")),
+                                 artifacts={"adapter": str(adapter)}, model_config=model_config,
+                                 pip_requirements=_requirements())
+    return dest
