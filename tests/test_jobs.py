@@ -1,6 +1,13 @@
 """`ray job submit -- python jobs/full.py` against a real local Ray head, with MLflow on a real tracking
 server: every stage runs, the runs are on the server (checked through its REST API), a re-submitted job
-skips the finished stages, and a bad config key fails the job fast with the key in `ray job logs`."""
+skips the finished stages, and a bad config key fails the job fast with the key in `ray job logs`.
+
+What a person then sees in MLflow: each training step logged while the stage ran (not replayed after),
+system metrics, the adapters registered as models with eval's `best` alias, the registered model loaded
+by MLflow's own loader answering a question as our eval did, the predictions table, and the UI itself,
+opened in headless Chromium (Debian's package, which .ci/run installs) with Playwright: the
+model-training view, the nested stage runs, the parent run, a GRPO metric chart, the registered model.
+Screenshots go to $MEDMCQA_SCREENSHOTS (the README's are from this test), else to the test's folder."""
 
 from __future__ import annotations
 
@@ -26,7 +33,11 @@ from .conftest import REPO
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
 TINY = ["tracking.enabled=true", "sft.max_steps=2", "sft.save_steps=2", "grpo.max_steps=2", "grpo.save_steps=2",
-        "eval.limit=4"]
+        "eval.limit=4", "tracking.system_metrics_interval_s=0.5"]
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+# As root on a machine without a network: no sandbox, and none of Chromium's background connections.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
 
 
 def free_port() -> int:
@@ -225,6 +236,127 @@ def test_submitted_job_runs_every_stage_into_a_tracking_server(ray_head, mlflow_
     for secret in (TOKEN, PASSWORD):
         assert secret not in logs
         assert files_holding(secret, out, mlflow_server.folder, *ray_logs) == [], secret
+
+
+def _first_pipeline(url: str, logs: str):
+    """The first job's config (as the job resolved it), experiment, parent run id and stage runs."""
+    from mlflow import MlflowClient
+
+    from medmcqa_ray.config import load_config
+
+    out = job_output_dir(logs)
+    cfg = load_config([REPO / "configs" / "ci.yaml"], [f"output_dir={out}", *TINY])
+    client = MlflowClient(tracking_uri=url)
+    experiment = client.get_experiment_by_name(cfg.tracking.experiment)
+    parent = client.search_runs([experiment.experiment_id], "tags.`medmcqa_ray.kind` = 'pipeline'",
+                                order_by=["start_time ASC"])[0]
+    children = client.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    return cfg, client, experiment, parent.info.run_id, {r.data.tags["medmcqa_ray.stage"]: r for r in children}
+
+
+def test_steps_logged_live_adapters_registered_best_loads_and_predictions_table(mlflow_server, first_job, monkeypatch, tmp_path):
+    import mlflow
+    import pandas as pd
+
+    from medmcqa_ray import metric_names as M
+    from medmcqa_ray.data.formatted_rows import read_formatted
+    from medmcqa_ray.layout import layout
+
+    status, logs = first_job
+    assert status == "SUCCEEDED", logs[-3000:]
+    cfg, client, experiment, _, stages = _first_pipeline(mlflow_server.url, logs)
+    out = job_output_dir(logs)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+
+    # Live: every step reached the run before the learner wrote its final adapter, once each.
+    for stage, metric in (("sft", "sft/loss"), ("grpo", f"grpo/{M.LOGPROB_ABS_DIFF}")):
+        history = client.get_metric_history(stages[stage].info.run_id, metric)
+        assert [m.step for m in history] == [1, 2], (stage, history)
+        finished_ms = (out / "checkpoints" / stage / "training_info.json").stat().st_mtime * 1000
+        assert all(m.timestamp < finished_ms for m in history), stage
+        assert any(k.startswith("system/cpu_utilization") for k in stages[stage].data.metrics), stages[stage].data.metrics
+
+    # The adapters as registered models; eval moved `best` to the versions it scored.
+    summary = json.loads((out / "eval" / "summary.json").read_text())
+    for head in ("sft", "grpo"):
+        best = client.get_model_version_by_alias(f"{cfg.tracking.experiment}-{head}", "best")
+        assert best.run_id == stages[head].info.run_id
+        assert float(best.tags["validation_generate_accuracy"]) == summary["heads"][head]["generate"]["accuracy"]
+
+    # MLflow's own loader gives back base + GRPO adapter, which answers as our eval's grpo head did.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.url)  # where models:/ URIs are looked up
+    model = mlflow.pyfunc.load_model(f"models:/{cfg.tracking.experiment}-grpo@best")
+    records = {h: [json.loads(x) for x in (out / "eval" / "heads" / f"{h}.jsonl").read_text().splitlines()]
+               for h in ("base", "sft", "grpo")}
+    first = records["grpo"][0]
+    row = next(r for r in read_formatted(layout(cfg).eval_input, columns=["id", "question", "options"]).to_pylist()
+               if r["id"] == first["id"])
+    answer = model.predict(pd.DataFrame([{"question": row["question"], "options": row["options"]}]))
+    assert answer.loc[0, "completion"] == first["generation"] and answer.loc[0, "answer"] == first["extracted"]
+
+    # The eval run's per-question predictions, an MLflow table: a row per head and question.
+    local = client.download_artifacts(stages["eval"].info.run_id, "eval/predictions.json", str(tmp_path))
+    table = json.loads(Path(local).read_text())
+    rows = [dict(zip(table["columns"], r)) for r in table["data"]]
+    for head, recs in records.items():
+        mine = [r for r in rows if r["head"] == head]
+        assert [r["generate_prediction"] for r in mine] == [r["extracted"] for r in recs]
+        assert [r["loglik_correct"] for r in mine] == [r["loglik_correct"] for r in recs]
+        assert all(r["question"] for r in mine)
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium (.ci/run installs it: apt-get install chromium)")
+def test_the_ui_shows_the_stage_runs_a_grpo_chart_and_the_best_model(mlflow_server, first_job, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    from medmcqa_ray import metric_names as M
+    from medmcqa_ray.tracking.store import run_page
+
+    status, logs = first_job
+    assert status == "SUCCEEDED", logs[-3000:]
+    uri = mlflow_server.url
+    cfg, _, experiment, parent_id, stages = _first_pipeline(uri, logs)
+    shots = Path(os.environ.get("MEDMCQA_SCREENSHOTS") or tmp_path)
+    shots.mkdir(parents=True, exist_ok=True)
+    grpo = stages["grpo"].info.run_id
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        try:
+            # The experiment in the model-training view: the pipeline run, its stage runs nested under it.
+            page.goto(f"{uri}/{run_page(experiment.experiment_id)}")
+            expect(page.get_by_role("link", name="all", exact=True)).to_be_visible(timeout=60_000)
+            expect(page.get_by_text("Model registry", exact=True)).to_be_visible()  # the training view's sidebar
+            page.get_by_role("button", name="Close").click()  # the assistant panel, for the screenshots
+            parent = page.locator("[role=row]", has=page.get_by_role("link", name="all", exact=True)).first
+            parent.locator("button[data-component-id*='runnamecellrenderer']").click()  # expand: its children
+            for stage in ("sft", "grpo", "eval"):
+                expect(page.get_by_role("link", name=stage, exact=True)).to_be_visible()
+            page.screenshot(path=str(shots / "mlflow-experiment.png"))
+
+            # The parent run: the pipeline's resolved config as its parameters.
+            page.goto(f"{uri}/{run_page(experiment.experiment_id, parent_id)}")
+            expect(page.get_by_text("model.name", exact=True)).to_be_visible(timeout=60_000)
+            expect(page.get_by_text("embedded:tiny-random-smollm2", exact=True)).to_be_visible()
+
+            # A GRPO run's chart of the rollout/learner logprob gap: one point per step.
+            page.goto(f"{uri}/#/experiments/{experiment.experiment_id}/runs/{grpo}/model-metrics?workflowType=machine_learning")
+            page.get_by_placeholder("Search metric charts").fill("logprob_abs_diff")
+            expect(page.get_by_text(f"grpo/{M.LOGPROB_ABS_DIFF}", exact=False)).to_be_visible(timeout=60_000)
+            expect(page.locator(".scatterlayer .point")).to_have_count(cfg.grpo.max_steps)
+            page.screenshot(path=str(shots / "mlflow-grpo-metrics.png"))
+
+            # The registered GRPO adapter with its `best` alias.
+            page.goto(f"{uri}/#/models/{cfg.tracking.experiment}-grpo?workflowType=machine_learning")
+            expect(page.get_by_text("Version 1", exact=True)).to_be_visible(timeout=60_000)
+            expect(page.get_by_text("@ best")).to_be_visible()
+            page.screenshot(path=str(shots / "mlflow-registered-model.png"))
+        except Exception:
+            page.screenshot(path=str(shots / "failed.png"))
+            (shots / "failed.txt").write_text(page.inner_text("body"))
+            raise
+        finally:
+            browser.close()
 
 
 def manifest_path(out: Path, stage: str) -> Path:

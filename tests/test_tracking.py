@@ -250,3 +250,55 @@ def test_ui_address_opens_the_model_training_view(tmp_path):
     assert ui_command(_cfg(tmp_path, "tracking.uri=http://u:pw@mlflow.example:5000/"), page) == (
         f"open http://u:***@mlflow.example:5000/{page} in a browser (MLflow tracking server)")
     assert ui_command(_cfg(tmp_path), page).endswith(f", then open http://127.0.0.1:5000/{page}")
+
+
+def _tiny_adapter(folder: Path, seed: int) -> Path:
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from medmcqa_ray.models import load_model
+
+    torch.manual_seed(seed)
+    cfg = load_config([], ["model.name=embedded:tiny-random-smollm2"])
+    model = get_peft_model(load_model(cfg.model), LoraConfig(r=4, target_modules=["q_proj"], init_lora_weights=False,
+                                                             task_type="CAUSAL_LM"))
+    model.save_pretrained(folder)
+    return folder
+
+
+def test_adapters_register_and_best_follows_accuracy_then_a_refusing_registry_costs_a_warning(tmp_path, caplog):
+    import sqlite3
+
+    from medmcqa_ray.adapters import adapter_checksum, read_adapter
+
+    cfg = _cfg(tmp_path / "out", "model.name=embedded:tiny-random-smollm2", "tracking.experiment=team/medmcqa")
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'out' / 'mlflow.db'}")
+    runs, shas = [], []
+    for seed, accuracy in ((0, 0.30), (1, 0.25)):  # the second run's adapter scores lower: `best` stays
+        adapter = _tiny_adapter(tmp_path / f"adapter{seed}", seed)
+        shas.append(adapter_checksum(read_adapter(adapter)[1]))
+        tracker = Tracker(cfg)
+        with tracker.stage_run("grpo") as run_id:
+            tracker.log_adapter_model("grpo", adapter)
+            tracker.move_best("grpo", shas[-1], "validation_generate_accuracy", accuracy)
+        runs.append(run_id)
+    name = "medmcqa-grpo"  # the experiment's last path part: a registered model's name takes no '/'
+    versions = {v.run_id: v for v in client.search_model_versions(f"name='{name}'")}
+    assert set(versions) == set(runs)
+    best = client.get_model_version_by_alias(name, "best")
+    assert best.run_id == runs[0] and best.tags["validation_generate_accuracy"] == "0.3"
+    assert versions[runs[1]].tags["medmcqa_ray.adapter_sha"] == shas[1]
+
+    # A registry that refuses (here the database itself, as a permission would): one warning with the
+    # reason, and the run's model folder is logged all the same.
+    with sqlite3.connect(tmp_path / "out" / "mlflow.db") as db:
+        db.execute("CREATE TRIGGER refuse BEFORE INSERT ON model_versions BEGIN SELECT RAISE(ABORT, 'registry is read-only'); END")
+    tracker = Tracker(cfg)
+    with caplog.at_level(logging.WARNING, logger="medmcqa_ray.tracking"):
+        with tracker.stage_run("sft") as run_id:
+            tracker.log_adapter_model("sft", tmp_path / "adapter0")
+            tracker.log_metrics({"after": 1.0})
+    warnings = [r.getMessage() for r in caplog.records if r.name == "medmcqa_ray.tracking"]
+    assert len(warnings) == 1 and "refused a version of 'medmcqa-sft'" in warnings[0] and "creation error" in warnings[0], warnings
+    assert not tracker.offline and client.get_run(run_id).data.metrics == {"after": 1.0}
+    assert {a.path for a in client.list_artifacts(run_id, "model")} >= {"model/MLmodel", "model/artifacts"}

@@ -14,8 +14,17 @@ work goes on and every call is appended to `<output_dir>/tracking/offline/<run>.
 `replay_offline(cfg)` sends those records later. Build an enabled Tracker on rank 0 only; other ranks
 get `Tracker(cfg, enabled=False)`, which has the same methods and does nothing.
 
+Live. A stage hands its open run (`active_run()`, a `RunRef`) to the processes that log into it while
+it works: rank 0 of the Ray Train learners (`Tracker.attached`, each step and MLflow's system metrics),
+and a sweep's trials, which open their own runs under it. The stage's record does not send again what
+they sent.
+
+Models. A training stage's record logs its adapter as an MLflow pyfunc model (adapter_model.py) and
+registers it as a version of <experiment>-<head>; eval tags the versions it scored with their accuracy
+and moves alias `best` (`Tracker.move_best`). A registry that refuses costs a warning, never the run.
+
 Modules: tracker.py (the Tracker and its offline journal), store.py (the URI, the server probe, the
-MLflow client, `send`), replay.py (`replay_offline`).
+MLflow client, `send`, the registry calls), replay.py (`replay_offline`), adapter_model.py (the pyfunc).
 """
 
 from medmcqa_ray.tracking.replay import replay_offline

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import importlib.metadata
 import tempfile
-import warnings
 from pathlib import Path
 from typing import Any
 
 import mlflow.pyfunc
+import pandas as pd
 
 from medmcqa_ray.config import Config, FormatSection, ModelSection
 from medmcqa_ray.tracking.store import client_env
@@ -38,8 +38,7 @@ class AdapterModel(mlflow.pyfunc.PythonModel):
         self.tokenizer = load_tokenizer(self.model_cfg)
         self.model = PeftModel.from_pretrained(load_model(self.model_cfg), context.artifacts["adapter"]).eval()
 
-    def predict(self, context, model_input, params=None):  # no hints: MLflow would infer a signature from them
-        import pandas as pd
+    def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> pd.DataFrame:
         import torch
 
         from medmcqa_ray.formatting import extract_answer, generation_prompt, is_well_formatted, prompt_messages
@@ -71,10 +70,7 @@ def save_adapter_model(adapter: Path, cfg: Config) -> Path:
     model_config = {"model": cfg.model.model_dump(mode="json", exclude={"hub_token", "cache_dir"}),
                     "format": cfg.format.model_dump(mode="json"), "max_new_tokens": cfg.eval.max_new_tokens}
     # Models from code (a file that names the model), not a pickled object: nothing to unpickle at load.
-    # No progress bar for copying the adapter in; and MLflow's advice to type `predict` is not for a
-    # model whose input is a table of questions.
-    with client_env(), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*type hints to the `predict` method")
+    with client_env():  # no progress bar for copying the adapter in
         mlflow.pyfunc.save_model(path=str(dest), python_model=str(Path(__file__).with_name("adapter_model_code.py")),
                                  artifacts={"adapter": str(adapter)}, model_config=model_config,
                                  pip_requirements=_requirements())

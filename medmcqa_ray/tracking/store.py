@@ -50,8 +50,9 @@ class RegistrationRefused(MedmcqaError):
 
 
 def registered_model_name(cfg: Config, head: str) -> str:
-    """One registered model per head kind: <experiment>-sft, <experiment>-grpo."""
-    return f"{cfg.tracking.experiment}-{head}"
+    """One registered model per head kind: <experiment>-sft, <experiment>-grpo, after the experiment
+    name's last part (MLflow's model names take no '/' or ':'; Databricks experiments are paths)."""
+    return f"{cfg.tracking.experiment.rstrip('/').rsplit('/', 1)[-1].replace(':', '-')}-{head}"
 
 
 def tracking_uri(cfg: Config) -> str:

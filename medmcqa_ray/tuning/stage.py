@@ -138,7 +138,7 @@ class SweepStage(Stage):
         for t in manifest["trials"]:
             if not (tracker.enabled and t.get("mlflow_run")):
                 continue
-            trial = Tracker.attached(tracker.cfg, RunRef.model_validate(t["mlflow_run"]))
+            trial = Tracker.attached(tracker.cfg, RunRef(uri=tracker.uri, **t["mlflow_run"]))
             tags = {"medmcqa_ray.status": t["status"], "medmcqa_ray.early_stopped": str(t["status"] == "early_stopped").lower()}
             if tracker.run_id and t["mlflow_run"]["parent"] != tracker.run_id:
                 tags["mlflow.parentRunId"] = tracker.run_id

@@ -60,7 +60,7 @@ def _trial(config: dict, cfg: Config, key: str, parent: Optional[RunRef]) -> Non
     with tracker.nested_run(f"trial-{trial_id}", {"medmcqa_ray.kind": "trial", "medmcqa_ray.trial_id": trial_id}):
         tracker.log_params({f"weight.{k}": v for k, v in config["weights"].items()})
         if ref := active_run():
-            (folder / TRIAL_RUN_FILE).write_text(ref.model_dump_json())
+            (folder / TRIAL_RUN_FILE).write_text(ref.model_dump_json(exclude={"uri"}))  # it may hold credentials
         train(with_weights(cfg, config["weights"]), key=f"{key}-{trial_id}", name=f"sweep-{cfg.sweep.name}-{trial_id}",
               final_dir=folder / "adapter", run_callbacks=[TuneReportCallback()],
               validation=ValidationArgs(rows=cfg.sweep.eval_rows, every=cfg.sweep.eval_every), tracking=ref)
