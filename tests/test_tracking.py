@@ -22,6 +22,7 @@ from medmcqa_ray.tracking import (
     PARAM_LIMIT,
     Tracker,
     TrackingUnavailableError,
+    active_run,
     replay_offline,
     ui_command,
 )
@@ -242,6 +243,31 @@ def test_server_dying_mid_run_switches_to_offline(tmp_path, mlflow_server, caplo
     assert sft.data.params["lr"] == "0.1" and sft.info.status == "FINISHED"
     assert sft.data.tags["mlflow.parentRunId"] == parent_id
     assert client.get_run(parent_id).info.status == "FINISHED"
+
+
+def test_a_learner_logging_live_into_the_stage_run_degrades_to_the_journal_and_replays(tmp_path, mlflow_server, caplog):
+    """What rank 0 of a learner does (`Tracker.attached` to the stage's run, learner.live_metrics): its
+    steps reach the open run as they happen; the server dies mid-training and the rest goes to the offline
+    journal under the same run, with one warning; replay puts them in that run, after the live ones."""
+    uri, stop = mlflow_server
+    cfg = _cfg(tmp_path / "out", f"tracking.uri={uri}")
+    driver = Tracker(cfg)
+    with caplog.at_level(logging.WARNING, logger="medmcqa_ray.tracking"):
+        with driver.pipeline_run("all"), driver.stage_run("sft") as sft_id:
+            ref = active_run()
+            assert ref.run_id == sft_id and ref.uri == uri
+            learner = Tracker.attached(cfg, ref)  # in another process, from the pickled RunRef
+            learner.log_metrics({"sft/loss": 2.0}, step=1)
+            assert mlflow.MlflowClient(tracking_uri=uri).get_run(sft_id).data.metrics == {"sft/loss": 2.0}  # live
+            stop()
+            learner.log_metrics({"sft/loss": 1.5}, step=2)
+        assert active_run() is None
+    assert learner.offline and len([r for r in caplog.records if r.name == "medmcqa_ray.tracking"]) == 2  # each process warns once
+    target = f"sqlite:///{tmp_path / 'server.db'}"  # the dead server's own store
+    replay_offline(cfg, target_uri=target)
+    client = mlflow.MlflowClient(tracking_uri=target)
+    assert [(m.step, m.value) for m in client.get_metric_history(sft_id, "sft/loss")] == [(1, 2.0), (2, 1.5)]
+    assert client.get_run(sft_id).info.status == "FINISHED"
 
 
 def test_ui_address_opens_the_model_training_view(tmp_path):

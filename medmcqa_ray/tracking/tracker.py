@@ -156,6 +156,16 @@ class Tracker:
         finally:
             shutil.rmtree(saved.parent, ignore_errors=True)
 
+    def logged_steps(self, metric: str) -> set[int]:
+        """The steps the open run has `metric` at (empty when the store cannot say: offline or off)."""
+        if not self.online() or self.run_id is None:
+            return set()
+        try:
+            with client_env():
+                return {m.step for m in self._client.get_metric_history(self.run_id, metric)}
+        except Exception:
+            return set()  # an unanswered question costs a duplicate point, never the run
+
     def end(self, status: str) -> None:
         """End the innermost run (an attached tracker's: a run whose process was stopped before its end)."""
         self._record("end", {"status": status, "end_time": int(time.time() * 1000)})

@@ -139,6 +139,8 @@ class LiveMetrics(TrainerCallback):
         self.monitor: Any = None
 
     def on_train_begin(self, args, state, control, **kwargs):
+        if state.global_step:  # resumed from a checkpoint
+            self.restored(state)
         settings = self.tracker.cfg.tracking
         if settings.system_metrics and self.tracker.online():
             from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
@@ -150,12 +152,29 @@ class LiveMetrics(TrainerCallback):
                                                 sampling_interval=settings.system_metrics_interval_s)
             self.monitor.start()
 
+    def restored(self, state) -> None:
+        """The steps a resumed run's checkpoint kept, sent unless the run has them: a learner restarted
+        within the job logged them live before it died; a new job's run (the job was killed) has none.
+        Steps after the checkpoint are trained again and logged again: the run shows both attempts."""
+        entries = [e for e in state.log_history if e.get("step", 0) <= state.global_step]
+        if not entries:
+            return
+        key = next((k for k, v in entries[0].items() if isinstance(v, (int, float)) and k != "step"), None)
+        have = self.tracker.logged_steps(self._name(key)) if key else set()
+        for entry in entries:
+            if entry.get("step") not in have:
+                self._log(entry, state.global_step)
+
     def on_log(self, args, state, control, logs=None, **kwargs):
-        entry = state.log_history[-1] if state.log_history else {}
-        prefix = f"{self.prefix}/" if self.prefix else ""
-        values = {prefix + k: v for k, v in entry.items() if isinstance(v, (int, float)) and k != "step"}
+        self._log(state.log_history[-1] if state.log_history else {}, state.global_step)
+
+    def _name(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _log(self, entry: dict, step: int) -> None:
+        values = {self._name(k): v for k, v in entry.items() if isinstance(v, (int, float)) and k != "step"}
         if values:
-            self.tracker.log_metrics(values, step=entry.get("step", state.global_step))
+            self.tracker.log_metrics(values, step=entry.get("step", step))
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.monitor is not None:
