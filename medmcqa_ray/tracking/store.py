@@ -23,8 +23,8 @@ from medmcqa_ray.redaction import redact_uri
 PARAM_LIMIT, TAG_LIMIT, BATCH = 6000, 8000, 100
 OFFLINE_PREFIX = "offline-"
 BEST_ALIAS = "best"
-# Without it MLflow 3's UI guesses the experiment is GenAI work and opens its "Evaluations" view; training
-# runs belong in the model-training view.
+# MLflow's record that the experiment holds model training, not GenAI work. MLflow 3.17's UI still opens
+# every experiment in its GenAI view unless the address asks for the other (run_page).
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 REGISTERED_MODEL_DESCRIPTION = ("A medmcqa-ray LoRA adapter over its base model (an MLflow pyfunc: question and options "
                                 "in, the completion and its answer letter out). Alias `best`: the version with the "
