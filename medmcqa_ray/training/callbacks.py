@@ -16,6 +16,7 @@ from transformers import TrainerCallback
 from medmcqa_ray import metric_names as M
 from medmcqa_ray.adapters import adapter_checksum, adapter_from_model
 from medmcqa_ray.rollout.types import AdapterUpdate
+from medmcqa_ray.stage import history_steps
 from medmcqa_ray.training.journal import journal
 from medmcqa_ray.training.learner import ValidationArgs
 from medmcqa_ray.training.rollout_function import RolloutFunction
@@ -156,25 +157,25 @@ class LiveMetrics(TrainerCallback):
         """The steps a resumed run's checkpoint kept, sent unless the run has them: a learner restarted
         within the job logged them live before it died; a new job's run (the job was killed) has none.
         Steps after the checkpoint are trained again and logged again: the run shows both attempts."""
-        entries = [e for e in state.log_history if e.get("step", 0) <= state.global_step]
-        if not entries:
+        kept = [(step, values) for step, values in history_steps(state.log_history) if step <= state.global_step and values]
+        if not kept:
             return
-        key = next((k for k, v in entries[0].items() if isinstance(v, (int, float)) and k != "step"), None)
-        have = self.tracker.logged_steps(self._name(key)) if key else set()
-        for entry in entries:
-            if entry.get("step") not in have:
-                self._log(entry, state.global_step)
+        have = self.tracker.logged_steps(self._name(next(iter(kept[0][1]))))
+        for step, values in kept:
+            if step not in have:
+                self._log(step, values)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        self._log(state.log_history[-1] if state.log_history else {}, state.global_step)
+        for step, values in history_steps(state.log_history[-1:]):
+            self._log(step, values)
 
     def _name(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
 
-    def _log(self, entry: dict, step: int) -> None:
-        values = {self._name(k): v for k, v in entry.items() if isinstance(v, (int, float)) and k != "step"}
+    def _log(self, step: int, values: dict[str, float]) -> None:
+        """One step's numbers, named as the manifest's history is when the record sends it (history_steps)."""
         if values:
-            self.tracker.log_metrics(values, step=entry.get("step", step))
+            self.tracker.log_metrics({self._name(k): v for k, v in values.items()}, step=step)
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.monitor is not None:
