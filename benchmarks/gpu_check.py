@@ -329,6 +329,14 @@ def run_check(args, result: dict) -> list[str]:
         tokenizer = _embedded_tokenizer()
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if args.shape:  # the memory plan measured (plan_check.py) instead of the engine/learner agreement check
+        from plan_check import run_plan_check
+
+        failures += run_plan_check(args, result, tokenizer)
+        result["memory"] = {"peak_rss_mib": _peak_rss_mib()}
+        sys.meta_path.remove(watch)
+        result["total_s"] = round(time.monotonic() - started, 1)
+        return failures
     shape_name = "tiny" if args.tiny else "smollm2-135m"
     config = LlamaConfig(vocab_size=len(tokenizer), tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **SHAPES[shape_name])
@@ -496,6 +504,8 @@ def main() -> int:
     ap.add_argument("--dtype", choices=["auto", "bfloat16", "float32"], default="auto",
                     help="auto: bfloat16 on cuda, float32 on cpu (bfloat16 on cpu estimates the bf16 noise here)")
     ap.add_argument("--tiny", action="store_true", help="a 2-layer 64-wide model, 2 prompts, 16 tokens (CPU test)")
+    ap.add_argument("--shape", choices=["qwen3-4b", "tiny"], help="measure the memory plan instead (plan_check.py): "
+                    "qwen3-4b is configs/gpu.yaml's model and steps, tiny configs/ci.yaml's (CPU test)")
     ap.add_argument("--lr", type=float, default=1e-2, help="GRPO learning rate (high: the adapter must visibly move)")
     ap.add_argument("--tolerance", type=float, help="max |logprob diff| (default 5e-2 in bfloat16, 1e-4 in float32); "
                     "the mean must stay under a fifth of it")

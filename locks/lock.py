@@ -41,6 +41,8 @@ SETS = {
     "cpu": LockSet("cpu", ("cpu", "dev"), "3.11", "x86_64-manylinux_2_28", excludes=True, find_links=True),
     # The Dockerfile's set (rayproject/ray:2.60.0-py311-gpu): vLLM for CUDA with the torch it pins.
     "gpu": LockSet("gpu", ("gpu", "dev"), "3.11", "x86_64-manylinux_2_28"),
+    # The same set for Python 3.12: Ubuntu 24.04's python3, which cluster/aws.yaml's GPU nodes run.
+    "gpu-py312": LockSet("gpu-py312", ("gpu", "dev"), "3.12", "x86_64-manylinux_2_28"),
 }
 
 

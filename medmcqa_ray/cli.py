@@ -23,7 +23,7 @@ from medmcqa_ray.redaction import redact_uri
 if TYPE_CHECKING:
     from medmcqa_ray.stage import Manifest
 
-COMMANDS = ["config", "download", "prep", "baseline", "sft", "grpo", "eval", "sweep", "all", "sweep-all", "tracking-replay"]
+COMMANDS = ["config", "memory", "download", "prep", "baseline", "sft", "grpo", "eval", "sweep", "all", "sweep-all", "tracking-replay"]
 # The reference recipe's eval.py flags, kept so its users' commands work: flag -> config key.
 EVAL_FLAGS = {"formatted_jsonl": "eval.input", "formatted_dir": "eval.input", "model_name": "model.name",
               "preformat_lora": "adapters.sft", "grpo_lora": "adapters.grpo", "out_dir": "eval.out_dir",
@@ -32,7 +32,8 @@ EVAL_FLAGS = {"formatted_jsonl": "eval.input", "formatted_dir": "eval.input", "m
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="medmcqa-ray", description=__doc__.split("\n\n")[0])
-    p.add_argument("stage", choices=COMMANDS, help="stage to run ('config' prints the resolved config)")
+    p.add_argument("stage", choices=COMMANDS, help="stage to run ('config' prints the resolved config, "
+                   "'memory' the GPU memory plan: a table, or with --json its numbers)")
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides, applied after the config files")
     p.add_argument("--config", action="append", default=[], metavar="FILE", help="YAML config; repeat to overlay")
     p.add_argument("--force", action="store_true", help="redo stages even when their manifest matches")
@@ -75,6 +76,13 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, flags + args.overrides)
         if args.stage == "config":
             print(yaml.safe_dump(resolved_dict(cfg), sort_keys=False), end="")
+            return 0
+        if args.stage == "memory":
+            from medmcqa_ray.memory.check import memory_plan
+            from medmcqa_ray.memory.table import render
+
+            plan = memory_plan(cfg)
+            print(json.dumps(plan.as_json(), indent=2) if args.json else render(plan))
             return 0
         if args.stage == "tracking-replay":
             from medmcqa_ray.tracking import replay_offline, tracking_uri

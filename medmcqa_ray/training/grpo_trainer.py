@@ -41,9 +41,14 @@ def grpo_args(cfg: Config, output_dir: Path, device: str) -> GRPOConfig:
     Dropout is off (`disable_dropout`): with LoRA dropout active, the learner would score a different
     function from the one the rollout actors sample."""
     g = cfg.grpo
+    per_step = g.prompts_per_step * g.num_generations
+    micro = g.micro_batch_size or per_step
+    # TRL generates once per optimiser step (steps_per_generation defaults to the accumulation steps) and
+    # trains the samples in micro-batches: what our rollout_func and AdapterSync expect.
     return GRPOConfig(
-        output_dir=str(output_dir), max_steps=g.max_steps, per_device_train_batch_size=g.prompts_per_step * g.num_generations,
-        gradient_accumulation_steps=1, num_generations=g.num_generations, learning_rate=g.learning_rate,
+        output_dir=str(output_dir), max_steps=g.max_steps, per_device_train_batch_size=micro,
+        gradient_accumulation_steps=per_step // micro, num_generations=g.num_generations,
+        gradient_checkpointing=g.gradient_checkpointing, learning_rate=g.learning_rate,
         beta=g.beta, epsilon=g.epsilon, epsilon_high=g.epsilon_high, loss_type=g.loss_type,
         importance_sampling_level=g.importance_sampling_level, scale_rewards=g.scale_rewards,
         temperature=g.temperature, top_p=g.top_p, top_k=g.top_k, max_completion_length=g.max_completion_length,

@@ -54,13 +54,7 @@ class RolloutFunction:
 
     def _generate_and_score(self, prompts: list[list[int]], rows: list[dict], step: int, round_: int, metrics: dict):
         n = self.n
-        if self.cfg.rollout.sleep_mode:
-            import torch
-
-            # The waking vLLM engine needs the memory torch's allocator keeps cached after the last step.
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-        start = time.monotonic()
+        start = time.monotonic()  # the pool releases the learner's cached memory first (colocated)
         groups = self.rollout_pool.generate(prompts, self._sampling(step, round_))
         metrics[M.TIMING_GENERATE].append(time.monotonic() - start)
         start = time.monotonic()

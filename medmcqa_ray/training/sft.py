@@ -55,13 +55,13 @@ def _train_loop(loop_config: dict) -> None:
     """One learner (a Ray Train worker)."""
     learner.hide_vllm_from_trl()
     import datasets
-    from peft import LoraConfig
     from ray.train.huggingface.transformers import RayTrainReportCallback, prepare_trainer
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTTrainer
 
     from medmcqa_ray.models import load_model, load_tokenizer
     from medmcqa_ray.progress import ReportSteps
     from medmcqa_ray.training.callbacks import Throughput
+    from medmcqa_ray.training.sft_config import lora_config, sft_args
 
     args = LearnerArgs.from_loop_config(loop_config)
     cfg = args.cfg
@@ -73,16 +73,8 @@ def _train_loop(loop_config: dict) -> None:
     tokenizer = load_tokenizer(cfg.model)
     model = load_model(cfg.model, device)
     work = learner.work_dir("sft")
-    sft_args = SFTConfig(
-        output_dir=str(work), max_steps=s.max_steps, per_device_train_batch_size=s.batch_size,
-        gradient_accumulation_steps=s.grad_accum, learning_rate=s.learning_rate, logging_steps=1,
-        save_strategy="steps", save_steps=s.save_steps, save_total_limit=1, report_to=[], max_length=s.max_length,
-        completion_only_loss=True, gradient_checkpointing=s.gradient_checkpointing, seed=s.seed,
-        bf16=device == "cuda", use_cpu=device == "cpu", dataloader_num_workers=0,
-    )
-    lora = LoraConfig(r=s.lora.r, lora_alpha=s.lora.alpha, lora_dropout=s.lora.dropout,
-                      target_modules=s.lora.target_modules, task_type="CAUSAL_LM")
-    trainer = SFTTrainer(model=model, args=sft_args, train_dataset=dataset, processing_class=tokenizer, peft_config=lora)
+    trainer = SFTTrainer(model=model, args=sft_args(cfg, work, device), train_dataset=dataset, processing_class=tokenizer,
+                         peft_config=lora_config(s.lora))
     trainer.add_callback(RayTrainReportCallback())
     trainer.add_callback(Throughput())
     if args.progress is not None:

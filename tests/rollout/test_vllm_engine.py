@@ -14,6 +14,7 @@ from medmcqa_ray.config import ModelSection, RolloutSection
 from medmcqa_ray.errors import StageError
 from medmcqa_ray.rollout.types import AdapterUpdate, Sampling
 
+from .colocated import assert_colocated_order, engine_codes
 from .test_rollout_actors import PROMPT, TINY, changed_lora, ids
 
 pytestmark = pytest.mark.slow
@@ -31,7 +32,7 @@ def logprobs_of(model, prompt_ids: list[int], token_ids: list[int]) -> list[floa
 
 
 @pytest.mark.extended
-def test_vllm_actor_agrees_with_the_hf_engine_and_survives_a_restart(ray_session):
+def test_vllm_actor_agrees_with_the_hf_engine_and_survives_a_restart(ray_session, tmp_path):
     import ray
 
     from medmcqa_ray.rollout.actor import RolloutPool
@@ -40,7 +41,9 @@ def test_vllm_actor_agrees_with_the_hf_engine_and_survives_a_restart(ray_session
     prompts = [ids(p) for p in PROMPTS]
     greedy = Sampling(temperature=0, max_new_tokens=12)
     hf = HFEngine(TINY, device="cpu")
-    pool = RolloutPool(TINY, RolloutSection(**VLLM))
+    # Colocated, as on one GPU: adapters staged and applied at the next generate, in the traced order.
+    trace = tmp_path / "calls.jsonl"
+    pool = RolloutPool(TINY, RolloutSection(**VLLM, colocate=True, call_trace=trace))
     try:
         assert pool.health()[0]["engine"] == "VLLMEngine"
         # Base model, greedy: the same tokens as the hf engine, and the model's own logprobs.
@@ -83,8 +86,10 @@ def test_vllm_actor_agrees_with_the_hf_engine_and_survives_a_restart(ray_session
         model2, peft_config2, weights2 = changed_lora(seed=2)
         pool.load_adapter(AdapterUpdate(version=2, peft_config=peft_config2), weights2)
         health = pool.health()[0]
-        assert (health["policy_version"], health["lora_id"]) == (2, 2)
+        assert (health["policy_version"], health["lora_id"], health["staged"]) == (2, 1, True)  # staged, not loaded
         second = pool.generate(prompts[:1], greedy)[0][0]
+        health = pool.health()[0]
+        assert (health["policy_version"], health["lora_id"], health["staged"]) == (2, 2, False)
         assert second.policy_version == 2
         assert second.logprobs == pytest.approx(logprobs_of(model2, prompts[0], second.token_ids), abs=1e-4)
 
@@ -96,6 +101,12 @@ def test_vllm_actor_agrees_with_the_hf_engine_and_survives_a_restart(ray_session
         assert pool.restarts == 1
     finally:
         pool.shutdown()
+    # Both engine processes (the first, and the one Ray restarted) followed the colocated order; the
+    # restarted one was given version 2 (staged) and loaded it between its two wakes before generating.
+    first, restarted = assert_colocated_order(trace).values()
+    assert engine_codes(restarted).endswith("TWLKGS")
+    assert [c.version for c in restarted if c.call in ("stage", "load_adapter")] == [2, 2]
+    assert [c.policy_version for c in restarted if c.call == "generate"][-1] == 2
 
 
 def test_a_vllm_engine_that_cannot_start_stops_the_pool_naming_the_engine(ray_session, tmp_path):

@@ -304,7 +304,9 @@ def test_engine_sampling_and_lora_keywords_are_real_fields():
 def test_engine_lora_ranks_are_vllms():
     from vllm.config import lora
 
-    assert vllm_engine.VLLM_LORA_RANKS == typing.get_args(lora.MaxLoRARanks)
+    from medmcqa_ray.config import VLLM_LORA_RANKS
+
+    assert VLLM_LORA_RANKS == typing.get_args(lora.MaxLoRARanks)
 
 
 def test_engine_logprobs_mode_and_greedy_threshold_are_vllms():

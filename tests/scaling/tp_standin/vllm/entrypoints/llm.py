@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from ..inputs import TokensPrompt
@@ -68,9 +69,11 @@ class StandinRayWorker:
 class LLMEngine:
     """The LoRA calls of vllm.v1.engine.llm_engine.LLMEngine: an adapter must be a folder vLLM could read."""
 
-    def __init__(self, enable_lora: bool) -> None:
+    def __init__(self, enable_lora: bool, kv_cache_tokens: int) -> None:
         self.enable_lora = enable_lora
         self.loras: dict[int, LoRARequest] = {}
+        # What the engine core reports back once it allocated its KV cache (vllm_config.cache_config).
+        self.vllm_config = SimpleNamespace(cache_config=SimpleNamespace(num_gpu_blocks=kv_cache_tokens // 16, block_size=16))
 
     def add_lora(self, lora_request: LoRARequest) -> bool:
         if not self.enable_lora:
@@ -107,13 +110,15 @@ class LLM:
         enable_sleep_mode: bool = False,
         enable_chunked_prefill: bool | None = None,
         distributed_executor_backend: str | None = None,
+        max_num_batched_tokens: int | None = None,
+        max_num_seqs: int | None = None,
     ) -> None:
         # EngineArgs.create_engine_config reads the caller's placement group when it runs in a Ray actor and
         # hands it to the engine-core process; this stand-in stays in the caller's process.
         self.workers = ray_executor_workers(tensor_parallel_size) if distributed_executor_backend == "ray" else []
         self.enable_sleep_mode = enable_sleep_mode
         self.sleeping = False
-        self.llm_engine = LLMEngine(enable_lora)
+        self.llm_engine = LLMEngine(enable_lora, kv_cache_tokens=(kv_cache_memory_bytes or 2**30) // 1024)
 
     def sleep(self, level: int = 1, mode: str = "abort"):
         self.sleeping = True
