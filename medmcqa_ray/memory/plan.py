@@ -163,69 +163,88 @@ def learner_step(arch: Architecture, b: int, sequences: int, seq_len: int, score
     return {"activations": acts, "lm_head": fused_lm_head(arch, b, head_tokens, device)}
 
 
+class _Rollout(BaseModel):
+    """The rollout engine's components in each of its states."""
+
+    awake: dict[str, int]
+    asleep: dict[str, int]
+    weights_awake: dict[str, int]
+    kv_tokens: int
+
+
+def _rollout_side(cfg: Config, arch: Architecture, b: int, context: int, device: str,
+                  capacity_gb: Optional[float]) -> _Rollout:
+    """vLLM (asleep, weights awake, awake), or the hf engine (its own weights and batch; it never sleeps)."""
+    r = cfg.rollout
+    params, kvpt = arch.parameters(), arch.kv_bytes_per_token(b)
+    if resolve_engine(r) != "vllm":
+        batch = r.max_batch_rows * r.max_model_len * kvpt + r.max_batch_rows * arch.vocab_size * 4
+        awake = {"cuda_context": context, "weights": params * b, "batch": batch}
+        return _Rollout(awake=awake, asleep=awake, weights_awake=awake, kv_tokens=0)
+    tokens_b = r.max_num_batched_tokens or max(VLLM_DEFAULT_BATCHED_TOKENS, r.max_model_len)
+    seqs = r.max_num_seqs or VLLM_DEFAULT_SEQS
+    slots = arch.lora_parameters(vllm_lora_rank(r.max_lora_rank), sorted(VLLM_LORA_TARGETS)) * b
+    profile = tokens_b * _layer_bytes_per_token(arch, b) + 3 * seqs * arch.vocab_size * 4
+    graphs = 0 if r.enforce_eager or device != "cuda" else arch.num_hidden_layers * min(2 * seqs, 512) * arch.hidden_size * b * 4
+    base = {"cuda_context": context, "weights": params * b, "lora_slots": slots}
+    if r.kv_cache_gb:
+        kv = int(r.kv_cache_gb * GiB)
+    else:  # vLLM gives the KV cache what its share of the card leaves after the rest
+        kv = max(0, int(r.gpu_memory_utilization * (capacity_gb or 0) * GiB) - sum(base.values()) - profile - graphs)
+    awake = base | {"profile_peak": profile, "kv_cache": kv, "cuda_graphs": graphs, "outside_pools": OUTSIDE_POOLS}
+    if not r.sleep_mode:
+        return _Rollout(awake=awake, asleep=awake, weights_awake=awake, kv_tokens=kv // kvpt)
+    return _Rollout(awake=awake, asleep={"cuda_context": context, "outside_pools": OUTSIDE_POOLS},
+                    weights_awake=base | {"outside_pools": OUTSIDE_POOLS}, kv_tokens=kv // kvpt)
+
+
+def _loglik_scorer(cfg: Config, arch: Architecture, b: int, context: int) -> dict[str, int]:
+    """Evaluation's hf engine beside vLLM, scoring log-likelihoods (evaluation/predictor.py). No gradients:
+    one layer's MLP working set at a time over the batch's lm-eval prompts (question and options, bounded by
+    LOGLIK_TOKENS), and logits only where a choice is scored."""
+    if cfg.eval.scoring == "generate" or resolve_engine(cfg.rollout) != "vllm":
+        return {}
+    rows = cfg.eval.batch_size
+    tokens = rows * min(cfg.rollout.max_model_len, LOGLIK_TOKENS)
+    return {"hf_cuda_context": context, "hf_weights": arch.parameters() * b,
+            "hf_batch": tokens * b * (3 * arch.intermediate_size + 2 * arch.hidden_size) + rows * 4 * arch.vocab_size * 4}
+
+
+def _colocated(cfg: Config, device: str) -> bool:
+    r = cfg.rollout
+    learner_gpu = cfg.scaling.resources_per_worker.get("GPU", 1.0)
+    return (device == "cuda" and cfg.scaling.use_gpu and r.num_gpus_per_actor > 0
+            and r.num_gpus_per_actor * r.num_actors + learner_gpu <= 1.0 + 1e-9)
+
+
 def plan_memory(cfg: Config, arch: Architecture, capacity_gb: Optional[float] = None) -> MemoryPlan:
     device = "cuda" if cfg.scaling.use_gpu or cfg.rollout.num_gpus_per_actor > 0 else "cpu"
     dtype, b = _dtype_bytes(cfg, device)
-    r, g, s = cfg.rollout, cfg.grpo, cfg.sft
-    engine = resolve_engine(r)
-    params, kvpt = arch.parameters(), arch.kv_bytes_per_token(b)
+    g, s = cfg.grpo, cfg.sft
     context = CUDA_CONTEXT if device == "cuda" else 0
     lora = arch.lora_parameters(s.lora.r, s.lora.target_modules)
-    adapter = {"lora": 4 * lora, "lora_grads": 4 * lora, "optimizer": 8 * lora}
-    resident = {"cuda_context": context, "weights": params * b, "lora": adapter["lora"], "optimizer": adapter["optimizer"]}
-
+    resident = {"cuda_context": context, "weights": arch.parameters() * b, "lora": 4 * lora, "optimizer": 8 * lora}
+    training = resident | {"lora_grads": 4 * lora}
     micro = g.micro_batch_size or g.prompts_per_step * g.num_generations
     # GRPO scores the completion's positions; SFT's completion-only loss at most every position (the bound).
-    grpo = learner_step(arch, b, micro, r.max_model_len, g.max_completion_length, g.gradient_checkpointing, device)
+    grpo = learner_step(arch, b, micro, cfg.rollout.max_model_len, g.max_completion_length, g.gradient_checkpointing, device)
     sft = learner_step(arch, b, s.batch_size, s.max_length, s.max_length, s.gradient_checkpointing, device)
+    rollout = _rollout_side(cfg, arch, b, context, device, capacity_gb)
 
-    # The rollout side: vLLM, or the hf engine (its own weights and batch; it never sleeps).
-    if engine == "vllm":
-        tokens_b = r.max_num_batched_tokens or max(VLLM_DEFAULT_BATCHED_TOKENS, r.max_model_len)
-        seqs = r.max_num_seqs or VLLM_DEFAULT_SEQS
-        slots = arch.lora_parameters(vllm_lora_rank(r.max_lora_rank), sorted(VLLM_LORA_TARGETS)) * b
-        profile = tokens_b * _layer_bytes_per_token(arch, b) + 3 * seqs * arch.vocab_size * 4
-        graphs = 0 if r.enforce_eager or device != "cuda" else arch.num_hidden_layers * min(2 * seqs, 512) * arch.hidden_size * b * 4
-        base = {"cuda_context": context, "weights": params * b, "lora_slots": slots}
-        if r.kv_cache_gb:
-            kv = int(r.kv_cache_gb * GiB)
-        else:  # vLLM gives the KV cache what its share of the card leaves after the rest
-            card = (capacity_gb or 0) * GiB
-            kv = max(0, int(r.gpu_memory_utilization * card) - sum(base.values()) - profile - graphs)
-        awake = base | {"profile_peak": profile, "kv_cache": kv, "cuda_graphs": graphs, "outside_pools": OUTSIDE_POOLS}
-        asleep = {"cuda_context": context, "outside_pools": OUTSIDE_POOLS} if r.sleep_mode else awake
-        weights_awake = base | {"outside_pools": OUTSIDE_POOLS} if r.sleep_mode else awake
-        kv_tokens = kv // kvpt
-    else:
-        rows = r.max_batch_rows
-        batch = rows * r.max_model_len * kvpt + rows * arch.vocab_size * 4
-        awake = asleep = weights_awake = {"cuda_context": context, "weights": params * b, "batch": batch}
-        kv_tokens = 0
+    def on(where: str, parts: dict[str, int]) -> dict[str, int]:
+        return {f"{where}.{k}": v for k, v in parts.items()}
 
-    def on(device_name: str, parts: dict[str, int]) -> dict[str, int]:
-        return {f"{device_name}.{k}": v for k, v in parts.items()}
-
-    # Evaluation: vLLM generating (no learner, no sleep) beside the hf engine that scores log-likelihoods
-    # (evaluation/predictor.py); the hf engine alone when it does both.
-    scorer = {}
-    if cfg.eval.scoring != "generate" and engine == "vllm":
-        # No gradients: one layer's MLP working set at a time over the batch's lm-eval prompts (question and
-        # options, bounded here by LOGLIK_TOKENS), and logits only where a choice is scored.
-        tokens = cfg.eval.batch_size * min(r.max_model_len, LOGLIK_TOKENS)
-        scorer = {"hf_cuda_context": context, "hf_weights": params * b,
-                  "hf_batch": tokens * b * (3 * arch.intermediate_size + 2 * arch.hidden_size) + cfg.eval.batch_size * 4 * arch.vocab_size * 4}
     phases = [
-        Phase(name="vllm_start", components=on("learner", {"cuda_context": context}) | on("rollout", awake)),
-        Phase(name="grpo_train", components=on("learner", resident | {"lora_grads": adapter["lora_grads"]} | grpo) | on("rollout", asleep)),
-        Phase(name="adapter_sync", components=on("learner", resident) | on("rollout", weights_awake)),
-        Phase(name="generate", components=on("learner", resident) | on("rollout", awake)),
-        Phase(name="sft_train", components=on("learner", resident | {"lora_grads": adapter["lora_grads"]} | sft)),
-        Phase(name="eval", components=on("rollout", awake | scorer)),
+        Phase(name="vllm_start", components=on("learner", {"cuda_context": context}) | on("rollout", rollout.awake)),
+        Phase(name="grpo_train", components=on("learner", training | grpo) | on("rollout", rollout.asleep)),
+        Phase(name="adapter_sync", components=on("learner", resident) | on("rollout", rollout.weights_awake)),
+        Phase(name="generate", components=on("learner", resident) | on("rollout", rollout.awake)),
+        Phase(name="sft_train", components=on("learner", training | sft)),
+        Phase(name="eval", components=on("rollout", rollout.awake | _loglik_scorer(cfg, arch, b, context))),
     ]
-    colocated = device == "cuda" and 0 < r.num_gpus_per_actor and cfg.scaling.use_gpu and \
-        r.num_gpus_per_actor * r.num_actors + cfg.scaling.resources_per_worker.get("GPU", 1.0) <= 1.0 + 1e-9
+    colocated = _colocated(cfg, device)
     peak = max(phases, key=lambda p: p.peak(colocated))
     return MemoryPlan(model=cfg.model.name, architecture=arch.source, dtype=dtype, device=device, colocated=colocated,
-                      parameters=params, lora_parameters=lora, kv_bytes_per_token=kvpt, kv_tokens=kv_tokens,
-                      sleep_level=SLEEP_LEVEL if r.sleep_mode else None, phases=phases, peak_phase=peak.name,
-                      peak_bytes=peak.peak(colocated), capacity_gb=capacity_gb)
+                      parameters=arch.parameters(), lora_parameters=lora, kv_bytes_per_token=arch.kv_bytes_per_token(b),
+                      kv_tokens=rollout.kv_tokens, sleep_level=SLEEP_LEVEL if cfg.rollout.sleep_mode else None,
+                      phases=phases, peak_phase=peak.name, peak_bytes=peak.peak(colocated), capacity_gb=capacity_gb)
