@@ -67,10 +67,6 @@ def _cpu_peak(run) -> int:
         warnings.simplefilter("ignore", FutureWarning)
         prof.export_memory_timeline(str(path), device="cpu")
     _, sizes = json.loads(path.read_text())
-    import os
-    if os.environ.get("PLAN_DEBUG") and sizes:
-        peak = max(sizes, key=sum)
-        _say(f"timeline peak by category (MiB): {[round(x / 2**20, 1) for x in peak]}")
     return max((sum(s) for s in sizes), default=0)
 
 
