@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -44,8 +45,6 @@ OVERRIDES = ["rollout.engine=hf", "rollout.sleep_mode=false", "rollout.colocate=
 
 
 def _say(msg: str) -> None:
-    import sys
-
     print(f"[plan_check {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
@@ -165,7 +164,7 @@ def run_plan_check(args, result: dict, tokenizer) -> list[str]:
     planned_optimizer = plan.phase("adapter_sync").components["learner.optimizer"]
     if optimizer_bytes != planned_optimizer:
         failures.append(f"AdamW state: {optimizer_bytes} bytes, plan {planned_optimizer}")
-    base = peft_model.unload() if hasattr(peft_model, "unload") else model
+    base = peft_model.unload()  # the base model without the GRPO step's LoRA, for SFT's own
     del trainer, peft_model
 
     # --- SFT: one micro-batch of the config's shape, tokenised already (input_ids), completion-only loss.

@@ -104,12 +104,18 @@ def local_model_path(cfg: ModelSection) -> str:
     return cfg.name
 
 
+def dtype_name(cfg: ModelSection, device: str) -> str:
+    """model.dtype made concrete: `auto` is bfloat16 on CUDA, float32 elsewhere (no torch import: the memory
+    plan uses it at config load)."""
+    if cfg.dtype == "auto":
+        return "bfloat16" if device.startswith("cuda") else "float32"
+    return cfg.dtype
+
+
 def torch_dtype(cfg: ModelSection, device: str) -> "torch.dtype":
     import torch
 
-    if cfg.dtype == "auto":
-        return torch.bfloat16 if device.startswith("cuda") else torch.float32
-    return getattr(torch, cfg.dtype)
+    return getattr(torch, dtype_name(cfg, device))
 
 
 def load_tokenizer(cfg: ModelSection) -> Any:

@@ -43,7 +43,7 @@ class Architecture(BaseModel):
     tie_word_embeddings: bool = False
     attention_bias: bool = False
     source: str = ""
-    """Where this config.json was read (a path, or `hub:<id>`)."""
+    """The config.json file it was read from."""
 
     @property
     def kv_heads(self) -> int:
@@ -109,7 +109,6 @@ def _hub_cache(model_id: str, revision: Optional[str]) -> Optional[Path]:
 
 def read_architecture(model: ModelSection) -> Architecture:
     """The model's architecture, offline where it can be; ArchitectureError names where it looked."""
-    looked: list[str] = []
     name = model.name
     if name.startswith("embedded:") and name not in EMBEDDED_SOURCES:
         from medmcqa_ray.models import local_model_path  # builds the tiny test model once
@@ -121,13 +120,12 @@ def read_architecture(model: ModelSection) -> Architecture:
         if path.is_file():
             return _from_file(path)
         raise ArchitectureError(f"model.name: {name} is a folder without config.json")
-    candidates = [bundled_file(name)] if model.revision is None else []  # a pinned revision may differ from the bundle
-    cached = _hub_cache(name, model.revision)
-    candidates += [cached] if cached else []
-    for path in candidates:
-        if path.is_file():
+    bundled = bundled_file(name) if model.revision is None else None  # a pinned revision may differ from the bundle
+    for path in (bundled, _hub_cache(name, model.revision)):
+        if path is not None and path.is_file():
             return _from_file(path)
-    looked += [str(bundled_file(name)), f"the hub cache ({os.environ.get('HF_HUB_CACHE') or os.environ.get('HF_HOME') or '~/.cache/huggingface'})"]
+    cache = os.environ.get("HF_HUB_CACHE") or os.environ.get("HF_HOME") or "~/.cache/huggingface"
+    looked = ([str(bundled)] if bundled else []) + [f"the hub cache ({cache})"]
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("1", "true", "yes"):
         try:
             from huggingface_hub import hf_hub_download

@@ -8,11 +8,11 @@ from typing import Optional
 
 from medmcqa_ray.config.schema import Config
 from medmcqa_ray.memory.architecture import read_architecture
-from medmcqa_ray.memory.plan import KEYS, GiB, MemoryPlan, plan_memory
+from medmcqa_ray.memory.plan import KEYS, GiB, MemoryPlan, plan_device, plan_memory
 
 
 def uses_gpu(cfg: Config) -> bool:
-    return cfg.scaling.use_gpu or cfg.rollout.num_gpus_per_actor > 0
+    return plan_device(cfg) == "cuda"
 
 
 def detected_gpu_gb() -> Optional[float]:

@@ -30,6 +30,7 @@ from pydantic import BaseModel
 
 from medmcqa_ray.config.schema import VLLM_LORA_TARGETS, Config, resolve_engine, vllm_lora_rank
 from medmcqa_ray.memory.architecture import Architecture
+from medmcqa_ray.models import dtype_name
 
 GiB = 2**30
 CUDA_CONTEXT = int(0.5 * GiB)
@@ -130,9 +131,9 @@ class MemoryPlan(BaseModel):
                 "phases": {p.name: {**p.components, "total": p.peak(self.colocated)} for p in self.phases}}
 
 
-def _dtype_bytes(cfg: Config, device: str) -> tuple[str, int]:
-    dtype = cfg.model.dtype if cfg.model.dtype != "auto" else ("bfloat16" if device == "cuda" else "float32")
-    return dtype, 4 if dtype == "float32" else 2
+def plan_device(cfg: Config) -> str:
+    """cuda when the learner or the rollout actors ask for GPUs: the device the plan is of."""
+    return "cuda" if cfg.scaling.use_gpu or cfg.rollout.num_gpus_per_actor > 0 else "cpu"
 
 
 def _layer_bytes_per_token(arch: Architecture, b: int) -> int:
@@ -218,8 +219,9 @@ def _colocated(cfg: Config, device: str) -> bool:
 
 
 def plan_memory(cfg: Config, arch: Architecture, capacity_gb: Optional[float] = None) -> MemoryPlan:
-    device = "cuda" if cfg.scaling.use_gpu or cfg.rollout.num_gpus_per_actor > 0 else "cpu"
-    dtype, b = _dtype_bytes(cfg, device)
+    device = plan_device(cfg)
+    dtype = dtype_name(cfg.model, device)
+    b = 4 if dtype == "float32" else 2
     g, s = cfg.grpo, cfg.sft
     context = CUDA_CONTEXT if device == "cuda" else 0
     lora = arch.lora_parameters(s.lora.r, s.lora.target_modules)

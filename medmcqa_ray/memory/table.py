@@ -28,8 +28,9 @@ def render(plan: MemoryPlan) -> str:
             f" at {plan.peak_phase} of {plan.capacity_gb:g} GiB ({plan.capacity_gb - plan.peak_gb:+.2f} GiB left)"
     lines += ["", f"peak: {verdict}"]
     if plan.sleep_level is not None:
+        weights = plan.phase("generate").components["rollout.weights"]
         lines.append(f"vLLM sleep level {plan.sleep_level}: weights offloaded to host memory "
-                     f"({plan.parameters * (2 if plan.dtype != 'float32' else 4) / GiB:.1f} GiB pinned), KV cache dropped")
+                     f"({weights / GiB:.1f} GiB pinned), KV cache dropped")
     lines += ["", "components:"] + [f"  {k:<14} {v}" for k, v in NOTES.items() if any(n.endswith("." + k) for n in names)]
     lines += ["", "keys that size each phase:"] + [f"  {k:<14} {v}" for k, v in KEYS.items()]
     return "\n".join(lines)

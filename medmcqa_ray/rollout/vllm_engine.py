@@ -35,7 +35,7 @@ from typing import Any, Optional
 
 from medmcqa_ray.config import ModelSection, RolloutSection, vllm_lora_rank
 from medmcqa_ray.memory.plan import SLEEP_LEVEL
-from medmcqa_ray.models import local_model_path, torch_dtype
+from medmcqa_ray.models import dtype_name, local_model_path
 from medmcqa_ray.rollout import tensor_parallel
 from medmcqa_ray.rollout.call_trace import CallTrace
 from medmcqa_ray.rollout.engine import RolloutEngine
@@ -119,7 +119,7 @@ class VLLMEngine(RolloutEngine):
             trust_remote_code=model_cfg.trust_remote_code,
             # Our "auto" is bfloat16 on GPU and float32 on CPU; vLLM's "auto" would turn a float32
             # checkpoint into float16 on GPU.
-            dtype=str(torch_dtype(model_cfg, self.device)).removeprefix("torch."),
+            dtype=dtype_name(model_cfg, self.device),
             tensor_parallel_size=rollout_cfg.tensor_parallel_size,
             max_model_len=rollout_cfg.max_model_len,
             enable_lora=True,

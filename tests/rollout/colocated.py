@@ -40,7 +40,7 @@ def assert_colocated_order(path: Path) -> dict[int, list[TracedCall]]:
             elif c.call == "generate" and staged is not None:
                 assert c.policy_version == staged, (pid, i, c)
             elif c.call == "wake" and c.tag == "weights":
-                slept = mine[i - 1].time if mine[i - 1].call == "sleep" else max(x.time for x in mine[:i] if x.call == "sleep")
+                slept = max(x.time for x in mine[:i] if x.call == "sleep")
                 assert any(slept <= e.time <= c.time for e in learner if e.call == "empty_cache"), \
                     f"engine {pid} woke at call {i} with no empty_cache from the learner since it slept"
     return engines
