@@ -109,7 +109,7 @@ def trl_alone(cfg, work: Path) -> tuple[list[float], list[dict]]:
     from medmcqa_ray.rewards.registry import reward_names
     from medmcqa_ray.rewards.scoring import RewardBatch, Scorer
     from medmcqa_ray.training.grpo import training_prompts
-    from medmcqa_ray.training.grpo_trainer import LogprobDiffGRPOTrainer, grpo_args
+    from medmcqa_ray.training.grpo_trainer import RolloutGRPOTrainer, grpo_args
 
     tokenizer = load_tokenizer(cfg.model)
     rows = training_prompts(cfg)
@@ -134,7 +134,7 @@ def trl_alone(cfg, work: Path) -> tuple[list[float], list[dict]]:
     model = PeftModel.from_pretrained(load_model(cfg.model, "cpu"), str(layout(cfg).adapter("sft")), is_trainable=True)
     timer = step_times_callback()
     args = grpo_args(cfg, work, "cpu")
-    trainer = LogprobDiffGRPOTrainer(model=model, reward_funcs=[component(n) for n in reward_names(cfg.rewards)],
+    trainer = RolloutGRPOTrainer(model=model, reward_funcs=[component(n) for n in reward_names(cfg.rewards)],
                                      args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=[timer])
     trainer.train()
     return timer.times, [h for h in trainer.state.log_history if "completions/mean_length" in h]

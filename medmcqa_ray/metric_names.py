@@ -27,12 +27,19 @@ FLAT_CORRECT_GROUPS = "rollout/flat_correct_groups"
 RESAMPLED_GROUPS = "dynamic_sampling/resampled_groups"
 FLAT_GROUPS_LEFT = "dynamic_sampling/flat_groups_left"
 ADAPTERS_AGREE = "learners/adapters_agree"
+# One-step-off: TRL's importance-sampling statistics (learner / rollout policy on the sampled tokens, after
+# truncation), and ours: the share of ratios that the cap truncated (or the mask zeroed).
+IS_RATIO_MEAN = "sampling/importance_sampling_ratio/mean"
+IS_RATIO_MIN = "sampling/importance_sampling_ratio/min"
+IS_RATIO_MAX = "sampling/importance_sampling_ratio/max"
+IS_RATIO_CLIPPED = "sampling/importance_sampling_ratio/clipped_share"
 
 VAL_ACCURACY = "val_accuracy"
 VAL_ACCURACY_STEP = "val_accuracy_step"  # the step val_accuracy was scored at (it is carried between scorings)
 
 TIMING_GENERATE = "timing/generate"
 TIMING_REWARD = "timing/reward"
+TIMING_LEARNER_WAIT = "timing/learner_wait"  # asked for samples until it had them: generate (what was left), reward, resampling
 TIMING_TRAIN = "timing/train"
 TIMING_SYNC = "timing/sync"
 TIMING_STEP = "timing/step"

@@ -25,6 +25,10 @@ SMOKE = {
                  "--modes", "base,adapter", "--kv-cache-gb", "0.25", "--lora-rank", "8"], ["benchmark"]),
     "grpo_step": (["--model", TINY, "--steps", "2", "--prompts", "1", "--n", "2", "--tokens", "8", "--engines", "hf,trl",
                    "--kv-cache-gb", "0.25", "--max-model-len", "512"], ["benchmark"]),
+    "async_grpo": (["--model", TINY, "--steps", "2", "--prompts", "1", "--n", "2", "--tokens", "8"],
+                   ["samples_per_s_ratio"]),
+    "learning": (["--model", TINY, "--sft-steps", "1", "--grpo-steps", "2", "--prompts", "1", "--n", "2",
+                  "--tokens", "8", "--eval-limit", "4"], ["grpo_beats_sft_p_lt_0_05"]),
     "gpu_smoke": (["--device", "cpu", "--steps", "1", "--tiny"], ["grpo_steps", "s_per_step"]),
     # In a copy of the session's prepared ci.yaml output (conftest.ci_sft): its download, prep and SFT are
     # up to date there and skipped, as a user's second benchmark run skips them.

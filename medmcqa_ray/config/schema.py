@@ -389,6 +389,10 @@ class SFTSection(Section):
     """The adapter."""
 
 
+MAX_OFF_POLICY_STEPS = 1
+"""How far generation may run ahead of training (grpo.max_off_policy_steps): one-step-off is what is built."""
+
+
 class DynamicSamplingSection(Section):
     enabled: bool = False
     """DAPO-style dynamic sampling (TRL lacks it): re-sample the groups whose binary `correct` is the same
@@ -444,6 +448,24 @@ class GRPOSection(Section):
     """Use at most this many prompts."""
     dynamic_sampling: DynamicSamplingSection = DynamicSamplingSection()
     """Re-sample zero-variance groups."""
+    max_off_policy_steps: int = Field(0, ge=0)
+    """0: synchronous (a step generates with the current adapter, then trains). 1: one-step-off: step t+1's
+    samples are generated, with the adapter of step t, while the learner trains step t; the learner corrects
+    the one-version gap with TRL's truncated importance sampling (`off_policy_correction`). The first step, and
+    the first after a restore, have nothing generated ahead and run synchronously."""
+    off_policy_correction: Literal["token_truncate", "token_mask", "sequence_truncate", "sequence_mask"] = \
+        "token_truncate"
+    """TRL's `vllm_importance_sampling_mode` for one-step-off: the ratio learner/rollout policy per token or per
+    sequence, capped at `off_policy_clip` (truncate: TIS, as veRL's one-step-off) or zeroed above it (mask)."""
+    off_policy_clip: float = Field(2.0, gt=0)
+    """The cap of the importance ratio (TRL's `vllm_importance_sampling_clip_max`; 2 as in the TIS paper)."""
+
+    @model_validator(mode="after")
+    def _off_policy(self) -> "GRPOSection":
+        if self.max_off_policy_steps > MAX_OFF_POLICY_STEPS:
+            raise ValueError(f"grpo.max_off_policy_steps: {self.max_off_policy_steps} is above what is implemented "
+                             f"(0: synchronous, {MAX_OFF_POLICY_STEPS}: one-step-off)")
+        return self
 
     @model_validator(mode="after")
     def _micro_batches(self) -> "GRPOSection":
@@ -626,6 +648,15 @@ class Config(Section):
             if importlib.util.find_spec("unsloth") is None:
                 raise ValueError("model.use_unsloth: unsloth cannot be imported here (ModuleNotFoundError: No module "
                                  "named 'unsloth'); install it on a GPU machine or set model.use_unsloth=false")
+        return self
+
+    @model_validator(mode="after")
+    def _off_policy_placement(self) -> "Config":
+        if self.grpo.max_off_policy_steps and self.rollout.colocate:
+            raise ValueError(f"grpo.max_off_policy_steps: {self.grpo.max_off_policy_steps} generates while the learner "
+                             "trains, and rollout.colocate=true (or rollout.sleep_mode) puts the engine to sleep on the "
+                             "learner's GPU while it trains; set grpo.max_off_policy_steps=0 or give the rollout "
+                             "actors their own GPUs (rollout.colocate=false)")
         return self
 
     @model_validator(mode="after")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import ray
@@ -61,6 +62,16 @@ class RolloutActor:
                                        "completions": self.generated}
 
 
+@dataclass
+class PendingGeneration:
+    """A generate call on its way (RolloutPool.submit): the chunks sent to each actor and the policy version
+    the pool held when it sent them. Stays in the learner's process."""
+
+    sampling: Sampling
+    version: int
+    calls: list[tuple[int, list[list[int]], ray.ObjectRef]]
+
+
 class RolloutPool:
     """`num_actors` RolloutActors created with `max_restarts`; calls are spread in contiguous chunks."""
 
@@ -80,6 +91,7 @@ class RolloutPool:
         self.update: Optional[AdapterUpdate] = None
         self.weights_ref: Optional[ray.ObjectRef] = None
         self.pids: list[Optional[int]] = [None] * len(self.actors)
+        self.loading: list[tuple[int, ray.ObjectRef]] = []  # adapter loads sent without waiting (load_adapter)
         self.restarts = 0  # restarted actors noticed, each given the current adapter before it generated again
         self.engine = resolve_engine(rollout_cfg)
         self.colocated = rollout_cfg.colocate
@@ -112,13 +124,22 @@ class RolloutPool:
     def policy_version(self) -> int:
         return self.update.version if self.update else -1
 
-    def load_adapter(self, update: AdapterUpdate, weights: dict[str, Any]) -> None:
+    def load_adapter(self, update: AdapterUpdate, weights: dict[str, Any], wait: bool = True) -> None:
         """Send the adapter to every actor (one object-store copy, shared). Colocated engines stage it and
-        wake nothing: the learner's training peak may still be cached here (release_learner_cache)."""
+        wake nothing: the learner's training peak may still be cached here (release_learner_cache).
+        `wait=False` (one-step-off): an actor still generating the next step's samples loads it after them;
+        the next submit settles the loads, and an actor runs its calls in the order they were sent."""
         self.trace("sync", version=update.version)
+        self._settle()
         self.update, self.weights_ref = update, ray.put(weights)
-        calls = [a.load_adapter.remote(update, self.weights_ref) for a in self.actors]
-        for i, ref in enumerate(calls):
+        self.loading = [(i, a.load_adapter.remote(update, self.weights_ref)) for i, a in enumerate(self.actors)]
+        if wait:
+            self._settle()
+
+    def _settle(self) -> None:
+        """Wait for the adapter loads sent; an actor that died with one in flight gets it again once restarted."""
+        loading, self.loading = self.loading, []
+        for i, ref in loading:
             try:
                 self._seen(i, ray.get(ref))
             except ray.exceptions.RayActorError:  # it died with the call in flight: wait for its restart
@@ -148,16 +169,19 @@ class RolloutPool:
         if self.update is not None:
             self._seen(i, ray.get(actor.load_adapter.remote(self.update, self.weights_ref)))
 
-    def _fresh(self, out: list[list[Completion]]) -> bool:
-        return all(c.policy_version == self.policy_version for group in out for c in group)
+    @staticmethod
+    def _fresh(out: list[list[Completion]], version: int) -> bool:
+        """Made by the adapter the pool held when the call was sent, or a newer one (a re-synced actor)."""
+        return all(c.policy_version >= version for group in out for c in group)
 
-    def _collect(self, i: int, ref: ray.ObjectRef, prompts: list[list[int]], sampling: Sampling) -> list[list[Completion]]:
+    def _collect(self, i: int, ref: ray.ObjectRef, prompts: list[list[int]], sampling: Sampling,
+                 version: int) -> list[list[Completion]]:
         """The chunk's result; if the actor died, or answered with a stale policy (it was restarted
         between calls and lost the adapter), re-sync it and generate the chunk again."""
         for attempt in range(3):
             try:
                 out = ray.get(ref)
-                if self._fresh(out):
+                if self._fresh(out, version):
                     return out
             except ray.exceptions.RayActorError:
                 if attempt == 2:
@@ -181,21 +205,31 @@ class RolloutPool:
             torch.cuda.empty_cache()
         self.trace("empty_cache")
 
-    def generate(self, prompts: list[list[int]], sampling: Sampling) -> list[list[Completion]]:
-        """Completions for each prompt (token ids), in order; prompt_index refers to the position in `prompts`."""
+    def submit(self, prompts: list[list[int]], sampling: Sampling) -> PendingGeneration:
+        """Send a generate call and return at once (one-step-off generates the next step's samples while
+        the learner trains); `collect` gets the completions."""
         self.release_learner_cache()
+        self._settle()
         size = -(-len(prompts) // len(self.actors)) if prompts else 0
         parts = [(i, prompts[i * size:(i + 1) * size]) for i in range(len(self.actors))]
-        # Submit every chunk before collecting any, so the actors generate in parallel.
-        calls = [(i, p, self.actors[i].generate.remote(p, sampling)) for i, p in parts if p]
+        # Every chunk is sent before any is collected, so the actors generate in parallel.
+        return PendingGeneration(sampling=sampling, version=self.policy_version,
+                                 calls=[(i, p, self.actors[i].generate.remote(p, sampling)) for i, p in parts if p])
+
+    def collect(self, pending: PendingGeneration) -> list[list[Completion]]:
+        """Completions for each prompt, in order; prompt_index refers to the position in the submitted prompts."""
         results: list[list[Completion]] = []
-        for i, part, ref in calls:
+        for i, part, ref in pending.calls:
             offset = len(results)
-            for group in self._collect(i, ref, part, sampling):
+            for group in self._collect(i, ref, part, pending.sampling, pending.version):
                 for c in group:
                     c.prompt_index += offset
                 results.append(group)
         return results
+
+    def generate(self, prompts: list[list[int]], sampling: Sampling) -> list[list[Completion]]:
+        """Completions for each prompt (token ids), in order; prompt_index refers to the position in `prompts`."""
+        return self.collect(self.submit(prompts, sampling))
 
     def health(self) -> list[dict]:
         return ray.get([a.health.remote() for a in self.actors])

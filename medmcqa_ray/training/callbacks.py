@@ -28,15 +28,18 @@ class AdapterSync(TrainerCallback):
     rollout actors as policy version = global step. `metrics` is the trainer's training metrics
     (TRL's `_metrics["train"]`), which TRL averages into each logged step."""
 
-    def __init__(self, pool: Any, rollout: RolloutFunction, final_dir: str, metrics: dict[str, list]):
-        self.pool, self.rollout, self.final_dir, self.metrics = pool, rollout, final_dir, metrics
+    def __init__(self, pool: Any, rollout: RolloutFunction, final_dir: str, metrics: dict[str, list],
+                 wait: bool = True):
+        """`wait=False` (one-step-off): the actors are generating the next step's samples; they load the
+        adapter after them, and the learner goes on at once."""
+        self.pool, self.rollout, self.final_dir, self.metrics, self.wait = pool, rollout, final_dir, metrics, wait
         self.weights: dict = {}
         self.step_began = 0.0
 
     def sync(self, model: Any, version: int) -> float:
         start = time.monotonic()
         config, weights = adapter_from_model(model)
-        self.pool.load_adapter(AdapterUpdate(version=version, peft_config=config), weights)
+        self.pool.load_adapter(AdapterUpdate(version=version, peft_config=config), weights, wait=self.wait)
         self.weights = weights
         return time.monotonic() - start
 

@@ -4,8 +4,10 @@ continuing the SFT adapter, with generation in rollout actors and scoring in rew
 Each learner owns a RolloutPool and a RewardPool (training/placement.py puts them beside it). TRL calls
 our RolloutFunction with the learner's prompts (training/rollout_function.py). After every optimiser
 step the LoRA tensors go to the rollout actors as a new policy version (training/callbacks.py:
-AdapterSync), so generation is synchronous with training: rollout/policy_version_lag is 0 and
-rollout/logprob_abs_diff (rollout vs learner logprobs of the sampled tokens) measures only numerics.
+AdapterSync). Synchronous (grpo.max_off_policy_steps=0), each step generates with the adapter it trains:
+rollout/policy_version_lag is 0 and rollout/logprob_abs_diff (rollout vs learner logprobs of the sampled
+tokens) measures only numerics. One-step-off (1), step t+1 is generated with step t's adapter while step t
+trains (lag 1), and TRL's truncated importance sampling corrects the gap (training/grpo_trainer.py).
 
 Checkpoints: RayTrainReportCallback as in SFT (checkpoints/ray/grpo/); a re-run restores the latest and
 the HF Trainer continues at the same global step and data position. Final adapter in checkpoints/grpo/.
@@ -63,11 +65,14 @@ class GRPOManifest(TrainingManifest):
         return {"rewards.similarity_scorer": self.similarity_scorer} if self.similarity_scorer else {}
 
     def table(self) -> str:
-        lines = [f"{'step':>5}{'correct':>9}{'format':>8}{'reward':>9}{'length':>8}{'lag':>5}{'|dlogp|':>10}"]
+        lines = [f"{'step':>5}{'correct':>9}{'format':>8}{'reward':>9}{'length':>8}{'lag':>5}{'|dlogp|':>10}"
+                 f"{'IS mean':>9}{'wait s':>8}"]
+        nan = float("nan")
         for h in self._steps():
             lines.append(f"{h['step']:>5}{h[M.CORRECT]:>9.3f}{h[M.FORMAT_EXACT]:>8.3f}"
                          f"{h[M.REWARD]:>9.3f}{h[M.COMPLETION_LENGTH]:>8.1f}{h[M.POLICY_VERSION_LAG]:>5.0f}"
-                         f"{h.get(M.LOGPROB_ABS_DIFF, float('nan')):>10.1e}")
+                         f"{h.get(M.LOGPROB_ABS_DIFF, nan):>10.1e}{h.get(M.IS_RATIO_MEAN, nan):>9.3f}"
+                         f"{h.get(M.TIMING_LEARNER_WAIT, nan):>8.1f}")
         return "\n".join(lines + [f"similarity reward scorer: {self.similarity_scorer or 'unknown'}",
                                   f"adapter: {self.adapter} (continued {self.init_adapter})"])
 
@@ -87,7 +92,7 @@ def _train_loop(loop_config: dict) -> None:
     from medmcqa_ray.rollout.actor import RolloutPool
     from medmcqa_ray.training import placement
     from medmcqa_ray.training.callbacks import AdapterSync, ReportEveryStep, Validate
-    from medmcqa_ray.training.grpo_trainer import LogprobDiffGRPOTrainer, grpo_args
+    from medmcqa_ray.training.grpo_trainer import RolloutGRPOTrainer, grpo_args
     from medmcqa_ray.training.rollout_function import RolloutFunction
     from medmcqa_ray.training.validation import Validator
 
@@ -106,12 +111,13 @@ def _train_loop(loop_config: dict) -> None:
     rollout = RolloutFunction(cfg, tokenizer, rows, rollout_pool, reward_pool, ray.train.get_context().get_world_rank(),
                               cfg.grpo.num_generations, args.final_dir)
     work = learner.work_dir("grpo")
-    trainer = LogprobDiffGRPOTrainer(
+    trainer = RolloutGRPOTrainer(
         model=model, reward_funcs=trl_reward_funcs(cfg.rewards), args=grpo_args(cfg, work, device),
         train_dataset=datasets.Dataset.from_list([{"prompt": r["prompt"]} for r in rows]),
-        processing_class=tokenizer, rollout_func=rollout)
+        processing_class=tokenizer, rollout_func=rollout, off_policy=cfg.grpo.max_off_policy_steps > 0)
     metrics = trainer._metrics["train"]  # TRL averages what callbacks append here into each logged step
-    trainer.add_callback(AdapterSync(rollout_pool, rollout, args.final_dir, metrics))
+    trainer.add_callback(AdapterSync(rollout_pool, rollout, args.final_dir, metrics,
+                                     wait=cfg.grpo.max_off_policy_steps == 0))
     if args.validation:
         trainer.add_callback(Validate(Validator(cfg, tokenizer, rollout_pool, args.validation.rows), args.validation, metrics))
     trainer.add_callback(RayTrainReportCallback())

@@ -1,11 +1,15 @@
-"""TRL's GRPOTrainer as our learners run it: GRPOConfig from the `grpo` section, and one more metric.
+"""TRL's GRPOTrainer as our learners run it: GRPOConfig from the `grpo` section, two more metrics, and
+what one-step-off needs from the trainer (the next step's prompts ahead of time, TRL's importance
+sampling on the rollout actors' logprobs).
 
 Imported only where TRL runs (a Ray Train worker, benchmarks/grpo_step.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Iterator, Optional
 
+import torch
 from trl import GRPOConfig, GRPOTrainer
 
 from medmcqa_ray import metric_names as M
@@ -13,12 +17,58 @@ from medmcqa_ray.config import Config
 from medmcqa_ray.rewards.registry import reward_weights
 
 
-class LogprobDiffGRPOTrainer(GRPOTrainer):
-    """TRL's GRPOTrainer, plus rollout/logprob_abs_diff: the mean absolute difference between the
-    rollout actors' logprobs and the learner's own, on the sampled tokens, taken from the forward pass
-    TRL's loss already makes (no extra compute)."""
+def _take(iterator: Iterator, count: int) -> list:
+    batches = []
+    for _ in range(count):
+        try:
+            batches.append(next(iterator))
+        except StopIteration:
+            break
+    return batches
+
+
+class RolloutGRPOTrainer(GRPOTrainer):
+    """TRL's GRPOTrainer fed by rollout actors (TRL's `rollout_func`), plus:
+
+    - rollout/logprob_abs_diff: the mean absolute difference between the rollout actors' logprobs and the
+      learner's own on the sampled tokens, from the forward pass TRL's loss already makes;
+    - with `off_policy`: the batch of the next optimiser step is read from the data loader one step ahead
+      (`next_prompts`), so its generation can start while this step trains, and TRL's truncated importance
+      sampling corrects for the adapter that generated it being one step old."""
 
     _last_logps = None
+
+    def __init__(self, *args: Any, off_policy: bool = False, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.off_policy = off_policy
+        self.next_prompts: Optional[list] = None
+        self._ahead: Optional[tuple[Iterator, list]] = None
+        if off_policy:
+            # TRL applies its importance-sampling correction (`vllm_importance_sampling_*`, set by grpo_args)
+            # only when it generates with vLLM itself. Our actors return the same sampling logprobs; the one
+            # other thing the flag does with a rollout_func is TRL's own weight sync, which `_generate` below
+            # keeps from running: AdapterSync gives the actors each adapter.
+            self.use_vllm = True
+
+    def _generate(self, prompts: list):
+        self._last_loaded_step = self.state.global_step
+        return super()._generate(prompts)
+
+    def get_batch_samples(self, epoch_iterator: Iterator, num_batches: int, device: torch.device):
+        """The HF Trainer's fetch of one optimiser step's batches. One-step-off fetches the step after as
+        well and hands it out next time; at an epoch's end there is none ahead, and that step runs
+        synchronously. The data order is the Trainer's: a restore skips the same batches either way."""
+        if not self.off_policy:
+            return super().get_batch_samples(epoch_iterator, num_batches, device)
+        if self._ahead is not None and self._ahead[0] is epoch_iterator:
+            batches = self._ahead[1]
+        else:
+            batches = _take(epoch_iterator, num_batches)
+        ahead = _take(epoch_iterator, num_batches)
+        self._ahead = (epoch_iterator, ahead)
+        # A step's batches are the same generation batch repeated (TRL's RepeatSampler): the first has its prompts.
+        self.next_prompts = [row["prompt"] for row in ahead[0]] if ahead else None
+        return batches, self._get_num_items_in_batch(batches, device)
 
     def _get_per_token_logps_and_entropies(self, *args, **kwargs):
         out = super()._get_per_token_logps_and_entropies(*args, **kwargs)
@@ -28,12 +78,25 @@ class LogprobDiffGRPOTrainer(GRPOTrainer):
     def _compute_loss(self, model, inputs):
         loss = super()._compute_loss(model, inputs)
         sampled = inputs.get("sampling_per_token_logps")
+        mask = inputs["completion_mask"].bool()
         if sampled is not None and self._last_logps is not None:
-            mask = inputs["completion_mask"].bool()
             diff = (self._last_logps.detach().float() - sampled.float()).abs()[mask]
             if diff.numel():
                 self._metrics["train"][M.LOGPROB_ABS_DIFF].append(diff.mean().item())
+        if self.off_policy and sampled is not None and "old_per_token_logps" in inputs:
+            self._metrics["train"][M.IS_RATIO_CLIPPED].append(self._clipped_share(inputs, sampled, mask))
         return loss
+
+    def _clipped_share(self, inputs: dict, sampled: torch.Tensor, mask: torch.Tensor) -> float:
+        """The share of importance ratios (tokens, or sequences) that TRL's cap truncated or its mask zeroed."""
+        diff = torch.nan_to_num((inputs["old_per_token_logps"] - sampled) * mask, nan=0.0)
+        if self.vllm_importance_sampling_mode.startswith("sequence"):
+            ratios = torch.exp(diff.sum(-1))
+        else:
+            ratios = torch.exp(diff)[mask]
+        low = self.vllm_importance_sampling_clip_min
+        clipped = (ratios > self.vllm_importance_sampling_clip_max) | ((ratios < low) if low is not None else False)
+        return clipped.float().mean().item() if ratios.numel() else 0.0
 
 
 def grpo_args(cfg: Config, output_dir: Path, device: str) -> GRPOConfig:
@@ -53,6 +116,10 @@ def grpo_args(cfg: Config, output_dir: Path, device: str) -> GRPOConfig:
         importance_sampling_level=g.importance_sampling_level, scale_rewards=g.scale_rewards,
         temperature=g.temperature, top_p=g.top_p, top_k=g.top_k, max_completion_length=g.max_completion_length,
         mask_truncated_completions=g.mask_truncated_completions, reward_weights=reward_weights(cfg.rewards),
+        # One-step-off only: synchronous samples come from the adapter being trained, and the correction
+        # would cost the learner a forward pass more per step.
+        vllm_importance_sampling_correction=g.max_off_policy_steps > 0,
+        vllm_importance_sampling_mode=g.off_policy_correction, vllm_importance_sampling_clip_max=g.off_policy_clip,
         disable_dropout=True, logging_steps=1, save_strategy="steps", save_steps=g.save_steps, save_total_limit=1,
         report_to=[], seed=g.seed, bf16=device == "cuda", use_cpu=device == "cpu", dataloader_num_workers=0,
     )

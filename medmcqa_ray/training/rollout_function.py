@@ -2,13 +2,19 @@
 `num_generations` samples, the completions to the reward actors, and TRL gets back token ids,
 logprobs and one field per reward component (rewards/registry.py: REWARD_FIELD), which the reward
 functions TRL is given only read. With grpo.dynamic_sampling, groups whose `correct` is the same for
-every sample (no signal for GRPO) are sampled again."""
+every sample (no signal for GRPO) are sampled again.
+
+One-step-off (grpo.max_off_policy_steps=1): having handed TRL step t's samples, the function sends the
+next step's prompts (the trainer reads them a step ahead) to the rollout actors, which generate them with
+step t's adapter while the learner trains; step t+1 collects them. Rewards and re-sampling run when they
+are collected."""
 
 from __future__ import annotations
 
 import json
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Any, Optional
 
 from medmcqa_ray import metric_names as M
@@ -16,7 +22,7 @@ from medmcqa_ray.config import Config
 from medmcqa_ray.formatting import generation_prompt, prompt_token_ids
 from medmcqa_ray.rewards.registry import REWARD_FIELD, reward_names
 from medmcqa_ray.rewards.scoring import RewardBatch
-from medmcqa_ray.rollout.types import Sampling
+from medmcqa_ray.rollout.types import Completion, Sampling
 from medmcqa_ray.training.journal import journal
 
 
@@ -27,6 +33,15 @@ def prompt_key(messages: list[dict]) -> str:
 
 def _zero_variance(values: list[Optional[float]]) -> bool:
     return len({v for v in values}) <= 1
+
+
+@dataclass
+class _Ahead:
+    """The next step's generation, sent while this step trains."""
+
+    step: int
+    keys: list[str]
+    pending: Any  # RolloutPool.submit's PendingGeneration
 
 
 class RolloutFunction:
@@ -44,6 +59,7 @@ class RolloutFunction:
         self.calls = 0
         self.restarts_seen = 0
         self.last_timing: dict[str, float] = {}
+        self.ahead: Optional[_Ahead] = None
 
     def _sampling(self, step: int, round_: int) -> Sampling:
         g = self.cfg.grpo
@@ -53,10 +69,13 @@ class RolloutFunction:
                         max_new_tokens=g.max_completion_length, seed=seed, tempered_logprobs=True)
 
     def _generate_and_score(self, prompts: list[list[int]], rows: list[dict], step: int, round_: int, metrics: dict):
-        n = self.n
         start = time.monotonic()  # the pool releases the learner's cached memory first (colocated)
         groups = self.rollout_pool.generate(prompts, self._sampling(step, round_))
         metrics[M.TIMING_GENERATE].append(time.monotonic() - start)
+        return self._score(groups, rows, metrics)
+
+    def _score(self, groups: list[list[Completion]], rows: list[dict], metrics: dict):
+        n = self.n
         start = time.monotonic()
         flat = [c for g in groups for c in g]
         batch = RewardBatch(completions=[c.text for c in flat],
@@ -68,6 +87,21 @@ class RolloutFunction:
         per_group = [{name: scores.components[name][i * n:(i + 1) * n] for name in self.components}
                      for i in range(len(groups))]
         return groups, per_group, scores.errors
+
+    def _prompt_ids(self, distinct: list) -> list[list[int]]:
+        # Token ids once: the rollout engines continue exactly these, and TRL's learner scores exactly these.
+        return [prompt_token_ids(generation_prompt(p, self.tokenizer, self.cfg.format.markers), self.tokenizer)
+                for p in distinct]
+
+    def _send_ahead(self, trainer: Any, step: int) -> None:
+        """One-step-off: the next step's prompts go to the actors now, to the adapter they hold (step's)."""
+        self.ahead = None
+        upcoming = getattr(trainer, "next_prompts", None)
+        if not (self.cfg.grpo.max_off_policy_steps and upcoming) or step + 1 >= self.cfg.grpo.max_steps:
+            return
+        distinct = upcoming[::self.n]
+        pending = self.rollout_pool.submit(self._prompt_ids(distinct), self._sampling(step + 1, 0))
+        self.ahead = _Ahead(step=step + 1, keys=[prompt_key(p) for p in distinct], pending=pending)
 
     def _resample_flat_groups(self, groups: list, rewards: list, prompt_ids: list, rows: list, step: int,
                               metrics: dict) -> None:
@@ -93,16 +127,26 @@ class RolloutFunction:
                                f"got {len(prompts)} prompts")
         distinct = prompts[::n]
         rows = [self.rows[prompt_key(p)] for p in distinct]
-        # Token ids once: the rollout engines continue exactly these, and TRL's learner scores exactly these.
-        prompt_ids = [prompt_token_ids(generation_prompt(p, self.tokenizer, self.cfg.format.markers), self.tokenizer)
-                      for p in distinct]
+        prompt_ids = self._prompt_ids(distinct)
         step = trainer.state.global_step
         if self.final_dir:  # the data order, step by step: a resumed run must continue it, not restart it
             journal(self.final_dir, "step", step=step + 1, prompt_ids=[r["id"] for r in rows])
         metrics: dict[str, list] = defaultdict(list)
-        groups, rewards, errors = self._generate_and_score(prompt_ids, rows, step, 0, metrics)
+        asked = time.monotonic()
+        ahead, self.ahead = self.ahead, None
+        if ahead is not None and ahead.step == step and ahead.keys == [prompt_key(p) for p in distinct]:
+            groups = self.rollout_pool.collect(ahead.pending)  # generated while the last step trained
+            metrics[M.TIMING_GENERATE].append(time.monotonic() - asked)
+            groups, rewards, errors = self._score(groups, rows, metrics)
+        else:
+            if ahead is not None:  # what the trainer read ahead is what it hands over: anything else is a bug
+                raise RuntimeError(f"one-step-off: step {step + 1}'s prompts differ from those generated ahead for "
+                                   f"step {ahead.step + 1}")
+            groups, rewards, errors = self._generate_and_score(prompt_ids, rows, step, 0, metrics)
         if self.cfg.grpo.dynamic_sampling.enabled:
             self._resample_flat_groups(groups, rewards, prompt_ids, rows, step, metrics)
+        metrics[M.TIMING_LEARNER_WAIT].append(time.monotonic() - asked)
+        self._send_ahead(trainer, step)
         metrics[M.FLAT_CORRECT_GROUPS].append(sum(_zero_variance(r["correct"]) for r in rewards) / len(rewards))
 
         out: dict[str, list] = {"prompt_ids": [], "completion_ids": [], "logprobs": []}
@@ -124,7 +168,7 @@ class RolloutFunction:
             metrics[M.reward_errors(name)].append(count)
         for name, values in metrics.items():
             trainer._metrics["train"][name].append(sum(values))  # TRL averages these over each logging window
-        self.last_timing = {k: sum(metrics[k]) for k in (M.TIMING_GENERATE, M.TIMING_REWARD)}
+        self.last_timing = {k: sum(metrics[k]) for k in (M.TIMING_GENERATE, M.TIMING_REWARD, M.TIMING_LEARNER_WAIT)}
         self.calls += 1
         self.finished_at = time.monotonic()
         return out
