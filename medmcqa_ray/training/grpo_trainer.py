@@ -37,6 +37,7 @@ class RolloutGRPOTrainer(GRPOTrainer):
       sampling corrects for the adapter that generated it being one step old."""
 
     _last_logps = None
+    _loss_inputs: Optional[dict] = None
 
     def __init__(self, *args: Any, off_policy: bool = False, **kwargs: Any):
         super().__init__(*args, **kwargs)
@@ -44,15 +45,26 @@ class RolloutGRPOTrainer(GRPOTrainer):
         self.next_prompts: Optional[list] = None
         self._ahead: Optional[tuple[Iterator, list]] = None
         if off_policy:
-            # TRL applies its importance-sampling correction (`vllm_importance_sampling_*`, set by grpo_args)
-            # only when it generates with vLLM itself. Our actors return the same sampling logprobs; the one
-            # other thing the flag does with a rollout_func is TRL's own weight sync, which `_generate` below
-            # keeps from running: AdapterSync gives the actors each adapter.
+            # TRL multiplies its loss by the importance ratio (`vllm_importance_sampling_*`, from grpo_args) only
+            # when it generates with vLLM itself. Our actors return the same sampling logprobs; the one other
+            # thing the flag does with a rollout_func is TRL's own weight sync, which `_generate` keeps from
+            # running: AdapterSync gives the actors each adapter.
             self.use_vllm = True
 
     def _generate(self, prompts: list):
         self._last_loaded_step = self.state.global_step
         return super()._generate(prompts)
+
+    def _generate_and_score_completions(self, inputs):
+        # With the correction on, TRL scores the new samples once more to get the learner's logprobs for the
+        # ratio. Here a generation batch is one optimiser step (num_iterations 1, steps_per_generation = the
+        # accumulation steps), so those logprobs are the training forward's own (TRL's _compute_loss says as
+        # much): the ratio is taken there (`_importance_ratio`), and the extra forward pass is saved.
+        self.vllm_importance_sampling_correction = False
+        try:
+            return super()._generate_and_score_completions(inputs)
+        finally:
+            self.vllm_importance_sampling_correction = self.off_policy
 
     def get_batch_samples(self, epoch_iterator: Iterator, num_batches: int, device: torch.device):
         """The HF Trainer's fetch of one optimiser step's batches. One-step-off fetches the step after as
@@ -73,30 +85,46 @@ class RolloutGRPOTrainer(GRPOTrainer):
     def _get_per_token_logps_and_entropies(self, *args, **kwargs):
         out = super()._get_per_token_logps_and_entropies(*args, **kwargs)
         self._last_logps = out[0]
+        if self._loss_inputs is not None and self.off_policy:
+            self._loss_inputs["importance_sampling_ratio"] = self._importance_ratio(out[0].detach(), self._loss_inputs)
         return out
 
-    def _compute_loss(self, model, inputs):
-        loss = super()._compute_loss(model, inputs)
-        sampled = inputs.get("sampling_per_token_logps")
+    def _importance_ratio(self, logps: torch.Tensor, inputs: dict) -> torch.Tensor:
+        """TRL's importance ratio (its `vllm_importance_sampling_mode`s, as _generate_and_score_completions
+        computes them) of the learner's policy to the rollout's on the sampled tokens, and its statistics."""
         mask = inputs["completion_mask"].bool()
+        diff = torch.nan_to_num((logps - inputs["sampling_per_token_logps"]) * mask, nan=0.0)
+        sequence = self.vllm_importance_sampling_mode.startswith("sequence")
+        ratio = torch.exp(diff.sum(-1, keepdim=True) if sequence else diff)
+        low, high = self.vllm_importance_sampling_clip_min, self.vllm_importance_sampling_clip_max
+        outside = ((ratio < low) if low is not None else torch.zeros_like(ratio, dtype=torch.bool)) | \
+            ((ratio > high) if high is not None else torch.zeros_like(ratio, dtype=torch.bool))
+        if self.vllm_importance_sampling_mode.endswith("truncate"):
+            ratio = torch.clamp(ratio, min=low, max=high)
+        else:
+            ratio = ratio.masked_fill(outside, 0.0)
+        seen = ratio.flatten() if sequence else ratio[mask]
+        counted = outside.flatten() if sequence else outside[mask]
+        if seen.numel():
+            metrics = self._metrics["train"]
+            metrics[M.IS_RATIO_MIN].append(seen.min().item())
+            metrics[M.IS_RATIO_MEAN].append(seen.mean().item())
+            metrics[M.IS_RATIO_MAX].append(seen.max().item())
+            metrics[M.IS_RATIO_CLIPPED].append(counted.float().mean().item())
+        return ratio
+
+    def _compute_loss(self, model, inputs):
+        self._loss_inputs = inputs
+        try:
+            loss = super()._compute_loss(model, inputs)
+        finally:
+            self._loss_inputs = None
+        sampled = inputs.get("sampling_per_token_logps")
         if sampled is not None and self._last_logps is not None:
-            diff = (self._last_logps.detach().float() - sampled.float()).abs()[mask]
+            diff = (self._last_logps.detach().float() - sampled.float()).abs()[inputs["completion_mask"].bool()]
             if diff.numel():
                 self._metrics["train"][M.LOGPROB_ABS_DIFF].append(diff.mean().item())
-        if self.off_policy and sampled is not None and "old_per_token_logps" in inputs:
-            self._metrics["train"][M.IS_RATIO_CLIPPED].append(self._clipped_share(inputs, sampled, mask))
         return loss
-
-    def _clipped_share(self, inputs: dict, sampled: torch.Tensor, mask: torch.Tensor) -> float:
-        """The share of importance ratios (tokens, or sequences) that TRL's cap truncated or its mask zeroed."""
-        diff = torch.nan_to_num((inputs["old_per_token_logps"] - sampled) * mask, nan=0.0)
-        if self.vllm_importance_sampling_mode.startswith("sequence"):
-            ratios = torch.exp(diff.sum(-1))
-        else:
-            ratios = torch.exp(diff)[mask]
-        low = self.vllm_importance_sampling_clip_min
-        clipped = (ratios > self.vllm_importance_sampling_clip_max) | ((ratios < low) if low is not None else False)
-        return clipped.float().mean().item() if ratios.numel() else 0.0
 
 
 def grpo_args(cfg: Config, output_dir: Path, device: str) -> GRPOConfig:
@@ -116,8 +144,7 @@ def grpo_args(cfg: Config, output_dir: Path, device: str) -> GRPOConfig:
         importance_sampling_level=g.importance_sampling_level, scale_rewards=g.scale_rewards,
         temperature=g.temperature, top_p=g.top_p, top_k=g.top_k, max_completion_length=g.max_completion_length,
         mask_truncated_completions=g.mask_truncated_completions, reward_weights=reward_weights(cfg.rewards),
-        # One-step-off only: synchronous samples come from the adapter being trained, and the correction
-        # would cost the learner a forward pass more per step.
+        # One-step-off only: synchronous samples come from the adapter being trained.
         vllm_importance_sampling_correction=g.max_off_policy_steps > 0,
         vllm_importance_sampling_mode=g.off_policy_correction, vllm_importance_sampling_clip_max=g.off_policy_clip,
         disable_dropout=True, logging_steps=1, save_strategy="steps", save_steps=g.save_steps, save_total_limit=1,
