@@ -27,8 +27,8 @@ FLAT_CORRECT_GROUPS = "rollout/flat_correct_groups"
 RESAMPLED_GROUPS = "dynamic_sampling/resampled_groups"
 FLAT_GROUPS_LEFT = "dynamic_sampling/flat_groups_left"
 ADAPTERS_AGREE = "learners/adapters_agree"
-# One-step-off: TRL's importance-sampling statistics (learner / rollout policy on the sampled tokens, after
-# truncation), and ours: the share of ratios that the cap truncated (or the mask zeroed).
+# One-step-off, under TRL's names for them: the importance ratio learner / rollout policy on the sampled
+# tokens (after truncation), and the share of ratios that the cap truncated (or the mask zeroed).
 IS_RATIO_MEAN = "sampling/importance_sampling_ratio/mean"
 IS_RATIO_MIN = "sampling/importance_sampling_ratio/min"
 IS_RATIO_MAX = "sampling/importance_sampling_ratio/max"
