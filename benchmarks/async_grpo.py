@@ -21,7 +21,6 @@ and holds the warm-up) over those steps' wall time. Prints JSON (and writes it t
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -35,6 +34,7 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from grpo_step import fresh_adapter, uptime  # noqa: E402  (this folder)
+from json_report import print_report  # noqa: E402  (this folder)
 
 from medmcqa_ray import metric_names as M  # noqa: E402
 from medmcqa_ray.config import load_config  # noqa: E402
@@ -127,11 +127,7 @@ def main() -> None:
             done["one_step_off"]["samples_per_s"] / done["sync_split"]["samples_per_s"], 3)
     report["uptime_end"] = uptime()
     shutil.rmtree(work, ignore_errors=True)
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    print_report(report, args.out)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,6 @@ Prints JSON (and writes it to --out).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -41,6 +40,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from json_report import print_report  # noqa: E402  (this folder)
 
 from medmcqa_ray.config import load_config  # noqa: E402
 from medmcqa_ray.pipeline import run_stage  # noqa: E402
@@ -255,10 +256,7 @@ def main() -> None:
         report["goal_ratio"] = 1.2
     report["uptime_end"] = uptime()
     shutil.rmtree(work, ignore_errors=True)
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    print_report(report, args.out)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from json_report import print_report  # noqa: E402  (this folder)
+
 from medmcqa_ray import metric_names as M  # noqa: E402
 from medmcqa_ray.config import load_config  # noqa: E402
 from medmcqa_ray.layout import layout  # noqa: E402
@@ -101,11 +103,7 @@ def main() -> None:
                                                and r["grpo"].get("p_vs_sft", 1.0) < 0.05) for m, r in done.items()}
     report["wall_s"] = round(time.monotonic() - start, 1)
     shutil.rmtree(work, ignore_errors=True)
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    print_report(report, args.out)
 
 
 if __name__ == "__main__":

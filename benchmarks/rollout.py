@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import sys
 import time
@@ -60,6 +59,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from json_report import print_report  # noqa: E402  (this folder)
 
 from medmcqa_ray.config import FormatSection, ModelSection, RolloutSection  # noqa: E402
 from medmcqa_ray.data.normalise import normalise_row  # noqa: E402
@@ -546,10 +547,7 @@ def main() -> None:
         report["vllm_over_hf_per_cpu_s"] = {mode: round(vllm[mode]["tokens_per_cpu_s"] / hf[mode]["tokens_per_cpu_s"], 2)
                                             for mode in report["vllm_over_hf"]}
     report["uptime_end"] = uptime()
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    print_report(report, args.out)
 
 
 if __name__ == "__main__":
