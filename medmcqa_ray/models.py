@@ -112,6 +112,24 @@ def dtype_name(cfg: ModelSection, device: str) -> str:
     return cfg.dtype
 
 
+def trains_in_bf16(cfg: ModelSection, device: str) -> bool:
+    """The trainers' `bf16` flag (bf16 autocast): always on GPU, on CPU when model.dtype asks for bfloat16
+    (the base weights are already bf16 there; autocast keeps the LoRA matmuls in bf16 too)."""
+    return device.startswith("cuda") or dtype_name(cfg, device) == "bfloat16"
+
+
+def native_cpu_bf16() -> bool:
+    """Whether this CPU computes bf16 itself (AVX512-BF16, AMX, or an ARM core; torch's own probes) rather
+    than emulating it, which makes bf16 slower than float32."""
+    import platform
+
+    import torch
+
+    if platform.machine().lower() in ("arm64", "aarch64"):
+        return True
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
 def torch_dtype(cfg: ModelSection, device: str) -> "torch.dtype":
     import torch
 
@@ -141,6 +159,9 @@ def load_model(cfg: ModelSection, device: Optional[str] = None) -> Any:
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch_dtype(cfg, device)
+    if device == "cpu" and dtype == torch.bfloat16 and not native_cpu_bf16():
+        log.warning("model.dtype=bfloat16 on a CPU without native bf16 (no AVX512-BF16 or AMX): it runs emulated, "
+                    "slower than model.dtype=float32")
     token = cfg.hub_token.get_secret_value() if cfg.hub_token else None
     if cfg.use_unsloth:
         # Asked for Unsloth and not getting it is an error, never a quiet load with transformers.

@@ -59,24 +59,24 @@ def evaluate_heads(cfg: Config, rows: pa.Table, adapters: dict[str, Optional[str
     if cfg.eval.generate_limit is not None:  # generation's share: the first rows, the same for every head
         flags = [i < cfg.eval.generate_limit for i in range(rows.num_rows)]
         rows = rows.append_column("generate", pa.array(flags, pa.bool_()))
-    # Head after head, so a batch rarely straddles two and each engine switches adapters about once a head.
-    all_rows = pa.concat_tables([rows.append_column("head", pa.array([head] * rows.num_rows, pa.string()))
-                                 for head in adapters])
-    # One block a batch: a single block would go to one actor whole, idling the rest of the pool, and
-    # its results would arrive all at the end (a progress bar stuck at 0 for the whole evaluation).
+    # One block a batch (map_batches' batch_size=None), head after head, none straddling two: each engine
+    # switches adapters once a head, and a head's first batch holds as many of its generation rows as fit
+    # (the hf engine decodes up to rollout.max_batch_rows of them together). A single block would go to
+    # one actor whole, idling the rest of the pool, with a progress bar stuck at 0 until the end.
     step = cfg.eval.batch_size
-    blocks = [all_rows.slice(i, step) for i in range(0, all_rows.num_rows, step)]
+    per_head = [rows.append_column("head", pa.array([head] * rows.num_rows, pa.string())) for head in adapters]
+    blocks = [table.slice(i, step) for table in per_head for i in range(0, table.num_rows, step)]
     ds = ray.data.from_arrow(blocks).map_batches(
         HeadPredictor,
         fn_constructor_kwargs={"model_cfg": cfg.model, "rollout_cfg": cfg.rollout, "format_cfg": cfg.format,
                                "adapters": adapters, "max_new_tokens": cfg.eval.max_new_tokens, "scoring": cfg.eval.scoring},
-        batch_size=cfg.eval.batch_size, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=cfg.rollout.num_actors),
+        batch_size=None, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=cfg.rollout.num_actors),
         **placement,
     )
     order = {row_id: i for i, row_id in enumerate(rows["id"].to_pylist())}
     records: dict[str, list[dict]] = {head: [] for head in adapters}
     try:
-        with bar(f"eval {', '.join(adapters)}", all_rows.num_rows, "q") as b:
+        with bar(f"eval {', '.join(adapters)}", sum(t.num_rows for t in per_head), "q") as b:
             for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
                 for record in batch.to_pylist():
                     records[record.pop("head")].append(record)

@@ -79,7 +79,7 @@ class GRPOManifest(TrainingManifest):
 
 def _train_loop(loop_config: dict) -> None:
     """One learner (a Ray Train worker) with its rollout and reward actors."""
-    learner.hide_vllm_from_trl()
+    learner.prepare_trl()
     import datasets
     import ray.train
     from peft import PeftModel

@@ -8,6 +8,7 @@ Train are imported where a worker uses them."""
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from medmcqa_ray.stage import Manifest, history_steps
 from medmcqa_ray.tracking.tracker import RunRef
 from medmcqa_ray.training.journal import journal, restarts
 
+log = logging.getLogger(__name__)
+
 
 def hide_vllm_from_trl() -> None:
     """Call before importing TRL's trainers in a learner. Our learners never use TRL's own vLLM
@@ -28,6 +31,35 @@ def hide_vllm_from_trl() -> None:
     import trl.import_utils as trl_imports  # `as`: trl is a lazy module without the attribute
 
     trl_imports.is_vllm_available = lambda *args, **kwargs: False
+
+
+def score_labelled_positions_only() -> None:
+    """TRL's fused LM head (SFT's and GRPO's loss) projects only the positions that have a label on
+    Triton devices, and every position elsewhere, so that a compiler (Neuron) sees one tile shape. On a
+    CPU nothing is compiled, and with completion-only losses most positions are the prompt's: scoring only
+    the labelled ones made an SFT step 1.6x faster here (8 demo steps 43.3 s -> 27.0 s, same losses). TRL
+    reads the choice from `trl.trainer.utils._use_triton`; its kernels keep their own copy, so the CPU
+    still runs the plain torch tiles."""
+    import trl.trainer.utils as trl_utils
+
+    choose = getattr(trl_utils, "_use_triton", None)
+    if choose is None:  # a TRL that decides this elsewhere: slower on CPU, never wrong
+        log.warning("trl.trainer.utils._use_triton is gone: TRL's loss scores every position on CPU")
+        return
+    if getattr(choose, "compact_on_cpu", False):
+        return
+
+    def compact(device) -> bool:
+        return device.type == "cpu" or choose(device)
+
+    compact.compact_on_cpu = True
+    trl_utils._use_triton = compact
+
+
+def prepare_trl() -> None:
+    """Call before importing TRL's trainers in a learner (both adjustments above)."""
+    hide_vllm_from_trl()
+    score_labelled_positions_only()
 
 
 @dataclass(frozen=True)

@@ -53,7 +53,7 @@ class SFTManifest(TrainingManifest):
 
 def _train_loop(loop_config: dict) -> None:
     """One learner (a Ray Train worker)."""
-    learner.hide_vllm_from_trl()
+    learner.prepare_trl()
     import datasets
     from ray.train.huggingface.transformers import RayTrainReportCallback, prepare_trainer
     from trl import SFTTrainer

@@ -11,6 +11,7 @@ from peft import LoraConfig
 from trl import SFTConfig
 
 from medmcqa_ray.config import Config, LoraSection
+from medmcqa_ray.models import trains_in_bf16
 
 
 def lora_config(lora: LoraSection) -> LoraConfig:
@@ -25,5 +26,5 @@ def sft_args(cfg: Config, output_dir: Path, device: str) -> SFTConfig:
         gradient_accumulation_steps=s.grad_accum, learning_rate=s.learning_rate, logging_steps=1,
         save_strategy="steps", save_steps=s.save_steps, save_total_limit=1, report_to=[], max_length=s.max_length,
         completion_only_loss=True, gradient_checkpointing=s.gradient_checkpointing, seed=s.seed,
-        bf16=device == "cuda", use_cpu=device == "cpu", dataloader_num_workers=0,
+        bf16=trains_in_bf16(cfg.model, device), use_cpu=device == "cpu", dataloader_num_workers=0,
     )
