@@ -139,7 +139,9 @@ def decode(model, prompts: list[list[int]], sampling: Sampling, eos_ids: set[int
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     n = sampling.n if sampling.temperature else 1  # greedy samples are identical: decode one, copy it
-    rows = max(max_rows, n)
+    # No more slots than this call has sequences: the cache is zero-filled on every call, and 128 slots of
+    # SmolLM2-135M for a GRPO step's 8 samples were 1.5 GB (0.4 s) in bf16.
+    rows = max(min(max_rows, len(prompts) * n), n)
     cache = SlotCache(model.config, rows, max(len(p) for p in prompts) + sampling.max_new_tokens, dtype, device)
     procs = warpers(sampling)
     generator = torch.Generator(device=device).manual_seed(sampling.seed) if sampling.seed is not None else None
