@@ -127,7 +127,10 @@ def native_cpu_bf16() -> bool:
 
     if platform.machine().lower() in ("arm64", "aarch64"):
         return True
-    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    if None in probes:  # a torch without these probes: no warning rather than a wrong one
+        return True
+    return any(probe() for probe in probes)
 
 
 def torch_dtype(cfg: ModelSection, device: str) -> "torch.dtype":

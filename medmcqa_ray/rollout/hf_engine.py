@@ -122,4 +122,3 @@ class HFEngine(RolloutEngine):
 
     def health(self) -> dict[str, Any]:
         return super().health() | {"device": self.device, "adapter": self._peft_config is not None}
-

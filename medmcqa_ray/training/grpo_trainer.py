@@ -149,5 +149,6 @@ def grpo_args(cfg: Config, output_dir: Path, device: str) -> GRPOConfig:
         vllm_importance_sampling_correction=g.max_off_policy_steps > 0,
         vllm_importance_sampling_mode=g.off_policy_correction, vllm_importance_sampling_clip_max=g.off_policy_clip,
         disable_dropout=True, logging_steps=1, save_strategy="steps", save_steps=g.save_steps, save_total_limit=1,
-        report_to=[], seed=g.seed, bf16=trains_in_bf16(cfg.model, device), use_cpu=device == "cpu", dataloader_num_workers=0,
+        report_to=[], seed=g.seed, bf16=trains_in_bf16(cfg.model, device), use_cpu=device == "cpu",
+        dataloader_num_workers=0,
     )

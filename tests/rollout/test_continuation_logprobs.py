@@ -33,8 +33,11 @@ def test_batched_scores_equal_each_request_alone(engine):
                  ("Drug of choice for absence seizures:", ["Ethosuximide", "Phenytoin", "Carbamazepine", "Lithium"])]
     requests = [pair for q, opts in questions for pair in choice_requests(q, opts, tok)]
     requests.append((tok.encode("The antidote of paracetamol poisoning is"), tok.encode(" N-acetylcysteine")))
-    assert all(len(cont) == 1 for _, cont in requests[:8]) and len(requests[8][1]) > 1
-    scores = engine.continuation_logprobs(requests)  # 3 rows a batch: 2 shared contexts + 1 own, across batches
+    # A context longer than half a forward pass's token budget goes alone, the short ones together.
+    requests.insert(4, (tok.encode("History: " + "the patient reports no complaints today. " * 160 + "Answer:"), tok.encode(" B")))
+    assert len(requests[4][0]) > 1100
+    assert all(len(cont) == 1 for _, cont in requests[:9]) and len(requests[9][1]) > 1
+    scores = engine.continuation_logprobs(requests)  # 3 rows at most: shared contexts and own ones, in chunks
     expected = [alone(engine, ctx, cont) for ctx, cont in requests]
     assert scores == pytest.approx(expected, abs=1e-4)
     with pytest.raises(ValueError, match="request 0 has an empty"):
