@@ -3,15 +3,16 @@ held-out validation questions.
 
     python benchmarks/learning.py [--model embedded:smollm2-135m-instruct] [--sft-steps 60] [--grpo-steps 30]
                                   [--prompts 4] [--n 4] [--tokens 64] [--lr 2e-5] [--eval-limit 107]
-                                  [--modes sync,one_step_off] [--set KEY=VALUE ...] [--out FILE]
+                                  [--modes sync,one_step_off] [--set KEY=VALUE ...] [--out FILE] [--keep DIR]
 
 On real MedMCQA a 135M model has no knowledge to show (every head sits at the always-A floor,
 docs/learning.md). The synthetic sample (`data.source=synthetic`) can show learning: its validation
 questions ask the training facts with a template the model never trained on. One SFT adapter is made
 (configs/local.yaml with the sizes above); each mode runs GRPO from it into its own output folder, and
 the eval stage scores the sft and grpo heads there by generation (greedy, the reasoning format) on the
-same questions: accuracy with its Wilson interval, McNemar's exact p of GRPO against its SFT start, and the
-per-step reward curves. Prints JSON (and writes it to --out).
+same questions: accuracy with its Wilson interval, McNemar's exact p of GRPO against its SFT start, the
+per-step reward curves, and each head's letter binding (how often its reasoning names the gold option, how
+often its letter is the option its reasoning names). Prints JSON (and writes it to --out).
 """
 
 from __future__ import annotations
@@ -32,9 +33,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from json_report import print_report  # noqa: E402  (this folder)
 
 from medmcqa_ray import metric_names as M  # noqa: E402
-from medmcqa_ray.config import load_config  # noqa: E402
+from medmcqa_ray.config import Config, load_config  # noqa: E402
+from medmcqa_ray.data.formatted_rows import read_formatted  # noqa: E402
+from medmcqa_ray.formatting import LETTERS, named_option  # noqa: E402
 from medmcqa_ray.layout import layout  # noqa: E402
 from medmcqa_ray.pipeline import run_stage  # noqa: E402
+from medmcqa_ray.rewards.components import reasoning_of  # noqa: E402
 
 MODES = {"sync": "grpo.max_off_policy_steps=0", "one_step_off": "grpo.max_off_policy_steps=1"}
 
@@ -43,6 +47,28 @@ def head_score(summary: dict, head: str) -> dict:
     s = summary["heads"][head]["generate"]
     keep = ("accuracy", "ci95", "n", "correct", "format_compliance", "p_vs_sft", "paired_n_vs_sft")
     return {k: s[k] for k in keep if k in s}
+
+
+def letter_binding(cfg: Config, head: str) -> dict:
+    """Where a head's letter comes from. Its reasoning names an option's text ("Scurvy results from a deficiency
+    of Vitamin C."); the letter then is that option's or is not. A head can state the right fact and still give
+    the wrong letter: accuracy is bounded by how often the reasoning names the gold option and no other
+    (`names_gold`) and by how often the letter is the option the reasoning names (`letter_agrees`, over the
+    `names_one_option` answers that name exactly one; the `consistent` reward's rule)."""
+    options = {r["id"]: r["options"] for r in read_formatted(layout(cfg).eval_input, ["id", "options"]).to_pylist()}
+    n = names_gold = names_one = agrees = 0
+    for line in (layout(cfg).eval_dir / "heads" / f"{head}.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        if r.get("generation") is None:
+            continue
+        named = named_option(reasoning_of(r["generation"], cfg.format.markers), options[r["id"]])
+        n += 1
+        if named is not None:
+            names_one += 1
+            names_gold += LETTERS[named] == r["gold"]
+            agrees += r["extracted"] == LETTERS[named]
+    return {"n": n, "names_gold": round(names_gold / n, 3) if n else None, "names_one_option": names_one,
+            "letter_agrees": round(agrees / names_one, 3) if names_one else None}
 
 
 def main() -> None:
@@ -58,12 +84,17 @@ def main() -> None:
     ap.add_argument("--modes", default="sync,one_step_off")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any other config override")
     ap.add_argument("--out", type=Path, help="also write the JSON here")
+    ap.add_argument("--keep", type=Path, metavar="DIR",
+                    help="run in DIR and keep it (each mode's output folder, its eval/heads/*.jsonl); default: a "
+                         "temporary folder, removed at the end")
     args = ap.parse_args()
     modes = [m for m in args.modes.split(",") if m]
     if unknown := set(modes) - set(MODES):
         raise SystemExit(f"unknown mode: {sorted(unknown)}")
 
-    work = Path(tempfile.mkdtemp(prefix="learning-bench-"))
+    work = args.keep.resolve() if args.keep else Path(tempfile.mkdtemp(prefix="learning-bench-"))
+    if args.keep and args.keep.exists() and any(args.keep.iterdir()):
+        raise SystemExit(f"--keep {args.keep}: not empty")
     base_out = work / "out"
     overrides = [f"model.name={args.model}", "data.source=synthetic", "tracking.enabled=false",
                  f"sft.max_steps={args.sft_steps}", f"sft.save_steps={args.sft_steps}",
@@ -91,8 +122,10 @@ def main() -> None:
         summary = json.loads((layout(cfg).eval_dir / "summary.json").read_text())
         steps = [h for h in grpo["history"] if M.CORRECT in h]
         report["sft"] = head_score(summary, "sft")  # the same adapter and questions in every mode
+        report["sft_letter_binding"] = letter_binding(cfg, "sft")
         report["modes"][mode] = {
             "grpo": head_score(summary, "grpo"),
+            "letter_binding": letter_binding(cfg, "grpo"),
             "correct_curve": [round(h[M.CORRECT], 3) for h in steps],
             "reward_curve": [round(h[M.REWARD], 3) for h in steps],
             "policy_version_lag": [int(h[M.POLICY_VERSION_LAG]) for h in steps],
@@ -102,7 +135,8 @@ def main() -> None:
     report["grpo_beats_sft_p_lt_0_05"] = {m: bool(r["grpo"]["accuracy"] > report["sft"]["accuracy"]
                                                and r["grpo"].get("p_vs_sft", 1.0) < 0.05) for m, r in done.items()}
     report["wall_s"] = round(time.monotonic() - start, 1)
-    shutil.rmtree(work, ignore_errors=True)
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
     print_report(report, args.out)
 
 

@@ -189,6 +189,15 @@ def is_correct(text: Optional[str], gold: Optional[str], options: Optional[Seque
     return gold in tuple(LETTERS) and extract_answer(text, options, markers).letter == gold
 
 
+def named_option(reasoning: str, options: Optional[Sequence[str]]) -> Optional[int]:
+    """The index of the one option whose text the reasoning names (whole words, any case), else None: none
+    named, or several (a short option such as "A" or "2" inside other words never counts)."""
+    text = strip_invisible(reasoning).casefold()
+    named = [i for i, opt in enumerate(options or ())
+             if opt.strip() and re.search(r"(?<!\w)" + re.escape(opt.strip().casefold()) + r"(?!\w)", text)]
+    return named[0] if len(named) == 1 else None
+
+
 def format_row(row: dict, cfg: FormatSection) -> dict:
     """A processed row -> a formatted row (records.FORMATTED). Unlabelled rows get no SFT target."""
     index = row.get("answer_index")

@@ -479,7 +479,7 @@ class GRPOSection(Section):
         return self
 
 
-BUILTIN_REWARDS = ("format_exact", "format_approx", "correct", "similarity")
+BUILTIN_REWARDS = ("format_exact", "format_approx", "correct", "similarity", "consistent")
 
 
 class CustomReward(Section):
@@ -495,9 +495,11 @@ class CustomReward(Section):
 
 
 class RewardsSection(Section):
-    weights: dict[str, float] = {"format_exact": 1.0, "format_approx": 0.5, "correct": 2.0, "similarity": 0.5}
-    """Weight of each built-in component (format_exact, format_approx, correct, similarity); passed to TRL's
-    reward_weights. A weight of 0 still computes and logs the component."""
+    weights: dict[str, float] = {"format_exact": 1.0, "format_approx": 0.5, "correct": 2.0, "similarity": 0.5,
+                                 "consistent": 0.0}
+    """Weight of each built-in component (format_exact, format_approx, correct, similarity, consistent: the
+    letter is the option the reasoning names, rewards/components.py); passed to TRL's reward_weights. A
+    component left out weighs 0. A weight of 0 still computes and logs the component."""
     custom: dict[str, CustomReward] = {}
     """Extra components by name: {name: {path: "pkg.mod:fn", weight: 1.0}}."""
     similarity_model: Optional[PathOrHubId] = None

@@ -6,9 +6,10 @@ the generation prompt, which already ends with the reasoning start marker.
 | format_exact | 1.0 when `formatting.is_well_formatted` (reasoning, end marker, exactly one solution tag with one letter A-D, nothing after), else 0.0 |
 | format_approx | +0.5 for each of the reasoning end marker, solution start and solution end present exactly once, -0.5 for each missing or repeated (range -1.5..1.5) |
 | correct | 1.0 when `formatting.is_correct` (the gold letter A-D, read by the same extraction evaluation uses), else 0.0 (also 0.0 for an unlabelled row) |
+| consistent | 1.0 when the reasoning names exactly one option's text (`formatting.named_option`) and the letter given is that option's, else 0.0: the answer follows from the reasoning, right or wrong |
 | similarity | cosine similarity of the reasoning to the row's explanation (similarity.py); NEUTRAL_SIMILARITY (0.0) without an explanation or without reasoning |
 
-`PER_COMPLETION` holds the first three, one entry each; `similarity` embeds a whole batch at once, so the
+`PER_COMPLETION` holds all but similarity, one entry each; `similarity` embeds a whole batch at once, so the
 Scorer runs it batch-wise (scoring.py). Names, weights and order: registry.py.
 """
 
@@ -17,7 +18,7 @@ from __future__ import annotations
 from typing import Callable, Optional, Sequence
 
 from medmcqa_ray.config import Markers
-from medmcqa_ray.formatting import is_correct, is_well_formatted
+from medmcqa_ray.formatting import LETTERS, extract_answer, is_correct, is_well_formatted, named_option
 
 NEUTRAL_SIMILARITY = 0.0
 """Similarity for a row without an explanation (nothing to compare with) or a completion without reasoning:
@@ -40,6 +41,15 @@ def correct(completion: str, gold: Optional[str], options: Optional[Sequence[str
     return float(is_correct(completion, gold, options, markers))
 
 
+def consistent(completion: str, options: Optional[Sequence[str]], markers: Markers) -> float:
+    # A small model can write the right fact and then a letter unrelated to it (SmolLM2-135M after SFT on the
+    # synthetic sample: 51% of its reasoning names the gold option, 27% of its letters match what it named).
+    # `correct` pays only the samples right by both; this pays every letter that follows from its own
+    # reasoning, whatever the gold answer, so every sample that names an option carries the binding signal.
+    named = named_option(reasoning_of(completion, markers), options)
+    return float(named is not None and extract_answer(completion, options, markers).letter == LETTERS[named])
+
+
 PerCompletion = Callable[[str, Optional[str], Optional[Sequence[str]], Markers], float]
 """fn(completion, gold letter, options, markers) -> score."""
 
@@ -47,6 +57,7 @@ PER_COMPLETION: dict[str, PerCompletion] = {
     "format_exact": lambda completion, gold, options, markers: format_exact(completion, markers),
     "format_approx": lambda completion, gold, options, markers: format_approx(completion, markers),
     "correct": correct,
+    "consistent": lambda completion, gold, options, markers: consistent(completion, options, markers),
 }
 """The built-ins scored one completion at a time. A new one is one entry here plus its name in
 config.BUILTIN_REWARDS (which fixes its place in the order)."""

@@ -58,10 +58,32 @@ def test_every_component_on_hand_written_completions(scorer):
     assert scores.components["similarity"][names.index("empty string")] == 0.0  # no reasoning: neutral
 
 
+# completion -> consistent: the letter is the one option the reasoning names, right or wrong
+CONSISTENT = {
+    "names C, answers C": ("Scurvy comes from too little vitamin C.<end_working_out><SOLUTION>C</SOLUTION>", 1.0),
+    "names A, answers A (wrong, yet it follows)": ("It is vitamin a.<end_working_out><SOLUTION>A</SOLUTION>", 1.0),
+    "names C, answers A": ("Scurvy: vitamin C.<end_working_out><SOLUTION>A</SOLUTION>", 0.0),
+    "names two options": ("Vitamin A or Vitamin C.<end_working_out><SOLUTION>C</SOLUTION>", 0.0),
+    "names none": ("Collagen needs it.<end_working_out><SOLUTION>C</SOLUTION>", 0.0),
+    "a longer word is not the option": ("Vitamin Cs are many.<end_working_out><SOLUTION>C</SOLUTION>", 0.0),
+    "named only after the reasoning": ("x<end_working_out><SOLUTION>C</SOLUTION> Vitamin C", 0.0),
+    "no letter": ("Vitamin C<end_working_out>", 0.0),
+}
+
+
+def test_consistent_pays_a_letter_that_follows_from_its_reasoning(scorer):
+    names = list(CONSISTENT)
+    batch = RewardBatch(completions=[CONSISTENT[n][0] for n in names], answer_labels=[GOLD] * len(names),
+                        explanations=[EXP] * len(names), options=[OPTS] * len(names))
+    got = scorer.score(batch).components["consistent"]
+    assert dict(zip(names, got)) == {n: CONSISTENT[n][1] for n in names}
+    assert RewardsSection().weights["consistent"] == 0.0  # logged by default, trained on only when weighted
+
+
 def test_correct_is_reported_whatever_the_weights_and_unlabelled_rows_score_zero(scorer):
     cfg = RewardsSection(weights={"correct": 0.0, "format_exact": 1.0})
     assert "correct" in Scorer(cfg, M).names()
-    assert reward_weights(cfg) == [1.0, 0.0, 0.0, 0.0]
+    assert reward_weights(cfg) == [1.0, 0.0, 0.0, 0.0, 0.0]  # a component left out weighs 0
     s = scorer.score(RewardBatch(completions=[CASES["exact"][0]], answer_labels=[None], explanations=[None], options=[OPTS]))
     assert s.components["correct"] == [0.0] and s.components["similarity"] == [0.0]  # no explanation: neutral
 
@@ -137,13 +159,13 @@ def test_registry_is_the_one_order_of_names_weights_and_trl_functions():
                            "rewards.custom.brevity.weight=0.25"]).rewards.model_copy(update={"weights": {"correct": 2.0}})
     assert reward_specs(cfg) == [RewardSpec("format_exact", 0.0, True), RewardSpec("format_approx", 0.0, True),
                                  RewardSpec("correct", 2.0, True), RewardSpec("similarity", 0.0, True),
-                                 RewardSpec("brevity", 0.25, False)]
+                                 RewardSpec("consistent", 0.0, True), RewardSpec("brevity", 0.25, False)]
     assert reward_names(cfg) == [*BUILTIN_REWARDS, "brevity"] == Scorer(cfg, M).names()
-    assert reward_weights(cfg) == [0.0, 0.0, 2.0, 0.0, 0.25]
+    assert reward_weights(cfg) == [0.0, 0.0, 2.0, 0.0, 0.0, 0.25]
     assert searchable_names(cfg) == {*BUILTIN_REWARDS, "brevity"}
     funcs = trl_reward_funcs(cfg)
     assert [f.__name__ for f in funcs] == reward_names(cfg)  # TRL logs rewards/<name>/mean
     fields = {REWARD_FIELD.format(n): [float(i)] for i, n in enumerate(reward_names(cfg))}
-    assert [f(["c"], **fields) for f in funcs] == [[0.0], [1.0], [2.0], [3.0], [4.0]]
+    assert [f(["c"], **fields) for f in funcs] == [[0.0], [1.0], [2.0], [3.0], [4.0], [5.0]]
     # Every built-in has its function: per completion, or the batch-wise similarity.
     assert set(components.PER_COMPLETION) | {components.SIMILARITY} == set(BUILTIN_REWARDS)
