@@ -27,7 +27,8 @@ def ensure_ray(cfg: RaySection) -> None:
     else:
         # address="local": a new Ray of our own, as the config says, even where `ray start` left a cluster
         # running on this machine (plain ray.init() would join that one and refuse ray.num_cpus).
-        ray.init(address="local", num_cpus=cfg.num_cpus, log_to_driver=console.verbose())
+        ray.init(address="local", num_cpus=cfg.num_cpus, include_dashboard=cfg.include_dashboard,
+                 log_to_driver=console.verbose())
         print(f"Ray: started local Ray ({ray.cluster_resources().get('CPU'):g} CPUs)", flush=True)
     configure_ray_data(cfg.data_resource_reservation)
     console.quiet_libraries()  # after ray.data's import, which sets its loggers up

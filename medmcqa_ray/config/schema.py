@@ -67,6 +67,10 @@ class RaySection(Section):
     """Ray cluster to join ("auto", "ray://host:10001"); None joins RAY_ADDRESS if set, else starts local Ray."""
     num_cpus: Optional[PositiveInt] = None
     """CPUs for a locally started Ray (None: all of this machine's)."""
+    include_dashboard: Optional[bool] = None
+    """Ray's dashboard with a locally started Ray (None: Ray's default, on where its packages are installed).
+    configs/local.yaml turns it off: its dozen processes start with Ray and take CPU for the whole run,
+    which on 2 cores the stages feel; the run's own view is MLflow's. A joined cluster keeps its own."""
     data_resource_reservation: bool = False
     """Ray Data's per-operator resource reservation. Off: on a small machine it held our one-operator
     passes to about one task at a time (measured 6.0 s vs 4.3 s on 2 cores); turn it on for long

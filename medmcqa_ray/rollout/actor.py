@@ -76,9 +76,10 @@ class RolloutPool:
     """`num_actors` RolloutActors created with `max_restarts`; calls are spread in contiguous chunks."""
 
     def __init__(self, model_cfg: ModelSection, rollout_cfg: RolloutSection,
-                 actor_options: Optional[dict | list[dict]] = None):
+                 actor_options: Optional[dict | list[dict]] = None, wait: bool = True):
         """`actor_options`: Ray options for every actor, or a list with one dict per actor (actors that share
-        their learner's bundle each get their own GPU ids: training/placement.py)."""
+        their learner's bundle each get their own GPU ids: training/placement.py). `wait=False` returns
+        while the engines start; call `ready()` before the first use."""
         # "DEFAULT": a learner inside a Tune trial's placement group would otherwise capture its actors
         # into its own bundle, where they never fit.
         base = {"max_restarts": rollout_cfg.max_restarts, "num_cpus": rollout_cfg.num_cpus_per_actor,
@@ -96,7 +97,8 @@ class RolloutPool:
         self.engine = resolve_engine(rollout_cfg)
         self.colocated = rollout_cfg.colocate
         self.trace = CallTrace(rollout_cfg.call_trace, "learner")
-        self.ready()
+        if wait:
+            self.ready()
 
     def ready(self) -> None:
         """Wait until every actor's engine has started (vLLM: loaded and profiled its memory), so a learner

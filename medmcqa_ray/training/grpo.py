@@ -79,6 +79,20 @@ class GRPOManifest(TrainingManifest):
 
 def _train_loop(loop_config: dict) -> None:
     """One learner (a Ray Train worker) with its rollout and reward actors."""
+    from medmcqa_ray.rewards.actor import RewardPool
+    from medmcqa_ray.rollout.actor import RolloutPool
+    from medmcqa_ray.training import placement
+
+    args = LearnerArgs.from_loop_config(loop_config)
+    cfg = args.cfg
+    placement.keep_learner_share(cfg)
+    # The actors first, without waiting: they import torch and load their models while this learner
+    # imports TRL (on 2 CPU cores about 15 s of the stage's start-up overlapped). Reward actors (CPU only)
+    # are never waited for; the rollout pool is, before the learner loads its model: a vLLM engine sharing
+    # the learner's GPU sizes its KV cache from the memory free when it starts, so the learner allocates
+    # after it, and a failed start stops the stage there.
+    reward_pool = RewardPool(cfg.rewards, cfg.format.markers, placement.reward_options(cfg))
+    rollout_pool = RolloutPool(cfg.model, cfg.rollout, placement.rollout_options(cfg), wait=False)
     learner.prepare_trl()
     import datasets
     import ray.train
@@ -87,26 +101,16 @@ def _train_loop(loop_config: dict) -> None:
 
     from medmcqa_ray.models import load_model, load_tokenizer
     from medmcqa_ray.progress import ReportSteps
-    from medmcqa_ray.rewards.actor import RewardPool
     from medmcqa_ray.rewards.registry import trl_reward_funcs
-    from medmcqa_ray.rollout.actor import RolloutPool
-    from medmcqa_ray.training import placement
     from medmcqa_ray.training.callbacks import AdapterSync, ReportEveryStep, Validate
     from medmcqa_ray.training.grpo_trainer import RolloutGRPOTrainer, grpo_args
     from medmcqa_ray.training.rollout_function import RolloutFunction
     from medmcqa_ray.training.validation import Validator
 
-    args = LearnerArgs.from_loop_config(loop_config)
-    cfg = args.cfg
     device = learner.device(cfg)
     rows = training_prompts(cfg)
     tokenizer = load_tokenizer(cfg.model)
-    placement.keep_learner_share(cfg)
-    # The actors first. Reward actors (CPU only) are started without waiting, so they load while the
-    # rollout pool waits for its engines: a vLLM engine sharing the learner's GPU sizes its KV cache from
-    # the memory free when it starts, so the learner allocates after it; a failed start stops here.
-    reward_pool = RewardPool(cfg.rewards, cfg.format.markers, placement.reward_options(cfg))
-    rollout_pool = RolloutPool(cfg.model, cfg.rollout, placement.rollout_options(cfg))
+    rollout_pool.ready()
     model = PeftModel.from_pretrained(load_model(cfg.model, device), str(layout(cfg).adapter("sft")), is_trainable=True)
     rollout = RolloutFunction(cfg, tokenizer, rows, rollout_pool, reward_pool, ray.train.get_context().get_world_rank(),
                               cfg.grpo.num_generations, args.final_dir)
