@@ -89,6 +89,9 @@ def main() -> None:
     ap.add_argument("--modes", default="sync,one_step_off")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any other config override")
     ap.add_argument("--out", type=Path, help="also write the JSON here")
+    ap.add_argument("--sft-from", type=Path, metavar="DIR",
+                    help="start from a kept run's SFT output folder (DIR/out of an earlier --keep): its download, "
+                         "prep and SFT stages are skipped where their manifests match these settings, re-run otherwise")
     ap.add_argument("--keep", type=Path, metavar="DIR",
                     help="run in DIR and keep it (each mode's output folder, its eval/heads/*.jsonl); default: a "
                          "temporary folder, removed at the end")
@@ -112,9 +115,10 @@ def main() -> None:
     report: dict = {"benchmark": "learning on the synthetic sample", "model": args.model, "cores": os.cpu_count(),
                     "settings": overrides, "modes": {}}
     start = time.monotonic()
+    if args.sft_from:
+        shutil.copytree(args.sft_from, base_out, symlinks=True, ignore=shutil.ignore_patterns("eval"))
     cfg = load_config([REPO / "configs" / "local.yaml"], [*overrides, f"output_dir={base_out}"])
-    for stage in ("download", "prep", "sft"):
-        run_stage(stage, cfg)
+    report["sft_skipped"] = [stage for stage in ("download", "prep", "sft") if run_stage(stage, cfg).skipped]
     report["sft_wall_s"] = round(time.monotonic() - start, 1)
 
     for mode in modes:

@@ -87,7 +87,8 @@ def _train_loop(loop_config: dict) -> None:
     cfg = args.cfg
     placement.keep_learner_share(cfg)
     # The actors first, without waiting: they import torch and load their models while this learner
-    # imports TRL (on 2 CPU cores about 15 s of the stage's start-up overlapped). Reward actors (CPU only)
+    # imports TRL, where there are cores to do both (on the 2-core demo, where all of it is CPU-bound, the
+    # stage's start-up stayed about 68 s). Reward actors (CPU only)
     # are never waited for; the rollout pool is, before the learner loads its model: a vLLM engine sharing
     # the learner's GPU sizes its KV cache from the memory free when it starts, so the learner allocates
     # after it, and a failed start stops the stage there.
