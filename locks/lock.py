@@ -1,9 +1,10 @@
 """Writes the locked dependency sets with uv's resolver: `python locks/lock.py` (all) or `... cpu gpu`.
 
 Each set is resolved for its target platform and Python, from pyproject.toml's extras, against the
-packages published before EXCLUDE_NEWER. The registry can still list a release later with an earlier upload
-time, so tests/test_locks.py re-resolves each set constrained by its lock and compares: pyproject.toml's
-ranges must hold the locked pins, and no dependency may be added or dropped without `make lock`. `make setup` installs locks/cpu.txt.
+packages published before EXCLUDE_NEWER. The registry can still list a release later with an earlier
+upload time, so tests/test_locks.py re-resolves each set constrained by its lock and compares:
+pyproject.toml's ranges must hold the locked pins, and no dependency may be added or dropped without
+`make lock`. `make setup` installs locks/cpu.txt.
 """
 
 from __future__ import annotations

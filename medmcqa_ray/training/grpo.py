@@ -88,10 +88,10 @@ def _train_loop(loop_config: dict) -> None:
     placement.keep_learner_share(cfg)
     # The actors first, without waiting: they import torch and load their models while this learner
     # imports TRL, where there are cores to do both (on the 2-core demo, where all of it is CPU-bound, the
-    # stage's start-up stayed about 68 s). Reward actors (CPU only)
-    # are never waited for; the rollout pool is, before the learner loads its model: a vLLM engine sharing
-    # the learner's GPU sizes its KV cache from the memory free when it starts, so the learner allocates
-    # after it, and a failed start stops the stage there.
+    # stage's start-up stayed about 68 s). Reward actors (CPU only) are never waited for; the rollout pool
+    # is, before the learner loads its model: a vLLM engine sharing the learner's GPU sizes its KV cache
+    # from the memory free when it starts, so the learner allocates after it, and a failed start stops
+    # the stage there.
     reward_pool = RewardPool(cfg.rewards, cfg.format.markers, placement.reward_options(cfg))
     rollout_pool = RolloutPool(cfg.model, cfg.rollout, placement.rollout_options(cfg), wait=False)
     learner.prepare_trl()
