@@ -198,6 +198,15 @@ def named_option(reasoning: str, options: Optional[Sequence[str]]) -> Optional[i
     return named[0] if len(named) == 1 else None
 
 
+def reorder_options(row: dict, order: Sequence[int], cfg: FormatSection) -> dict:
+    """A labelled formatted row asked with its options in `order` (`order[i]`: the index of the option shown
+    as letter i): new prompt, options and gold letter. The SFT target is dropped, its letter being stale."""
+    options = [row["options"][i] for i in order]
+    gold = LETTERS[list(order).index(LETTERS.index(row["answer_label"]))]
+    return row | {"options": options, "answer_label": gold, "completion": None,
+                  "prompt": prompt_messages(row["question"], options, cfg)}
+
+
 def format_row(row: dict, cfg: FormatSection) -> dict:
     """A processed row -> a formatted row (records.FORMATTED). Unlabelled rows get no SFT target."""
     index = row.get("answer_index")

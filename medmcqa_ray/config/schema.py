@@ -453,6 +453,12 @@ class GRPOSection(Section):
     """Formatted split whose labelled prompts GRPO trains on."""
     limit: Optional[PositiveInt] = None
     """Use at most this many prompts."""
+    shuffle_options: bool = False
+    """Ask each GRPO prompt with its options in another order (one permutation per question, from `seed` and
+    the question's id; the gold letter follows its option). SFT saw each training question in one order and
+    can answer it from the letter it memorised; reordered, a sample is right only if its letter names the
+    option its reasoning chose, so GRPO rewards that binding instead of the memory. A letter written in an
+    explanation ("Ans. is 'c'") is not rewritten: it only feeds the similarity reward."""
     dynamic_sampling: DynamicSamplingSection = DynamicSamplingSection()
     """Re-sample zero-variance groups."""
     max_off_policy_steps: int = Field(0, ge=0)

@@ -2,9 +2,9 @@
 
 NOT MedMCQA. Each question is generated from a table of textbook medical facts (one relation per
 table: deficiency -> vitamin, drug -> class, poison -> antidote, ...). Distractors are other answers
-of the same relation, so every option is plausible. Each relation has three question templates: two
-make the train split and the third, unseen phrasing makes the validation split, so validation asks
-the same facts in words a model has not been trained on. That gives a small model something it can
+of the same relation, so every option is plausible. Each relation has five question templates: two
+make the train split and three other, unseen phrasings make the validation split, so validation asks
+the same facts in words a model has not been trained on (107 facts: 214 train, 321 validation questions). That gives a small model something it can
 measurably learn (the facts) without letting it memorise the wording.
 
 Regenerate the bundled files with `python -m medmcqa_ray.data.synthetic_sample` (deterministic).
@@ -30,6 +30,7 @@ class Relation:
     validation_template: str
     explanation: str
     facts: tuple[tuple[str, str], ...]
+    more_validation_templates: tuple[str, str] = ()
 
 
 RELATIONS = [
@@ -43,6 +44,7 @@ RELATIONS = [
          ("haemorrhagic disease of the newborn", "Vitamin K"), ("angular cheilitis", "Riboflavin (vitamin B2)"),
          ("Wernicke encephalopathy", "Thiamine (vitamin B1)"), ("xerophthalmia", "Vitamin A"),
          ("osteomalacia", "Vitamin D"), ("neural tube defects in the fetus", "Folic acid")),
+        more_validation_templates=("Which dietary factor, when lacking, produces {key}?", "The deficiency that underlies {key} is of:"),
     ),
     Relation(
         "causative organism", "Microbiology",
@@ -55,6 +57,7 @@ RELATIONS = [
          ("whooping cough", "Bordetella pertussis"), ("gonorrhoea", "Neisseria gonorrhoeae"), ("plague", "Yersinia pestis"),
          ("anthrax", "Bacillus anthracis"), ("botulism", "Clostridium botulinum"), ("Q fever", "Coxiella burnetii"),
          ("Legionnaires' disease", "Legionella pneumophila"), ("scarlet fever", "Streptococcus pyogenes")),
+        more_validation_templates=("The pathogen that causes {key} is:", "A diagnosis of {key} implicates which microorganism?"),
     ),
     Relation(
         "drug class", "Pharmacology",
@@ -68,6 +71,7 @@ RELATIONS = [
          ("Amitriptyline", "tricyclic antidepressant"), ("Diazepam", "benzodiazepine"), ("Ciprofloxacin", "fluoroquinolone"),
          ("Gentamicin", "aminoglycoside"), ("Azithromycin", "macrolide"), ("Spironolactone", "potassium-sparing diuretic"),
          ("Salbutamol", "beta-2 adrenergic agonist"), ("Ceftriaxone", "cephalosporin")),
+        more_validation_templates=("Pharmacologically, {key} is classified as a:", "A patient is prescribed {key}. It is a drug of which class?"),
     ),
     Relation(
         "antidote", "Forensic Medicine",
@@ -78,6 +82,7 @@ RELATIONS = [
          ("organophosphate", "Atropine"), ("methanol", "Fomepizole"), ("heparin", "Protamine sulfate"),
          ("warfarin", "Vitamin K"), ("iron", "Desferrioxamine"), ("digoxin", "Digoxin-specific antibody fragments"),
          ("cyanide", "Hydroxocobalamin"), ("beta-blocker", "Glucagon"), ("nitrite", "Methylene blue")),
+        more_validation_templates=("Which agent specifically counteracts {key} overdose?", "In {key} poisoning, the antidote of choice is:"),
     ),
     Relation(
         "hormone source", "Physiology",
@@ -90,6 +95,7 @@ RELATIONS = [
          ("parathyroid hormone", "chief cells of the parathyroid gland"), ("melatonin", "pineal gland"),
          ("erythropoietin", "peritubular interstitial cells of the kidney"), ("growth hormone", "anterior pituitary"),
          ("testosterone", "Leydig cells of the testis"), ("gastrin", "G cells of the gastric antrum")),
+        more_validation_templates=("Where in the body is {key} synthesised?", "{key} is released from the:"),
     ),
     Relation(
         "nerve injury", "Anatomy",
@@ -101,6 +107,7 @@ RELATIONS = [
          ("loss of shoulder abduction beyond 15 degrees with deltoid wasting", "axillary nerve"),
          ("loss of elbow flexion with numbness of the lateral forearm", "musculocutaneous nerve"),
          ("Trendelenburg gait", "superior gluteal nerve")),
+        more_validation_templates=("Which nerve, when injured, causes {key}?", "{key} points to damage of the:"),
     ),
     Relation(
         "karyotype", "Pathology",
@@ -110,6 +117,7 @@ RELATIONS = [
         (("Down syndrome", "trisomy 21"), ("Edwards syndrome", "trisomy 18"), ("Patau syndrome", "trisomy 13"),
          ("Turner syndrome", "45,X"), ("Klinefelter syndrome", "47,XXY"), ("Cri du chat syndrome", "deletion of 5p"),
          ("chronic myeloid leukaemia", "t(9;22) Philadelphia chromosome"), ("Burkitt lymphoma", "t(8;14)")),
+        more_validation_templates=("Cytogenetic analysis in {key} shows:", "The genetic lesion characteristic of {key} is:"),
     ),
     Relation(
         "enzyme deficiency", "Biochemistry",
@@ -123,6 +131,7 @@ RELATIONS = [
          ("Lesch-Nyhan syndrome", "HGPRT"), ("alkaptonuria", "homogentisate oxidase"),
          ("McArdle disease", "muscle glycogen phosphorylase"),
          ("classic galactosaemia", "galactose-1-phosphate uridyltransferase")),
+        more_validation_templates=("{key} results from a lack of which enzyme?", "Which enzyme is missing in {key}?"),
     ),
     Relation(
         "tumour marker", "Pathology",
@@ -133,6 +142,7 @@ RELATIONS = [
          ("prostate-specific antigen", "prostate carcinoma"), ("carcinoembryonic antigen", "colorectal carcinoma"),
          ("CA 19-9", "pancreatic carcinoma"), ("calcitonin", "medullary carcinoma of the thyroid"),
          ("beta-hCG", "choriocarcinoma")),
+        more_validation_templates=("{key} is characteristically raised in:", "Serial {key} levels are used in the follow-up of:"),
     ),
 ]
 
@@ -170,7 +180,25 @@ def generate(seed: int = 0) -> dict[str, list[dict]]:
             splits["train"] += _question_rows(rel, template, "train", rng)
         splits["validation"] += _question_rows(rel, rel.validation_template, "validation", rng)
     rng.shuffle(splits["train"])
+    # Two more unseen phrasings of every fact, from their own random stream and after the first 107: the
+    # train split and the first validation questions stay what they were (eval.limit=107 is the old set),
+    # and three questions a fact give a held-out comparison the power to see a 5-point change.
+    more = random.Random(f"{seed}:more-validation")
+    for rel in RELATIONS:
+        for template in rel.more_validation_templates:
+            splits["validation"] += _question_rows(rel, template, "validation", more)
     return splits
+
+
+def fact_of(row: dict) -> str:
+    """The fact a generated question asks (relation and key), shared by its phrasings: held-out questions of
+    one fact are not independent, so a test over them counts facts (benchmarks/learning.py)."""
+    for rel in RELATIONS:
+        for template in (*rel.train_templates, rel.validation_template, *rel.more_validation_templates):
+            for key, _ in rel.facts:
+                if row["id"] == str(uuid.uuid5(NAMESPACE, f"{rel.name}|{template}|{key}")):
+                    return f"{rel.name}|{key}"
+    raise KeyError(f"{row['id']} is not a synthetic-sample question")
 
 
 def write(out_dir: Path = OUT_DIR) -> None:

@@ -16,15 +16,20 @@ def wilson_ci(correct: int, n: int, z: float = 1.959964) -> tuple[float, float]:
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-def mcnemar_p(base: list[bool], head: list[bool]) -> float:
-    """Exact two-sided McNemar test on paired outcomes (same questions, two heads)."""
-    b = sum(1 for x, y in zip(base, head) if x and not y)
-    c = sum(1 for x, y in zip(base, head) if y and not x)
-    n = b + c
+def sign_test_p(up: int, down: int) -> float:
+    """Exact two-sided sign test: `up` changes one way against `down` the other, under a fair coin."""
+    n = up + down
     if n == 0:
         return 1.0
-    tail = sum(math.comb(n, k) for k in range(min(b, c) + 1)) / 2**n
+    tail = sum(math.comb(n, k) for k in range(min(up, down) + 1)) / 2**n
     return min(1.0, 2 * tail)
+
+
+def mcnemar_p(base: list[bool], head: list[bool]) -> float:
+    """Exact two-sided McNemar test on paired outcomes (same questions, two heads): the sign test on the
+    questions only one of them got right."""
+    return sign_test_p(sum(1 for x, y in zip(base, head) if y and not x),
+                       sum(1 for x, y in zip(base, head) if x and not y))
 
 
 SCORINGS = {"generate": ("correct", "extracted"), "loglik": ("loglik_correct", "loglik_choice")}

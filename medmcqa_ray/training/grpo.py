@@ -17,6 +17,7 @@ A sweep trial runs the same learner under its own name and folder (`train`).
 from __future__ import annotations
 
 import logging
+import random
 from pathlib import Path
 from typing import Optional
 
@@ -24,6 +25,7 @@ from medmcqa_ray import metric_names as M
 from medmcqa_ray.config import Config
 from medmcqa_ray.data.formatted_rows import read_formatted
 from medmcqa_ray.errors import StageError
+from medmcqa_ray.formatting import reorder_options
 from medmcqa_ray.layout import layout
 from medmcqa_ray.stage import Manifest, Stage, fingerprint, hash_parts, upstream_key
 from medmcqa_ray.tracking import RunRef, active_run
@@ -34,13 +36,20 @@ from medmcqa_ray.training.ray_run import fit
 
 log = logging.getLogger(__name__)
 
-PROMPT_COLUMNS = ["id", "prompt", "answer_label", "explanation", "options"]
+PROMPT_COLUMNS = ["id", "prompt", "answer_label", "explanation", "options", "question"]
 
 
 def training_prompts(cfg: Config) -> list[dict]:
-    """Labelled formatted rows of grpo.split: the prompt and what the rewards need."""
-    return read_formatted(layout(cfg).formatted(cfg.grpo.split), PROMPT_COLUMNS, cfg.grpo.limit,
+    """Labelled formatted rows of grpo.split: the prompt and what the rewards need, each asked with its options
+    reordered when grpo.shuffle_options is on (the same order on every run with this seed: a resumed run
+    and each learner see the prompts an uninterrupted one does)."""
+    rows = read_formatted(layout(cfg).formatted(cfg.grpo.split), PROMPT_COLUMNS, cfg.grpo.limit,
                           purpose="train on").to_pylist()
+    if not cfg.grpo.shuffle_options:
+        return rows
+    return [reorder_options(r, random.Random(f"{cfg.grpo.seed}:{r['id']}").sample(range(len(r["options"])),
+                                                                                 len(r["options"])), cfg.format)
+            for r in rows]
 
 
 class GRPOManifest(TrainingManifest):

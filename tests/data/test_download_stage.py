@@ -180,4 +180,4 @@ def test_deleted_output_is_rebuilt_even_with_a_matching_manifest(ray_session, ma
     run_stage("download", cfg)
     shutil.rmtree(Path(cfg.output_dir) / "data" / "processed")
     again = run_stage("download", cfg)
-    assert not again.get("skipped") and len(processed(Path(cfg.output_dir), "validation")) == 107
+    assert not again.get("skipped") and len(processed(Path(cfg.output_dir), "validation")) == 321

@@ -2,7 +2,9 @@
 
 import json
 
-from medmcqa_ray.data.synthetic_sample import OUT_DIR, RELATIONS, generate
+from collections import Counter
+
+from medmcqa_ray.data.synthetic_sample import OUT_DIR, RELATIONS, fact_of, generate
 
 
 def bundled(split):
@@ -12,7 +14,7 @@ def bundled(split):
 def test_bundled_files_are_what_the_generator_writes():
     fresh = generate()
     assert bundled("train") == fresh["train"] and bundled("validation") == fresh["validation"]
-    assert 250 <= len(fresh["train"]) + len(fresh["validation"]) <= 600
+    assert (len(fresh["train"]), len(fresh["validation"])) == (214, 321)
 
 
 def test_validation_uses_unseen_templates_but_the_same_facts():
@@ -22,6 +24,12 @@ def test_validation_uses_unseen_templates_but_the_same_facts():
     for rel in RELATIONS:
         stem = rel.validation_template.split("{key}")[0][:25]
         assert not any(r["question"].startswith(stem) for r in train)
+        assert not set(rel.more_validation_templates) & {rel.validation_template, *rel.train_templates}
+    # Each fact is asked three times in validation (three unseen phrasings) and twice in train; the first
+    # 107 validation questions are the one-phrasing set the earlier measurements used.
+    assert set(Counter(fact_of(r) for r in val).values()) == {3}
+    assert Counter(fact_of(r) for r in train) == Counter({fact: 2 for fact in map(fact_of, val)})
+    assert len({fact_of(r) for r in val[:107]}) == 107
     # Every validation fact is taught in train: the answer text of each validation row appears as a
     # train answer for the same topic.
     train_answers = {(r["topic_name"], [r["opa"], r["opb"], r["opc"], r["opd"]][r["cop"]]) for r in train}

@@ -90,3 +90,24 @@ def test_grpo_fails_before_work_when_learners_and_actors_cannot_fit(ray_session,
     with pytest.raises(StageError, match=r"CPU: needs 12, the cluster has 6 \(scaling.num_workers"):
         check_resources(cfg)
     check_resources(config(tmp_path / "out", "scaling.num_workers=2"))  # 6 fit
+
+
+def test_shuffled_options_move_the_gold_letter_with_its_option(ci_sft):
+    """grpo.shuffle_options: the prompt shows the options in a new order, the gold letter is the one now
+    beside the gold option, about three in four questions change letter, and a re-run (a resume, another
+    learner) gets the same orders; another seed gets others."""
+    from medmcqa_ray.formatting import LETTERS
+    from medmcqa_ray.training.grpo import training_prompts
+
+    plain = training_prompts(config(ci_sft))
+    shuffled = training_prompts(config(ci_sft, "grpo.shuffle_options=true"))
+    assert [r["id"] for r in shuffled] == [r["id"] for r in plain]
+    for before, after in zip(plain, shuffled):
+        gold = before["options"][LETTERS.index(before["answer_label"])]
+        assert sorted(after["options"]) == sorted(before["options"])
+        assert after["options"][LETTERS.index(after["answer_label"])] == gold
+        assert f"{after['answer_label']}. {gold}\n" in after["prompt"][1]["content"]
+    moved = sum(a["answer_label"] != b["answer_label"] for a, b in zip(plain, shuffled)) / len(plain)
+    assert 0.5 < moved < 0.95, moved
+    assert training_prompts(config(ci_sft, "grpo.shuffle_options=true")) == shuffled
+    assert training_prompts(config(ci_sft, "grpo.shuffle_options=true", "grpo.seed=1")) != shuffled
