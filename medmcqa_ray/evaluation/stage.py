@@ -20,6 +20,7 @@ from medmcqa_ray.adapters import adapter_checksum, read_adapter
 from medmcqa_ray.config import Config
 from medmcqa_ray.data.formatted_rows import read_formatted
 from medmcqa_ray.errors import StageError
+from medmcqa_ray.evaluation.eval_set import eval_set
 from medmcqa_ray.evaluation.heads import HEADS, evaluate_heads, head_adapters
 from medmcqa_ray.evaluation.predictions import predictions_table
 from medmcqa_ray.evaluation.report import table
@@ -159,7 +160,8 @@ class EvalStage(Stage):
             scoring = "generate" if "generate" in scorings else "loglik"
             if folder and scoring in scorings:
                 sha = adapter_checksum(read_adapter(Path(folder))[1])
-                tracker.move_best(head, sha, f"validation_{scoring}_accuracy", scorings[scoring]["accuracy"])
+                scored = eval_set(tracker.cfg, Path(manifest.out_dir), head, scoring)
+                tracker.move_best(head, sha, scored, scorings[scoring]["accuracy"], scorings[scoring]["ci95"])
 
 
 class BaselineStage(EvalStage):

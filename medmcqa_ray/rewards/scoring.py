@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict
 
 from medmcqa_ray.config import Markers, RewardsSection
 from medmcqa_ray.config.plugins import load_custom
+from medmcqa_ray.errors import StageError
 from medmcqa_ray.rewards import components
 from medmcqa_ray.rewards.registry import reward_names
 from medmcqa_ray.rewards.similarity import SimilarityScorer
@@ -36,16 +37,40 @@ class RewardScores(BaseModel):
     model_config = ConfigDict(extra="forbid")
     components: dict[str, list[Optional[float]]]
     errors: dict[str, int]
+    first_errors: dict[str, str] = {}
+    """Per component that raised, its first error ("ValueError: ..."), for the message that stops a stage."""
     similarity_scorer: str
 
     @staticmethod
     def merge(parts: list["RewardScores"]) -> "RewardScores":
+        """One batch's scores from its slices, in order. Slices scored by actors whose similarity scorers differ
+        would mix two rewards in one step: that stops the stage."""
+        kinds = [p.similarity_scorer for p in parts]
+        if len(set(kinds)) > 1:
+            raise RewardError(f"the reward actors score similarity differently ({', '.join(kinds)}, actor by actor): "
+                              "one could not load the similarity model (set rewards.similarity_fallback=error to "
+                              "see why)")
         names = list(parts[0].components)
         return RewardScores(
             components={n: [x for p in parts for x in p.components[n]] for n in names},
             errors={n: sum(p.errors.get(n, 0) for p in parts) for n in names},
-            similarity_scorer=parts[0].similarity_scorer,
+            first_errors={n: e for p in reversed(parts) for n, e in p.first_errors.items()},
+            similarity_scorer=kinds[0],
         )
+
+    def check(self, max_error_rate: float) -> None:
+        """Stop where a component raised on more than `max_error_rate` of these samples: training on, with that
+        component silently missing, would optimise the others only."""
+        n = len(next(iter(self.components.values()), []))
+        for name, count in self.errors.items():
+            if n and count / n > max_error_rate:
+                raise RewardError(f"reward {name!r} raised on {count} of {n} samples of a step, above "
+                                  f"rewards.max_error_rate={max_error_rate:g}; its first error: "
+                                  f"{self.first_errors.get(name, 'not recorded')}")
+
+
+class RewardError(StageError):
+    """A reward cannot be trusted for a step: a component failing too often, or actors scoring differently."""
 
 
 class Scorer:
@@ -62,26 +87,30 @@ class Scorer:
 
     def score(self, batch: RewardBatch) -> RewardScores:
         errors = {name: 0 for name in self.names()}
+        first: dict[str, str] = {}
         comps: dict[str, list[Optional[float]]] = {}
         for name in self.names():
             if name in components.PER_COMPLETION:
-                comps[name] = self._per_completion(name, batch, errors)
+                comps[name] = self._per_completion(name, batch, errors, first)
             else:
-                comps[name] = self._batch_wise(name, batch, errors)
-        return RewardScores(components=comps, errors=errors, similarity_scorer=self.similarity.kind)
+                comps[name] = self._batch_wise(name, batch, errors, first)
+        return RewardScores(components=comps, errors=errors, first_errors=first, similarity_scorer=self.similarity.kind)
 
-    def _per_completion(self, name: str, batch: RewardBatch, errors: dict[str, int]) -> list[Optional[float]]:
+    def _per_completion(self, name: str, batch: RewardBatch, errors: dict[str, int],
+                        first: dict[str, str]) -> list[Optional[float]]:
         fn, out = components.PER_COMPLETION[name], []
         for i, completion in enumerate(batch.completions):
             try:
                 out.append(float(fn(completion, batch.answer_labels[i], batch.options[i], self.markers)))
-            except Exception as e:  # a scorer bug on one odd completion must not stop training
+            except Exception as e:  # one odd completion must not stop training; many do (RewardScores.check)
                 errors[name] += 1
+                first.setdefault(name, f"{type(e).__name__}: {e}")
                 log.warning("reward %s raised on completion %d: %s", name, i, e)
                 out.append(None)
         return out
 
-    def _batch_wise(self, name: str, batch: RewardBatch, errors: dict[str, int]) -> list[Optional[float]]:
+    def _batch_wise(self, name: str, batch: RewardBatch, errors: dict[str, int],
+                    first: dict[str, str]) -> list[Optional[float]]:
         n = len(batch.completions)
         try:
             if name == components.SIMILARITY:
@@ -94,5 +123,6 @@ class Scorer:
             return [None if v is None else float(v) for v in values]
         except Exception as e:
             errors[name] += n
+            first.setdefault(name, f"{type(e).__name__}: {e}")
             log.warning("reward %s raised on a batch of %d: %s", name, n, e)
             return [None] * n

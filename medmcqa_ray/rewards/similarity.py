@@ -56,7 +56,7 @@ def missing_model(model: Optional[str]) -> Optional[str]:
 
 
 class SimilarityScorer:
-    def __init__(self, model: Optional[str] = None, fallback: str = "overlap"):
+    def __init__(self, model: Optional[str], fallback: str):
         self.kind, self.model, self.load_error = "token_overlap", None, None
         try:
             from sentence_transformers import SentenceTransformer

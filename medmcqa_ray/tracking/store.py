@@ -23,12 +23,15 @@ from medmcqa_ray.redaction import redact_uri
 PARAM_LIMIT, TAG_LIMIT, BATCH = 6000, 8000, 100
 OFFLINE_PREFIX = "offline-"
 BEST_ALIAS = "best"
+EVAL_TAG = "eval"
+"""Model version tags `eval.<set>.accuracy` and `eval.<set>` (the figure, its interval, n and the set)."""
 # MLflow's record that the experiment holds model training, not GenAI work. MLflow 3.17's UI still opens
 # every experiment in its GenAI view unless the address asks for the other (run_page).
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 REGISTERED_MODEL_DESCRIPTION = ("A medmcqa-ray LoRA adapter over its base model (an MLflow pyfunc: question and options "
                                 "in, the completion and its answer letter out). Alias `best`: the version with the "
-                                "highest validation accuracy so far.")
+                                "highest accuracy on the evaluation set its tags name (`best.eval.set`), "
+                                "ranked only among versions scored on that same set.")
 # MLflow's defaults (7 retries, exponential backoff) make a dead server cost minutes per call; set only
 # around our own calls, and never over what the user exported.
 # MLflow also prints each run's URL when it ends: the URI's credentials included, and one more console line;
@@ -179,7 +182,8 @@ def send(client: Any, run_id: str, kind: str, p: dict) -> None:
                                       f"({type(e).__name__}: {e})") from e
     elif kind == "best":
         try:
-            move_best(client, p["name"], p["adapter_sha"], p["metric"], p["value"])
+            move_best(client, p["name"], p["adapter_sha"], p["set_key"], p["set_n"], p["set_text"], p["accuracy"],
+                      p["ci95"])
         except Exception as e:
             raise RegistrationRefused(f"moving alias {BEST_ALIAS!r} of {p['name']!r} failed ({type(e).__name__}: {e})") from e
     elif kind == "end":
@@ -199,21 +203,35 @@ def register(client: Any, run_id: str, artifact_path: str, name: str, tags: dict
     return client.create_model_version(name, source, run_id=run_id, tags=tags)
 
 
-def move_best(client: Any, name: str, adapter_sha: str, metric: str, value: float) -> None:
-    """Tag the version of `name` that holds this adapter with its eval `metric`, then point the `best` alias
-    at the version with the highest value of that metric (ties: the newer version)."""
+def move_best(client: Any, name: str, adapter_sha: str, set_key: str, set_n: int, set_text: str, accuracy: float,
+              ci95: list[float]) -> None:
+    """Tag the version of `name` holding this adapter with its accuracy on evaluation set `set_key`
+    (evaluation/eval_set.py), then point alias `best` at the version most accurate on that set (ties: the
+    newer). Only like with like: versions scored on other sets are not ranked, and `best` leaves a version
+    chosen on another set only for a set at least as large (a 12-question check never takes it from a
+    4,183-question evaluation). The registered model's tags say which set `best` was chosen on."""
     from medmcqa_ray.tracking.adapter_model import ADAPTER_SHA_TAG
 
     versions = client.search_model_versions(f"name='{name}'")
     mine = [v for v in versions if v.tags.get(ADAPTER_SHA_TAG) == adapter_sha]
     if not mine:
         raise LookupError(f"registered model {name!r} has no version of adapter {adapter_sha}")
-    for v in mine:
-        client.set_model_version_tag(name, v.version, metric, str(value))
-        v.tags[metric] = str(value)
+    metric = f"{EVAL_TAG}.{set_key}.accuracy"
+    for v in mine:  # the model version page: the figure with its interval and n, and what it was measured on
+        client.set_model_version_tag(name, v.version, metric, str(accuracy))
+        client.set_model_version_tag(name, v.version, f"{EVAL_TAG}.{set_key}",
+                                     f"{accuracy:.1%} [{ci95[0]:.1%}, {ci95[1]:.1%}], n={set_n}: {set_text}")
+        v.tags[metric] = str(accuracy)
+    tags = client.get_registered_model(name).tags
+    held = tags.get(f"{BEST_ALIAS}.{EVAL_TAG}")
+    if held and held != set_key and int(tags.get(f"{BEST_ALIAS}.{EVAL_TAG}.n", 0)) > set_n:
+        return
     scored = [v for v in versions if metric in v.tags]
     best = max(scored, key=lambda v: (float(v.tags[metric]), int(v.version)))
     client.set_registered_model_alias(name, BEST_ALIAS, best.version)
+    for key, value in ((f"{BEST_ALIAS}.{EVAL_TAG}", set_key), (f"{BEST_ALIAS}.{EVAL_TAG}.n", str(set_n)),
+                       (f"{BEST_ALIAS}.{EVAL_TAG}.set", set_text)):
+        client.set_registered_model_tag(name, key, value)
 
 
 def refused(e: Exception) -> bool:

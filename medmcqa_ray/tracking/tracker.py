@@ -12,13 +12,16 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Optional
 
 from pydantic import BaseModel, ConfigDict
 
 from medmcqa_ray import __version__
 from medmcqa_ray.config import Config, flatten, resolved_dict
 from medmcqa_ray.redaction import redact_uri
+
+if TYPE_CHECKING:
+    from medmcqa_ray.evaluation.eval_set import EvalSet
 from medmcqa_ray.tracking.store import (
     OFFLINE_PREFIX,
     PARAM_LIMIT,
@@ -176,12 +179,13 @@ class Tracker:
             self._connect()
         return self.enabled and not self.offline
 
-    def move_best(self, head: str, adapter_sha: str, metric: str, value: float) -> None:
-        """Record `metric` on the registered version holding this adapter and move alias `best` of the
-        head's registered model to its highest-scoring version."""
+    def move_best(self, head: str, adapter_sha: str, scored: "EvalSet", accuracy: float, ci95: list[float]) -> None:
+        """Record the accuracy (with its interval and evaluation set) on the registered version holding this
+        adapter, and move alias `best` of the head's registered model among versions scored on that set."""
         if self.enabled and self.cfg.tracking.register_models:
             self._record("best", {"name": registered_model_name(self.cfg, head), "adapter_sha": adapter_sha,
-                                  "metric": metric, "value": float(value)})
+                                  "set_key": scored.key, "set_n": scored.n, "set_text": scored.describe(),
+                                  "accuracy": float(accuracy), "ci95": [float(x) for x in ci95]})
 
     # ------------------------------------------------------------------------------------- internals
 

@@ -191,7 +191,9 @@ def train(cfg: Config, key: str, name: str = "grpo", final_dir: Optional[Path] =
                         first_correct=steps[0][M.CORRECT] if steps else None,
                         last_correct=steps[-1][M.CORRECT] if steps else None,
                         rollout_actors=info["rollout_actors"], reward_actors=info["reward_actors"],
-                        similarity_scorer=info["reward_actors"][0]["similarity_scorer"], config_hash=key)
+                        # every actor's: RewardScores.merge stops a step whose actors scored differently
+                        similarity_scorer=",".join(sorted({a["similarity_scorer"] for a in info["reward_actors"]})),
+                        config_hash=key)
 
 
 class GRPOStage(Stage):

@@ -4,6 +4,7 @@ settings, and resuming an interrupted run of the same config (and only that)."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -39,6 +40,18 @@ def prepare_run_dir(fs: Any, run: str, key: str) -> bool:
     return resuming
 
 
+def resumed_step(fs: Any, run: str) -> Optional[int]:
+    """The step of the latest checkpoint Ray Train registered for `run` (the one it restores; its checkpoint
+    manager's snapshot, in the run's folder), None when it registered none."""
+    try:
+        with fs.open_input_stream(f"{run}/checkpoint_manager_snapshot.json") as f:
+            results = json.loads(f.read())["checkpoint_results"]
+    except (FileNotFoundError, OSError, ValueError, KeyError):
+        return None
+    steps = [r["metrics"]["step"] for r in results if "step" in r.get("metrics", {})]
+    return int(max(steps)) if steps else None
+
+
 def fit(name: str, loop: Callable[[dict], None], args: LearnerArgs, key: str, resources_per_worker: dict[str, float],
         callbacks: Optional[list] = None, progress_steps: Optional[int] = None) -> tuple[Any, bool]:
     """Run `loop` on Ray Train workers as run `name` under the checkpoint storage, each worker asking for
@@ -60,6 +73,10 @@ def fit(name: str, loop: Callable[[dict], None], args: LearnerArgs, key: str, re
     resuming = prepare_run_dir(fs, run, key)
     if not resuming:
         journal_path(args.final_dir).unlink(missing_ok=True)
+    else:  # on the console: a user re-running a killed job wants to know it did not start over
+        step = resumed_step(fs, run)
+        print(f"{name}: resuming the interrupted run from its checkpoint at step {step}" if step else
+              f"{name}: resuming the interrupted run (it saved no checkpoint: from step 0)", flush=True)
     progress = StepProgress(name, progress_steps)
     trainer = TorchTrainer(
         loop,

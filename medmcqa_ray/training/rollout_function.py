@@ -83,6 +83,7 @@ class RolloutFunction:
                             explanations=[r["explanation"] for r in rows for _ in range(n)],
                             options=[list(r["options"]) for r in rows for _ in range(n)])
         scores = self.reward_pool.score(batch)
+        scores.check(self.cfg.rewards.max_error_rate)
         metrics[M.TIMING_REWARD].append(time.monotonic() - start)
         per_group = [{name: scores.components[name][i * n:(i + 1) * n] for name in self.components}
                      for i in range(len(groups))]

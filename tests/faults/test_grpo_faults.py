@@ -131,3 +131,20 @@ def test_killed_actors_and_learner_mid_grpo_lose_nothing(ci_sft, tmp_path):
     # The adapter is complete: the final one is the step-6 policy.
     info = json.loads((out / "checkpoints" / "grpo" / "training_info.json").read_text())
     assert info["log_history"][-1]["step"] == 6 and (out / "checkpoints" / "grpo" / "adapter_model.safetensors").is_file()
+
+
+def test_a_reward_that_keeps_failing_stops_grpo_naming_it(ci_sft, tmp_path):
+    """A custom component raising on every sample used to become None, be counted, and leave training to
+    the other components for the whole run; now the first step stops the stage, naming it and its error."""
+    from medmcqa_ray.errors import StageError, user_error
+
+    out = sft_copy(ci_sft, tmp_path / "out")
+    cfg = config(out, *CI_SFT, "scaling.max_failures=0",
+                 "rewards.custom.explodes.path=tests.rewards.custom_reward:explodes")
+    with pytest.raises(Exception) as e:
+        run_stage("grpo", cfg)
+    found = user_error(e.value)
+    assert isinstance(found, StageError), e.value
+    assert "reward 'explodes' raised on 8 of 8 samples of a step, above rewards.max_error_rate=0.05" in str(found)
+    assert "RuntimeError: boom" in str(found)
+    assert not (out / "checkpoints" / "grpo" / "adapter_model.safetensors").exists()

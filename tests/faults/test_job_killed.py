@@ -49,6 +49,7 @@ def test_killed_job_resumes_grpo_at_its_checkpoint_step_and_data_order(tmp_path)
         assert f"== {stage} (skipped: up to date)" in r.stdout + r.stderr, stage
     manifest = json.loads((out / "checkpoints" / "grpo_manifest.json").read_text())
     assert manifest["resumed"] and manifest["resumed_from_step"] == last_checkpoint
+    assert f"grpo: resuming the interrupted run from its checkpoint at step {last_checkpoint}\n" in r.stdout
     assert [s["resumed_from_step"] for s in manifest["worker_starts"]] == [0, last_checkpoint]
     # The HF Trainer restored the log of the steps before the checkpoint: one entry per step, 1 to 6.
     done = [h["step"] for h in steps(manifest)]

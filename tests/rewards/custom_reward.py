@@ -16,3 +16,10 @@ def wrong_signature(text):
 
 def explodes(completions, **kwargs):
     raise RuntimeError("boom")
+
+
+def fails_on_empty(completions, **kwargs):
+    """Raises when any completion of the batch is empty: a component with a bug that odd samples trip."""
+    if any(not c for c in completions):
+        raise ValueError("empty completion")
+    return [1.0] * len(completions)

@@ -93,8 +93,8 @@ def test_similarity_orders_paraphrase_above_unrelated_with_model_and_fallback():
 
     paraphrase = "Lack of vitamin C causes scurvy because collagen cannot be made properly."
     unrelated = "The femur is the longest bone and the stapes the smallest."
-    real = SimilarityScorer()
-    fallback = SimilarityScorer("/nonexistent/model/folder")
+    real = SimilarityScorer(None, fallback="error")
+    fallback = SimilarityScorer("/nonexistent/model/folder", fallback="overlap")
     assert real.kind == "embedding" and fallback.kind == "token_overlap" and fallback.load_error
     for s in (real, fallback):
         para, other = s.score([paraphrase, unrelated], [EXP, EXP])
@@ -147,11 +147,35 @@ def test_custom_component_loads_from_config_and_bad_ones_fail_at_load():
         load_config([], ["rewards.weights.corect=1.0"])
 
 
-def test_a_raising_scorer_gives_none_and_is_counted():
+def test_a_raising_scorer_gives_none_and_is_counted_and_too_many_stop_the_step():
+    from medmcqa_ray.rewards.scoring import RewardError, RewardScores
+
     cfg = load_config([], ["rewards.custom.explodes.path=tests.rewards.custom_reward:explodes"])
     s = Scorer(cfg.rewards, M).score(RewardBatch(completions=["a", "b"], answer_labels=["A", "B"], explanations=["e", "e"], options=[OPTS, OPTS]))
     assert s.components["explodes"] == [None, None] and s.errors["explodes"] == 2
     assert s.components["correct"] == [0.0, 0.0]  # the others still score
+    with pytest.raises(RewardError, match=r"reward 'explodes' raised on 2 of 2 samples of a step, above "
+                                          r"rewards.max_error_rate=0.05; its first error: RuntimeError: boom"):
+        s.check(cfg.rewards.max_error_rate)
+    s.check(1.0)  # 1: never stop
+
+    # A batch-wise component that raises loses its whole slice: one failing slice of two is half the step.
+    cfg = load_config([], ["rewards.custom.picky.path=tests.rewards.custom_reward:fails_on_empty"])
+    scorer = Scorer(cfg.rewards, M)
+
+    def slice_(completions):
+        n = len(completions)
+        return scorer.score(RewardBatch(completions=completions, answer_labels=["A"] * n, explanations=["e"] * n,
+                                        options=[OPTS] * n))
+
+    big = RewardScores.merge([slice_(["a"] * 19 + [""]), slice_(["a"] * 20)])
+    assert big.errors["picky"] == 20 and big.first_errors["picky"] == "ValueError: empty completion"
+    with pytest.raises(RewardError, match="'picky' raised on 20 of 40"):
+        big.check(0.05)
+    big.check(0.5)
+    # Slices from actors whose similarity scorers differ are two rewards in one step: refused.
+    with pytest.raises(RewardError, match="score similarity differently"):
+        RewardScores.merge([slice_(["a"]), slice_(["a"]).model_copy(update={"similarity_scorer": "token_overlap"})])
 
 
 def test_registry_is_the_one_order_of_names_weights_and_trl_functions():

@@ -69,6 +69,8 @@ def test_interrupted_two_learner_sft_resumes_and_writes_one_adapter(ray_session,
     steps = [h["step"] for h in manifest["history"] if "loss" in h]
     # The second process continued from the saved step (4 or 8), not from scratch, and finished at 12.
     assert manifest["resumed"] and manifest["resumed_from_step"] in (4, 8) and steps[-1] == 12
+    # ... and said so on the console, with the step
+    assert f"sft: resuming the interrupted run from its checkpoint at step {manifest['resumed_from_step']}\n" in r.stdout
     assert manifest["last_loss"] < manifest["first_loss"]
     assert sorted(p.name for p in (out / "checkpoints" / "sft").glob("adapter_*")) == [
         "adapter_config.json", "adapter_model.safetensors"]
