@@ -37,7 +37,9 @@ def user_error(exc: BaseException) -> MedmcqaError | None:
             # prefer the original cause when Ray kept it.
             cause = getattr(e, "cause", None)
             return cause if isinstance(cause, MedmcqaError) else e
-        # ActorDiedError carries the constructor's RayTaskError in its args, not as a cause.
+        # ActorDiedError carries the constructor's RayTaskError in its args, not as a cause; Ray Train's
+        # WorkerGroupError each worker's exception in `worker_failures`.
         stack.extend([getattr(e, "cause", None), e.__cause__, e.__context__,
-                      *(a for a in getattr(e, "args", ()) if isinstance(a, BaseException))])
+                      *(a for a in getattr(e, "args", ()) if isinstance(a, BaseException)),
+                      *(getattr(e, "worker_failures", None) or {}).values()])
     return None
