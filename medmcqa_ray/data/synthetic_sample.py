@@ -12,6 +12,7 @@ Regenerate the bundled files with `python -m medmcqa_ray.data.synthetic_sample` 
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import uuid
@@ -151,6 +152,10 @@ def _capitalise(text: str) -> str:
     return text[:1].upper() + text[1:]
 
 
+def _question_id(rel: Relation, template: str, key: str) -> str:
+    return str(uuid.uuid5(NAMESPACE, f"{rel.name}|{template}|{key}"))
+
+
 def _question_rows(rel: Relation, template: str, split: str, rng: random.Random) -> list[dict]:
     answers = sorted({a for _, a in rel.facts})
     rows = []
@@ -160,7 +165,7 @@ def _question_rows(rel: Relation, template: str, split: str, rng: random.Random)
         rng.shuffle(options)
         question = template.format(key=key)
         rows.append({
-            "id": str(uuid.uuid5(NAMESPACE, f"{rel.name}|{template}|{key}")),
+            "id": _question_id(rel, template, key),
             "question": _capitalise(question),
             "opa": options[0], "opb": options[1], "opc": options[2], "opd": options[3],
             "cop": options.index(answer),  # 0-based: Hugging Face layout
@@ -190,15 +195,20 @@ def generate(seed: int = 0) -> dict[str, list[dict]]:
     return splits
 
 
+@functools.cache
+def _facts_by_id() -> dict[str, str]:
+    return {_question_id(rel, template, key): f"{rel.name}|{key}" for rel in RELATIONS
+            for template in (*rel.train_templates, rel.validation_template, *rel.more_validation_templates)
+            for key, _ in rel.facts}
+
+
 def fact_of(row: dict) -> str:
     """The fact a generated question asks (relation and key), shared by its phrasings: held-out questions of
     one fact are not independent, so a test over them counts facts (benchmarks/learning.py)."""
-    for rel in RELATIONS:
-        for template in (*rel.train_templates, rel.validation_template, *rel.more_validation_templates):
-            for key, _ in rel.facts:
-                if row["id"] == str(uuid.uuid5(NAMESPACE, f"{rel.name}|{template}|{key}")):
-                    return f"{rel.name}|{key}"
-    raise KeyError(f"{row['id']} is not a synthetic-sample question")
+    try:
+        return _facts_by_id()[row["id"]]
+    except KeyError:
+        raise KeyError(f"{row['id']} is not a synthetic-sample question") from None
 
 
 def write(out_dir: Path = OUT_DIR) -> None:

@@ -19,9 +19,6 @@ from pydantic import BaseModel, ConfigDict
 from medmcqa_ray import __version__
 from medmcqa_ray.config import Config, flatten, resolved_dict
 from medmcqa_ray.redaction import redact_uri
-
-if TYPE_CHECKING:
-    from medmcqa_ray.evaluation.eval_set import EvalSet
 from medmcqa_ray.tracking.store import (
     OFFLINE_PREFIX,
     PARAM_LIMIT,
@@ -38,6 +35,9 @@ from medmcqa_ray.tracking.store import (
     send,
     tracking_uri,
 )
+
+if TYPE_CHECKING:
+    from medmcqa_ray.evaluation.eval_set import EvalSet
 
 # The package's name, not this module's: users and tests filter tracking warnings on "medmcqa_ray.tracking".
 log = logging.getLogger("medmcqa_ray.tracking")

@@ -40,16 +40,16 @@ def prepare_run_dir(fs: Any, run: str, key: str) -> bool:
     return resuming
 
 
-def resumed_step(fs: Any, run: str) -> Optional[int]:
-    """The step of the latest checkpoint Ray Train registered for `run` (the one it restores; its checkpoint
-    manager's snapshot, in the run's folder), None when it registered none."""
+def registered_steps(fs: Any, run: str) -> list[int]:
+    """The global step of every checkpoint Ray Train has registered for `run` (its checkpoint manager's
+    snapshot, in the run's folder on `fs`), sorted: the last is what a restarted run resumes from. A
+    checkpoint folder is not enough: with several learners it appears when the first one saves, and until
+    the controller has every learner's report a kill (or a lost node) loses it."""
     try:
         with fs.open_input_stream(f"{run}/checkpoint_manager_snapshot.json") as f:
-            results = json.loads(f.read())["checkpoint_results"]
-    except (FileNotFoundError, OSError, ValueError, KeyError):
-        return None
-    steps = [r["metrics"]["step"] for r in results if "step" in r.get("metrics", {})]
-    return int(max(steps)) if steps else None
+            return sorted(r["metrics"]["step"] for r in json.loads(f.read())["checkpoint_results"])
+    except (FileNotFoundError, json.JSONDecodeError):  # none yet, or caught mid-write
+        return []
 
 
 def fit(name: str, loop: Callable[[dict], None], args: LearnerArgs, key: str, resources_per_worker: dict[str, float],
@@ -74,7 +74,7 @@ def fit(name: str, loop: Callable[[dict], None], args: LearnerArgs, key: str, re
     if not resuming:
         journal_path(args.final_dir).unlink(missing_ok=True)
     else:  # on the console: a user re-running a killed job wants to know it did not start over
-        step = resumed_step(fs, run)
+        step = max(registered_steps(fs, run), default=None)
         print(f"{name}: resuming the interrupted run from its checkpoint at step {step}" if step else
               f"{name}: resuming the interrupted run (it saved no checkpoint: from step 0)", flush=True)
     progress = StepProgress(name, progress_steps)

@@ -3,7 +3,6 @@ tests share."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -59,19 +58,15 @@ def rerun(cmd: list[str], timeout_s: float = 600) -> subprocess.CompletedProcess
 
 
 def registered_checkpoints(out: Path, stage: str, storage: str | None = None) -> list[int]:
-    """The global step of every checkpoint Ray Train has registered for a stage's run (its checkpoint
-    manager's snapshot): what a restarted run resumes from. A folder is not enough: with several learners
-    it appears when the first one saves, and until the controller has every learner's report a kill (or a
-    lost node) loses it. `storage` is the run's scaling.storage_path when it is not the default
-    `out/checkpoints/ray`: a folder or a URI (s3://...), read through pyarrow as Ray Train writes it."""
+    """The global step of every checkpoint Ray Train has registered for a stage's run (ray_run.registered_steps).
+    `storage` is the run's scaling.storage_path when it is not the default `out/checkpoints/ray`: a folder or
+    a URI (s3://...), read through pyarrow as Ray Train writes it."""
     from pyarrow.fs import FileSystem
 
+    from medmcqa_ray.training.ray_run import registered_steps
+
     fs, root = FileSystem.from_uri(storage or str(Path(out).absolute() / "checkpoints" / "ray"))
-    try:
-        with fs.open_input_stream(Path(root, stage, "checkpoint_manager_snapshot.json").as_posix()) as f:
-            return sorted(r["metrics"]["step"] for r in json.loads(f.read())["checkpoint_results"])
-    except (FileNotFoundError, json.JSONDecodeError):  # none yet, or caught mid-write
-        return []
+    return registered_steps(fs, Path(root, stage).as_posix())
 
 
 def kill_after_first_checkpoint_and_rerun(stage: str, out: Path, overrides: list[str]) -> subprocess.CompletedProcess:
