@@ -128,7 +128,9 @@ def main() -> None:
     if args.keep and args.keep.exists() and any(args.keep.iterdir()):
         raise SystemExit(f"--keep {args.keep}: not empty")
     base_out = work / "out"
-    overrides = [f"model.name={args.model}", "data.source=synthetic", "tracking.enabled=false",
+    # No selection split: nothing here is chosen (it reports held-out validation), and SFT keeps every
+    # fact's two train phrasings, as the recorded results did.
+    overrides = [f"model.name={args.model}", "data.source=synthetic", "data.selection_rows=0", "tracking.enabled=false",
                  f"sft.max_steps={args.sft_steps}", f"sft.save_steps={args.sft_steps}",
                  f"grpo.max_steps={args.grpo_steps}", f"grpo.save_steps={args.grpo_steps}",
                  f"grpo.prompts_per_step={args.prompts}", f"grpo.num_generations={args.n}",

@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import yaml
@@ -47,12 +48,18 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace, cfg: Config) -> list[Manifest]:
     from medmcqa_ray.pipeline import ALL, SWEEP, check_writable, run_stage
     from medmcqa_ray.tracking import Tracker, ui_command
+    from medmcqa_ray.tracking.adapter_source import fetched_source, resolve_adapters
 
     names = {"all": ALL, "sweep-all": SWEEP}.get(args.stage, [args.stage])
     # Every path in the config is absolute from here on (resolved at load against this directory).
     print(f"output_dir: {cfg.output_dir}", flush=True)
     check_writable(layout(cfg).root)  # its log file goes there: a clear error first, not a traceback
     log_file = console.start(layout(cfg).logs, args.stage)
+    fetched = resolve_adapters(cfg)  # models:/ and runs:/ adapters, fetched before any stage starts
+    for head in ("sft", "grpo"):
+        if (uri := getattr(cfg.adapters, head)) != (folder := getattr(fetched.adapters, head)):
+            print(f"adapters.{head}: {uri} is {fetched_source(Path(folder)).resolved}, in {folder}", flush=True)
+    cfg = fetched
     manifests = []
     tracker = Tracker(cfg)
     with tracker.pipeline_run(args.stage) as pipeline_run:

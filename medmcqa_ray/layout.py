@@ -3,7 +3,7 @@
 ```
 output_dir/
   data/raw/hub/                      the hub dataset's download (data.source=hub)
-  data/processed/<split>/*.parquet   normalised rows          (download)
+  data/processed/<split>/*.parquet   normalised rows          (download; `selection` is carved from train)
   data/quarantine/<split>.jsonl      rows set aside, with why (download)
   data/manifest.json                 download's manifest
   data/formatted/<split>/*.parquet   prompts and SFT targets  (prep)
@@ -11,6 +11,7 @@ output_dir/
   checkpoints/<stage>/               the final adapter of sft and grpo
   checkpoints/<stage>_manifest.json  their manifests; <stage>_journal.jsonl beside them
   checkpoints/ray/                   Ray Train's checkpoints (scaling.storage_path moves them)
+  adapters/<source>/adapter/         an adapter fetched from MLflow (adapters.<head>=models:/...), source.json beside it
   eval/                              baseline and eval (eval.out_dir moves it)
   sweeps/<sweep.name>/               a sweep's Tune experiment, trials, results, best.yaml
   logs/<command>-<time>.log          the console log of each command
@@ -27,6 +28,8 @@ from typing import Literal, Optional
 from medmcqa_ray.config import Config
 
 Head = Literal["base", "sft", "grpo"]
+# The split carved from train for choosing (sweeps, checkpoints): data.selection_rows.
+SELECTION = "selection"
 
 
 class Layout:
@@ -88,8 +91,16 @@ class Layout:
         """Ray Train's checkpoint store: a folder, or a URI (s3://...) from scaling.storage_path."""
         return self.cfg.scaling.storage_path or str(self.checkpoints / "ray")
 
+    def fetched_adapter(self, resolved: str) -> Path:
+        """The folder an MLflow adapter (models:/NAME/VERSION, runs:/ID/PATH) is fetched into: one per
+        version, so a moved alias is another folder."""
+        import re
+
+        return self.root / "adapters" / re.sub(r"[^A-Za-z0-9._-]+", "_", resolved).strip("_")
+
     def configured_adapter(self, head: Literal["sft", "grpo"]) -> Optional[Path]:
-        """The adapter named in the config (adapters.<head>), if any."""
+        """The adapter named in the config (adapters.<head>), if any: a folder once the pipeline resolved
+        an MLflow URI (tracking/adapter_source.py)."""
         path = getattr(self.cfg.adapters, head)
         return Path(path) if path is not None else None
 

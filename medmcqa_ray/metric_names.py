@@ -34,8 +34,8 @@ IS_RATIO_MIN = "sampling/importance_sampling_ratio/min"
 IS_RATIO_MAX = "sampling/importance_sampling_ratio/max"
 IS_RATIO_CLIPPED = "sampling/importance_sampling_ratio/clipped_share"
 
-VAL_ACCURACY = "val_accuracy"
-VAL_ACCURACY_STEP = "val_accuracy_step"  # the step val_accuracy was scored at (it is carried between scorings)
+SELECTION_ACCURACY = "selection_accuracy"
+SELECTION_ACCURACY_STEP = "selection_accuracy_step"  # the step selection_accuracy was scored at (it is carried between scorings)
 
 TIMING_GENERATE = "timing/generate"
 TIMING_REWARD = "timing/reward"

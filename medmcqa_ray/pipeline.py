@@ -17,6 +17,7 @@ from medmcqa_ray.manifest import write_manifest
 from medmcqa_ray.runtime import ensure_ray
 from medmcqa_ray.stage import Manifest, Stage
 from medmcqa_ray.tracking import Tracker
+from medmcqa_ray.tracking.adapter_source import resolve_adapters
 from medmcqa_ray.training import grpo, sft
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ def run_stage(name: str, cfg: Config, force: bool = False, tracker: Optional[Tra
     open pipeline run, if any."""
     stage = STAGES[name]
     check_writable(layout(cfg).root)
+    cfg = resolve_adapters(cfg)  # a no-op when the CLI resolved them already
     tracker = tracker or Tracker(cfg)
     with tracker.stage_run(name):
         key = stage.cache_key(cfg)

@@ -123,8 +123,10 @@ def test_paths_resolve_once_at_load_against_the_starting_directory(tmp_path, mon
         "adapters.sft=adapters/sft", "adapters.grpo=../elsewhere/a", "scaling.storage_path=ckpt",
         "model.cache_dir=~/cache", "rewards.similarity_model=./st-model", "tracking.uri=sqlite:///runs/mlflow.db"])
     assert cfg.output_dir == tmp_path / "outputs" / "ci"  # ci.yaml's own relative output_dir
-    assert cfg.adapters.sft == tmp_path / "adapters" / "sft"
-    assert cfg.adapters.grpo == tmp_path.parent / "elsewhere" / "a"
+    assert cfg.adapters.sft == str(tmp_path / "adapters" / "sft")
+    assert cfg.adapters.grpo == str(tmp_path.parent / "elsewhere" / "a")
+    mlflow_named = load_config([], ["adapters.sft=models:/medmcqa-ray-sft@best", "adapters.grpo=runs:/abc/model"])
+    assert (mlflow_named.adapters.sft, mlflow_named.adapters.grpo) == ("models:/medmcqa-ray-sft@best", "runs:/abc/model")
     assert cfg.scaling.storage_path == str(tmp_path / "ckpt")
     assert cfg.model.cache_dir == Path.home() / "cache"
     assert cfg.rewards.similarity_model == str(tmp_path / "st-model")

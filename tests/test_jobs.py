@@ -385,6 +385,32 @@ def test_resubmitted_job_skips_finished_stages(ray_head, env, first_job, secrets
     assert {name: manifest_path(out, name).stat().st_mtime_ns for name in ALL} == before
 
 
+def test_a_job_continues_the_best_registered_sft_head(ray_head, mlflow_server, env, first_job, secrets_overlay):
+    """adapters.sft=models:/<experiment>-sft@best: the job pins the alias to its version, fetches that adapter
+    from the tracking server, and GRPO continues it (download, prep and sft are up to date; grpo and eval
+    run again, since their SFT adapter is another folder now)."""
+    from medmcqa_ray.adapters import adapter_checksum, read_adapter
+    from medmcqa_ray.tracking.store import registered_model_name
+
+    status, logs = first_job
+    if status != "SUCCEEDED":
+        pytest.skip("needs the first job's registered SFT head")
+    cfg, client, _, _, _ = _first_pipeline(mlflow_server.url, logs)
+    name = registered_model_name(cfg, "sft")
+    best = client.get_model_version_by_alias(name, "best")
+    status, logs = submit(ray_head.address, env, "medmcqa-from-registry", *job_args(secrets_overlay),
+                          f"adapters.sft=models:/{name}@best")
+    assert status == "SUCCEEDED", logs[-3000:]
+    assert f"adapters.sft: models:/{name}@best is models:/{name}/{best.version}, in " in logs
+    assert all(f"== {stage} (skipped: up to date)" in logs for stage in ("download", "prep", "sft")), logs[-3000:]
+    assert "== grpo\n" in logs and "== eval\n" in logs
+    grpo = json.loads(manifest_path(job_output_dir(logs), "grpo").read_text())
+    continued = Path(grpo["init_adapter"])
+    assert continued.parent.parent == job_output_dir(logs) / "adapters"
+    assert adapter_checksum(read_adapter(continued)[1]) == best.tags["medmcqa_ray.adapter_sha"]
+    assert grpo["init_adapter_source"] == f"models:/{name}@best = models:/{name}/{best.version}"
+
+
 def test_bad_config_key_fails_the_job_fast_naming_it(ray_head, env, tmp_path):
     start = time.monotonic()
     status, logs = submit(ray_head.address, env, "medmcqa-bad-key", "--config", "configs/ci.yaml", f"output_dir={tmp_path}",

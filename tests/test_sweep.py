@@ -35,7 +35,9 @@ def test_sweep_runs_its_trials_as_nested_runs_and_writes_best_yaml(ci_sft, tmp_p
     m = run_stage("sweep", cfg)
     trials = {t["weights"]["correct"]: t for t in m["trials"]}
     assert set(trials) == {1.0, -1.0} and all(t["status"] == "completed" and t["last_step"] == 2 for t in trials.values())
-    assert all([s for s, _ in t["curves"]["val_accuracy"]] == [1, 2] for t in trials.values())
+    assert all([s for s, _ in t["curves"]["selection_accuracy"]] == [1, 2] for t in trials.values())
+    # Ranked on the selection split (carved from train), never on validation, and the table says so.
+    assert "on 4 questions of the selection split" in m["ranked_on"] and m["ranked_on"] in m.table()
     best = load_config([REPO / "configs" / "ci.yaml", Path(m["best_yaml"])])
     assert best.rewards.weights["correct"] == m["best"]["weights"]["correct"]
 
@@ -91,7 +93,7 @@ def test_sweep_stops_the_trailing_trial_writes_best_yaml_and_resumes(toy_sft):
     assert by_weight[2.0]["status"] == "completed" and by_weight[2.0]["last_step"] == 4
     assert by_weight[-2.0]["status"] == "early_stopped" and by_weight[-2.0]["last_step"] < 4, by_weight[-2.0]
     assert manifest["best"]["weights"] == {"correct": 2.0}
-    assert [s for s, _ in by_weight[2.0]["curves"]["val_accuracy"]] == [1, 2, 4]  # step 1, then every 2
+    assert [s for s, _ in by_weight[2.0]["curves"]["selection_accuracy"]] == [1, 2, 4]  # step 1, then every 2
 
     best = load_config([REPO / "configs" / "ci.yaml", Path(manifest["best_yaml"])])
     assert best.rewards.weights["correct"] == 2.0 and best.rewards.weights["similarity"] == cfg.rewards.weights["similarity"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -341,3 +342,66 @@ def test_adapters_register_and_best_follows_accuracy_like_with_like_then_a_refus
     assert len(warnings) == 1 and "refused a version of 'medmcqa-sft'" in warnings[0] and "creation error" in warnings[0], warnings
     assert not tracker.offline and client.get_run(run_id).data.metrics == {"after": 1.0}
     assert {a.path for a in client.list_artifacts(run_id, "model")} >= {"model/MLmodel", "model/artifacts"}
+
+
+def test_adapters_named_in_mlflow_are_fetched_once_by_version_and_the_model_answers_a_batch(tmp_path):
+    """adapters.<head> = models:/NAME@ALIAS, models:/NAME/VERSION or runs:/ID/PATH: pinned, fetched into
+    output_dir/adapters/ and given to the stages as a folder; what does not exist fails naming the key."""
+    import pandas as pd
+
+    from medmcqa_ray.adapters import adapter_checksum, read_adapter
+    from medmcqa_ray.errors import StageError
+    from medmcqa_ray.evaluation.eval_set import EvalSet
+    from medmcqa_ray.tracking.adapter_model import INPUT_EXAMPLE
+    from medmcqa_ray.tracking.adapter_source import fetched_source, resolve_adapters
+
+    out = tmp_path / "out"
+    cfg = _cfg(out, "model.name=embedded:tiny-random-smollm2", "eval.max_new_tokens=6")
+    scored = EvalSet(split="validation", n=20, ids_sha="a" * 12, scoring="generate", max_new_tokens=6)
+    runs, shas = [], []
+    for seed, accuracy in ((0, 0.5), (1, 0.25)):
+        adapter = _tiny_adapter(tmp_path / f"adapter{seed}", seed)
+        shas.append(adapter_checksum(read_adapter(adapter)[1]))
+        tracker = Tracker(cfg)
+        with tracker.stage_run("sft") as run_id:
+            tracker.log_adapter_model("sft", adapter)
+            tracker.move_best("sft", shas[-1], scored, accuracy, [0.0, 1.0])
+        runs.append(run_id)
+
+    def fetched(uri: str) -> Path:
+        resolved = resolve_adapters(cfg.model_copy(update={"adapters": cfg.adapters.model_copy(update={"sft": uri})}))
+        return Path(resolved.adapters.sft)
+
+    best = fetched("models:/medmcqa-ray-sft@best")  # version 1: the more accurate
+    assert best.parent.parent == out / "adapters" and adapter_checksum(read_adapter(best)[1]) == shas[0]
+    assert fetched_source(best).resolved == "models:/medmcqa-ray-sft/1" and fetched_source(best).run_id == runs[0]
+    mtime = (best / "adapter_model.safetensors").stat().st_mtime_ns
+    assert fetched("models:/medmcqa-ray-sft@best") == best  # the same version: not fetched again
+    assert (best / "adapter_model.safetensors").stat().st_mtime_ns == mtime
+    second = fetched("models:/medmcqa-ray-sft/2")
+    assert second != best and adapter_checksum(read_adapter(second)[1]) == shas[1]
+    assert adapter_checksum(read_adapter(fetched(f"runs:/{runs[1]}/model"))[1]) == shas[1]
+    for uri, says in (("models:/medmcqa-ray-sft@nope", "has no alias 'nope' (aliases: ['best'])"),
+                      ("models:/nobody@best", "no registered model 'nobody'"),
+                      ("models:/medmcqa-ray-sft/9", "has no version 9"),
+                      (f"runs:/{runs[0]}/nothing", "has no artifact 'nothing'"),
+                      ("runs:/0123456789abcdef/model", "no run 0123456789abcdef"),
+                      (f"runs:/{runs[0]}/model/MLmodel", "holds no PEFT adapter folders")):
+        with pytest.raises(StageError, match=f"{re.escape(f'adapters.sft={uri}: ')}.*{re.escape(says)}"):
+            fetched(uri)
+
+    # The registered model states its input and output, and answers several questions in one call.
+    uri = f"sqlite:///{out / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    info = mlflow.models.get_model_info("models:/medmcqa-ray-sft@best")
+    assert info.signature.inputs.input_names() == ["question", "options"]
+    assert info.signature.outputs.input_names() == ["completion", "answer", "well_formatted"]
+    model = mlflow.pyfunc.load_model("models:/medmcqa-ray-sft@best")
+    batch = pd.concat([INPUT_EXAMPLE] * 3, ignore_index=True)
+    batch.loc[1, "question"] = "Which vitamin deficiency causes rickets?"
+    answers = model.predict(batch)
+    assert len(answers) == 3 and list(answers.columns) == ["completion", "answer", "well_formatted"]
+    assert answers.loc[0, "completion"] == answers.loc[2, "completion"]  # greedy, padding or not
+    singly = model.predict(batch.iloc[[1]])
+    assert singly.loc[0, "completion"] == answers.loc[1, "completion"]

@@ -14,7 +14,8 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal, Optional
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, SecretStr, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, SecretStr,
+                      model_validator)
 
 from medmcqa_ray.config.plugins import load_custom
 from medmcqa_ray.embedded import embedded_missing
@@ -51,7 +52,17 @@ def _absolute_tracking(value: str) -> str:
     return value
 
 
+# An adapter named in MLflow (tracking/adapter_source.py resolves it before any stage starts).
+MLFLOW_ADAPTER_SCHEMES = ("models:/", "runs:/")
+
+
+def _adapter_source(value: str) -> str:
+    """A folder (made absolute) or an MLflow URI (kept as written)."""
+    return value if value.startswith(MLFLOW_ADAPTER_SCHEMES) else str(_absolute(Path(value)))
+
+
 LocalPath = Annotated[Path, AfterValidator(_absolute)]
+AdapterSource = Annotated[str, AfterValidator(_adapter_source)]
 PathOrHubId = Annotated[str, AfterValidator(_absolute_if_local)]
 StorePath = Annotated[str, AfterValidator(_absolute_store)]
 
@@ -102,6 +113,12 @@ class DataSection(Section):
     """Restore the "rt" letters the public copy lost ("aery" -> "artery", "hea" -> "heart"); rows are flagged."""
     chunk_bytes: PositiveInt = 4 * 1024 * 1024
     """Bytes of input per Ray Data read task; smaller means more parallel tasks."""
+    selection_rows: Optional[NonNegativeInt] = None
+    """Labelled train rows set aside as the `selection` split: sweeps rank trials on it, and any choice
+    of weights or checkpoint uses it, so validation and test are only ever reported. SFT and GRPO never
+    see these rows. Chosen by sha256 of the id (the same rows whatever the file order), never an id that
+    another split holds. None: 5% of the labelled train rows, at most 500 (MedMCQA's 182,822 give 500, the
+    bundled sample's 2,229 give 111, the synthetic 214 give 11). 0: no selection split (a sweep refuses)."""
 
     @model_validator(mode="after")
     def _check_source(self) -> "DataSection":
@@ -326,10 +343,12 @@ class AdaptersSection(Section):
     """The one place each adapter path is named. The sft and grpo stages write theirs under
     output_dir/checkpoints/; set these to use adapters from elsewhere."""
 
-    sft: Optional[LocalPath] = None
-    """The SFT adapter GRPO continues and eval scores as the `sft` head (default: output_dir/checkpoints/sft)."""
-    grpo: Optional[LocalPath] = None
-    """The GRPO adapter eval scores as the `grpo` head (default: output_dir/checkpoints/grpo)."""
+    sft: Optional[AdapterSource] = None
+    """The SFT adapter GRPO continues and eval scores as the `sft` head (default: output_dir/checkpoints/sft):
+    a PEFT folder, or an adapter in MLflow: models:/NAME@ALIAS (models:/medmcqa-ray-sft@best),
+    models:/NAME/VERSION or runs:/RUN_ID/PATH, fetched once into output_dir/adapters/."""
+    grpo: Optional[AdapterSource] = None
+    """The GRPO adapter eval scores as the `grpo` head (default: output_dir/checkpoints/grpo); the same forms."""
 
 
 class LoraSection(Section):
@@ -574,9 +593,10 @@ class SweepSection(Section):
     """Samples of the space (with grid dimensions: repeats of the whole grid)."""
     max_concurrent_trials: PositiveInt = 1
     """Trials at once; each starts its own learner, rollout and reward actors."""
-    metric: Literal["val_accuracy", "correct"] = "val_accuracy"
+    metric: Literal["selection_accuracy", "correct"] = "selection_accuracy"
     """What ASHA and the choice of the best trial maximise: greedy accuracy on the first `eval_rows`
-    labelled validation questions, or the mean `correct` reward of the last step."""
+    questions of the selection split (data.selection_rows; never validation, which is only reported),
+    or the mean `correct` reward of the last step."""
     scheduler: Literal["asha", "fifo"] = "asha"
     """asha: stop trials that trail at a rung (early stopping); fifo: run every trial to the end."""
     grace_period: PositiveInt = 2
@@ -584,9 +604,10 @@ class SweepSection(Section):
     reduction_factor: float = Field(2.0, gt=1)
     """ASHA: keep the best 1/reduction_factor of trials at each rung."""
     eval_rows: PositiveInt = 16
-    """Validation questions every trial is scored on (the same fixed subset for all)."""
+    """Selection-split questions every trial is scored on (the same fixed subset for all; fewer when the
+    split is smaller)."""
     eval_every: PositiveInt = 2
-    """Steps between validation scorings (and the last step)."""
+    """Steps between scorings on the selection split (and the last step)."""
     trial_cpus: float = Field(0.1, gt=0)
     """CPUs for a trial's own driver process, which mostly waits (its learner and actors ask for theirs:
     scaling.*, rollout.*, rewards.*); Tune needs it above 0."""

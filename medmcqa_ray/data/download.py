@@ -3,7 +3,8 @@
 Pass 1 (parallel): each read task parses its slice of a file and normalises every row into a
 `records.NORMALISED` record. The driver then gathers six light columns and decides what needs all
 rows (layout, duplicate ids, limit). Pass 2 (parallel) applies those decisions; it is skipped when
-the layout was known in pass 1 and nothing else needs doing. Kept rows go to data/processed/<split>/,
+the layout was known in pass 1 and nothing else needs doing. Kept rows go to data/processed/<split>/
+(train's selection rows, data.selection_rows, to data/processed/selection/),
 quarantined rows (with their raw text) to data/quarantine/<split>.jsonl, and data/manifest.json
 counts every row read. Outputs are written to a staging folder and swapped in at the end, with the
 old manifest removed first, so an interrupted run never leaves an output that looks complete.
@@ -27,9 +28,10 @@ from medmcqa_ray.config import Config, DataSection
 from medmcqa_ray.data.dataset_plan import KEY_COLUMNS, FinalisePlan, plan_finalise
 from medmcqa_ray.data.normalise import finalise_row, normalise_row
 from medmcqa_ray.data.records import KEPT, LIMITED, NORMALISED, PROCESSED, QUARANTINED
+from medmcqa_ray.data.selection import FROM_SPLIT, SelectionSplit, choose_selection, ids_digest
 from medmcqa_ray.data.shards import write_split_parquet
 from medmcqa_ray.data.sources import ReadTask, plan_read_tasks, read_task_rows, resolve_source, source_key, task_dict
-from medmcqa_ray.layout import layout
+from medmcqa_ray.layout import SELECTION, layout
 from medmcqa_ray.stage import Manifest, Stage, hash_parts
 
 log = logging.getLogger(__name__)
@@ -74,8 +76,12 @@ def _finalise_batch(batch: pa.Table, plan: FinalisePlan) -> pa.Table:
     return batch
 
 
-def _select(batch: pa.Table, split: str) -> pa.Table:
+def _select(batch: pa.Table, split: str, ids: list[str], in_ids: bool) -> pa.Table:
+    """Kept rows of `split`, with (in_ids) or without the rows whose id is in `ids`."""
     mask = pc.and_(pc.equal(batch["split"], split), pc.equal(batch["status"], KEPT))
+    if ids or in_ids:
+        member = pc.is_in(batch["id"], value_set=pa.array(ids, pa.string()))
+        mask = pc.and_(mask, member if in_ids else pc.invert(member))
     return batch.filter(mask).select(PROCESSED.names)
 
 
@@ -125,13 +131,15 @@ def write_quarantine(rows: list[dict], folder: Path, splits: list[str]) -> None:
 
 
 class SplitCounts(BaseModel):
-    """One split's accounting: read = kept + quarantined + limited."""
+    """One split's accounting: read = kept + quarantined + limited + selected."""
 
     model_config = ConfigDict(extra="forbid")
     read: int
     kept: int
     quarantined: int
     limited: int
+    selected: int = 0
+    """Kept rows moved to the selection split (train only)."""
     reasons: dict[str, int]
     flags: dict[str, int]
 
@@ -141,17 +149,23 @@ class DownloadManifest(Manifest):
     splits: dict[str, SplitCounts]
     source: dict[str, Any]
     limit: Optional[int] = None
+    selection: Optional[SelectionSplit] = None
+    """The split carved from train for choosing (data.selection_rows); None when turned off."""
     note: str = ""
 
     def metrics(self) -> dict[str, float]:
-        return {f"data/{split}/{k}": getattr(c, k) for split, c in self.splits.items()
-                for k in ("read", "kept", "quarantined", "limited")}
+        counts = {f"data/{split}/{k}": getattr(c, k) for split, c in self.splits.items()
+                  for k in ("read", "kept", "quarantined", "limited")}
+        return counts | ({f"data/{SELECTION}/rows": self.selection.rows} if self.selection else {})
 
     def table(self) -> str:
         lines = [f"{'split':<12}{'read':>8}{'kept':>8}{'quarant.':>10}{'limited':>9}  top reasons"]
         for split, c in self.splits.items():
             top = ", ".join(f"{k}={v}" for k, v in sorted(c.reasons.items(), key=lambda kv: -kv[1])[:3])
             lines.append(f"{split:<12}{c.read:>8}{c.kept:>8}{c.quarantined:>10}{c.limited:>9}  {top}")
+        if self.selection:
+            lines.append(f"{SELECTION:<12}{'':>8}{self.selection.rows:>8}{'':>19}  from {self.selection.from_split}: "
+                         "what sweeps rank on; validation is only reported")
         lines.append(f"source: {self.source.get('name')} (layout {self.source.get('layout')})")
         return "\n".join(lines)
 
@@ -173,14 +187,22 @@ def run_download(cfg: Config) -> DownloadManifest:
     final = normalised
     if not (cop_layout and plan.changes_nothing_after):  # else pass 1 already did all of pass 2's work
         final = normalised.map_batches(_finalise_batch, batch_format="pyarrow", fn_kwargs={"plan": plan}).materialize()
-    bookkeeping = _blocks(final, ["split", "ordinal", "status", "reason", "detail", "flags", "source", "raw"])
+    bookkeeping = _blocks(final, ["split", "ordinal", "id", "answer_index", "status", "reason", "detail", "flags",
+                                  "source", "raw"])
     counts = count_rows(bookkeeping.select(["split", "status", "reason", "flags"]), splits)
+    selected = choose_selection(bookkeeping.select(["split", "id", "status", "answer_index"]), cfg.data.selection_rows)
+    if selected:
+        counts[FROM_SPLIT]["kept"] -= len(selected)
+        counts[FROM_SPLIT]["selected"] = len(selected)
 
     staging = paths.data / ".staging-download"
     shutil.rmtree(staging, ignore_errors=True)
     for split in splits:
-        kept = final.map_batches(_select, batch_format="pyarrow", fn_kwargs={"split": split})
+        kept = final.map_batches(_select, batch_format="pyarrow", fn_kwargs={"split": split, "ids": selected, "in_ids": False})
         write_split_parquet(kept, staging / "processed" / split, PROCESSED)
+    if selected:
+        chosen = final.map_batches(_select, batch_format="pyarrow", fn_kwargs={"split": FROM_SPLIT, "ids": selected, "in_ids": True})
+        write_split_parquet(chosen, staging / "processed" / SELECTION, PROCESSED)
     quarantined = bookkeeping.filter(pc.equal(bookkeeping["status"], QUARANTINED)).to_pylist()
     write_quarantine(quarantined, staging / "quarantine", splits)
 
@@ -194,7 +216,9 @@ def run_download(cfg: Config) -> DownloadManifest:
         splits=counts,
         source=source_info | {"layout": plan.layout, "files": [{"path": str(p), "split": s} for p, s in files]},
         limit=cfg.data.limit,
-        note=f"read = kept + quarantined + {LIMITED} (rows beyond data.limit); quarantine reasons in README",
+        selection=SelectionSplit(rows=len(selected), ids_sha256=ids_digest(selected)) if selected else None,
+        note=f"read = kept + quarantined + {LIMITED} (rows beyond data.limit) + selected (moved to the {SELECTION} split); "
+             "quarantine reasons in README",
     )
 
 

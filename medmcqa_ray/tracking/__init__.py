@@ -24,7 +24,8 @@ registers it as a version of <experiment>-<head>; eval tags the versions it scor
 and moves alias `best` (`Tracker.move_best`). A registry that refuses costs a warning, never the run.
 
 Modules: tracker.py (the Tracker and its offline journal), store.py (the URI, the server probe, the
-MLflow client, `send`, the registry calls), replay.py (`replay_offline`), adapter_model.py (the pyfunc).
+MLflow client, `send`, the registry calls), replay.py (`replay_offline`), adapter_model.py (the pyfunc),
+adapter_source.py (adapters.<head> = models:/... or runs:/..., fetched before the stages start).
 """
 
 from medmcqa_ray.tracking.replay import replay_offline

@@ -3,7 +3,9 @@ with the PEFT adapter over it and answers MedMCQA questions in the reasoning for
 
 `mlflow.pyfunc.load_model("models:/medmcqa-ray-grpo@best")` gives it back: its input is a DataFrame with
 `question` and `options` (four strings), its output one row per question with the completion, the answer
-letter read from it (None when none can be read) and whether the completion is in the exact format.
+letter read from it (None when none can be read) and whether the completion is in the exact format. The
+signature says so (the model page shows it, and MLflow checks inputs against it); questions are answered
+in batches of BATCH, greedily.
 Loading needs this package installed (the model's code is medmcqa_ray's own) and the base model where
 the section names it (a hub id, a local folder, or the embedded model)."""
 
@@ -23,6 +25,19 @@ from medmcqa_ray.tracking.store import client_env
 # The tag a registered version carries: which adapter it is, so that eval finds the version of the adapter
 # it scored (adapters.adapter_checksum over the adapter's tensors).
 ADAPTER_SHA_TAG = "medmcqa_ray.adapter_sha"
+BATCH = 8
+INPUT_EXAMPLE = pd.DataFrame({"question": ["Scurvy is caused by deficiency of:"],
+                              "options": [["Vitamin A", "Vitamin B12", "Vitamin C", "Vitamin D"]]})
+
+
+def signature() -> Any:
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Array, ColSpec, Schema
+
+    return ModelSignature(
+        inputs=Schema([ColSpec("string", "question"), ColSpec(Array("string"), "options")]),
+        outputs=Schema([ColSpec("string", "completion"), ColSpec("string", "answer", required=False),
+                        ColSpec("boolean", "well_formatted")]))
 
 
 class AdapterModel(mlflow.pyfunc.PythonModel):
@@ -44,18 +59,20 @@ class AdapterModel(mlflow.pyfunc.PythonModel):
         from medmcqa_ray.formatting import extract_answer, generation_prompt, is_well_formatted, prompt_messages
 
         markers = self.format_cfg.markers
+        questions = [(q, list(o)) for q, o in zip(model_input["question"], model_input["options"])]
         out = []
-        for question, options in zip(model_input["question"], model_input["options"]):
-            options = list(options)
-            prompt = generation_prompt(prompt_messages(question, options, self.format_cfg), self.tokenizer, markers)
-            ids = self.tokenizer(prompt, add_special_tokens=False, return_tensors="pt")
+        for start in range(0, len(questions), BATCH):
+            chunk = questions[start : start + BATCH]
+            prompts = [generation_prompt(prompt_messages(q, o, self.format_cfg), self.tokenizer, markers) for q, o in chunk]
+            # Left padding (load_tokenizer): every prompt ends where generation starts.
+            ids = self.tokenizer(prompts, add_special_tokens=False, return_tensors="pt", padding=True)
             with torch.no_grad():
                 generated = self.model.generate(**ids, max_new_tokens=self.max_new_tokens, do_sample=False,
-                                                pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id)
-            completion = self.tokenizer.decode(generated[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
-            out.append({"completion": completion, "answer": extract_answer(completion, options, markers).letter,
-                        "well_formatted": is_well_formatted(completion, markers)})
-        return pd.DataFrame(out)
+                                                pad_token_id=self.tokenizer.pad_token_id)
+            texts = self.tokenizer.batch_decode(generated[:, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+            out += [{"completion": text, "answer": extract_answer(text, options, markers).letter,
+                     "well_formatted": is_well_formatted(text, markers)} for text, (_, options) in zip(texts, chunk)]
+        return pd.DataFrame(out, columns=["completion", "answer", "well_formatted"])
 
 
 def _requirements() -> list[str]:
@@ -73,5 +90,5 @@ def save_adapter_model(adapter: Path, cfg: Config) -> Path:
     with client_env():  # no progress bar for copying the adapter in
         mlflow.pyfunc.save_model(path=str(dest), python_model=str(Path(__file__).with_name("adapter_model_code.py")),
                                  artifacts={"adapter": str(adapter)}, model_config=model_config,
-                                 pip_requirements=_requirements())
+                                 pip_requirements=_requirements(), signature=signature(), input_example=INPUT_EXAMPLE)
     return dest

@@ -96,8 +96,8 @@ class Validate(TrainerCallback):
         step = state.global_step
         if step == 1 or step % self.every == 0 or step == state.max_steps:
             start = time.monotonic()
-            self.metrics[M.VAL_ACCURACY].append(self.validator())
-            self.metrics[M.VAL_ACCURACY_STEP].append(step)
+            self.metrics[M.SELECTION_ACCURACY].append(self.validator())
+            self.metrics[M.SELECTION_ACCURACY_STEP].append(step)
             self.metrics[M.TIMING_VALIDATE].append(time.monotonic() - start)
 
 
@@ -105,7 +105,7 @@ class ReportEveryStep(TrainerCallback):
     """A Ray Train report of each logged step (RayTrainReportCallback reports only at checkpoints), so a
     Tune scheduler sees the curve: with TuneReportCallback on the run, each reaches Tune. Each report
     carries the latest value of every metric (as RayTrainReportCallback's do): Tune wants its metric in
-    every result, and val_accuracy is scored every few steps only (val_accuracy_step says when)."""
+    every result, and selection_accuracy is scored every few steps only (selection_accuracy_step says when)."""
 
     def __init__(self):
         self.latest: dict = {}

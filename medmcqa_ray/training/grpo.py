@@ -29,6 +29,7 @@ from medmcqa_ray.formatting import reorder_options
 from medmcqa_ray.layout import layout
 from medmcqa_ray.stage import Manifest, Stage, fingerprint, hash_parts, upstream_key
 from medmcqa_ray.tracking import RunRef, active_run
+from medmcqa_ray.tracking.adapter_source import fetched_source
 from medmcqa_ray.training import learner
 from medmcqa_ray.training.journal import journal
 from medmcqa_ray.training.learner import LearnerArgs, TrainingManifest, ValidationArgs
@@ -55,6 +56,8 @@ def training_prompts(cfg: Config) -> list[dict]:
 class GRPOManifest(TrainingManifest):
     stage: str = "grpo"
     init_adapter: str
+    init_adapter_source: Optional[str] = None
+    """The MLflow version init_adapter was fetched from (adapters.sft=models:/...), if it was."""
     first_correct: Optional[float]
     last_correct: Optional[float]
     rollout_actors: list[dict]
@@ -83,7 +86,7 @@ class GRPOManifest(TrainingManifest):
                          f"{h.get(M.LOGPROB_ABS_DIFF, nan):>10.1e}{h.get(M.IS_RATIO_MEAN, nan):>9.3f}"
                          f"{h.get(M.TIMING_LEARNER_WAIT, nan):>8.1f}")
         return "\n".join(lines + [f"similarity reward scorer: {self.similarity_scorer or 'unknown'}",
-                                  f"adapter: {self.adapter} (continued {self.init_adapter})"])
+                                  f"adapter: {self.adapter} (continued {self.init_adapter_source or self.init_adapter})"])
 
 
 def _train_loop(loop_config: dict) -> None:
@@ -187,7 +190,9 @@ def train(cfg: Config, key: str, name: str = "grpo", final_dir: Optional[Path] =
     info = learner.training_info(final)
     fields = learner.manifest_fields(final, info, result, resumed, tracking)
     steps = [h for h in fields["history"] if M.CORRECT in h]
+    fetched = fetched_source(layout(cfg).adapter("sft"))
     return GRPOManifest(**fields, init_adapter=str(layout(cfg).adapter("sft")), steps=cfg.grpo.max_steps,
+                        init_adapter_source=f"{fetched.uri} = {fetched.resolved}" if fetched else None,
                         first_correct=steps[0][M.CORRECT] if steps else None,
                         last_correct=steps[-1][M.CORRECT] if steps else None,
                         rollout_actors=info["rollout_actors"], reward_actors=info["reward_actors"],

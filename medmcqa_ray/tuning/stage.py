@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from medmcqa_ray.config import Config
-from medmcqa_ray.layout import layout
+from medmcqa_ray.layout import SELECTION, layout
 from medmcqa_ray.stage import Manifest, Stage, hash_parts
 from medmcqa_ray.tuning.weights import overlay
 
@@ -33,9 +33,11 @@ class SweepManifest(Manifest):
     best: dict
     best_weights: dict[str, float]
     best_yaml: str
+    ranked_on: str = ""
+    """The questions `selection_accuracy` was scored on: the selection split, never validation."""
 
     def metrics(self) -> dict[str, float]:
-        return {f"best/{k}": v for k in ("val_accuracy", "correct") if (v := self.best[k]) is not None}
+        return {f"best/{k}": v for k in ("selection_accuracy", "correct") if (v := self.best[k]) is not None}
 
     def params(self) -> dict[str, Any]:
         return {f"best.weight.{k}": v for k, v in self.best_weights.items()}
@@ -46,14 +48,14 @@ class SweepManifest(Manifest):
     def table(self) -> str:
         names = sorted({k for t in self.trials for k in t["weights"]})
         head = "".join(f"{'w.' + n:>12}" for n in names)
-        lines = [f"{'trial':<22}{head}{'status':>15}{'steps':>6}{'val_acc':>9}{'correct':>9}"]
+        lines = [f"{'trial':<22}{head}{'status':>15}{'steps':>6}{'sel_acc':>9}{'correct':>9}"]
         for t in self.trials:
             w = "".join(f"{t['weights'].get(n, float('nan')):>12.3g}" for n in names)
-            va = f"{t['val_accuracy']:.3f}" if t["val_accuracy"] is not None else "-"
+            va = f"{t['selection_accuracy']:.3f}" if t["selection_accuracy"] is not None else "-"
             co = f"{t['correct']:.3f}" if t["correct"] is not None else "-"
             mark = " *" if t["trial_id"] == self.best["trial_id"] else ""
             lines.append(f"{t['trial_id']:<22}{w}{t['status']:>15}{t['last_step']:>6}{va:>9}{co:>9}{mark}")
-        return "\n".join(lines + [f"* best by {self.metric}; overlay: {self.best_yaml}"])
+        return "\n".join(lines + [f"* best by {self.metric}; sel_acc: {self.ranked_on}", f"overlay: {self.best_yaml}"])
 
 
 def _concurrent_trials(cfg: Config) -> int:
@@ -62,11 +64,11 @@ def _concurrent_trials(cfg: Config) -> int:
     return min(s.max_concurrent_trials, s.num_samples * math.prod(len(d.grid) for d in s.space.values() if d.grid))
 
 
-def _check(cfg: Config) -> None:
-    """What must hold before any trial starts: the SFT adapter, the prompts, the validation rows, and
-    room for the trials that run at once."""
+def _check(cfg: Config) -> int:
+    """What must hold before any trial starts: the SFT adapter, the prompts, the selection rows, and
+    room for the trials that run at once. Returns how many selection questions each trial is scored on."""
     from medmcqa_ray.training.grpo import check_config
-    from medmcqa_ray.training.validation import validation_rows
+    from medmcqa_ray.training.validation import selection_rows
 
     check_config(cfg)
     if (concurrent := _concurrent_trials(cfg)) > 1:
@@ -75,7 +77,7 @@ def _check(cfg: Config) -> None:
         # Tune starts trials on 0.1 CPU each; their learners would otherwise queue behind each other and
         # fail the placement wait (placement.timeout_s) one by one.
         check_resources(cfg, copies=concurrent)
-    validation_rows(cfg, cfg.sweep.eval_rows)
+    return len(selection_rows(cfg, cfg.sweep.eval_rows))
 
 
 def _ranked(trials: list[dict], metric: str) -> list[dict]:
@@ -90,7 +92,7 @@ class SweepStage(Stage):
 
     def inputs(self, cfg: Config) -> list[Path]:
         paths = layout(cfg)
-        return [paths.adapter("sft"), paths.formatted(cfg.grpo.split), paths.formatted("validation")]
+        return [paths.adapter("sft"), paths.formatted(cfg.grpo.split), paths.formatted(SELECTION)]
 
     def output(self, cfg: Config) -> Path:
         return layout(cfg).sweep_dir
@@ -108,12 +110,12 @@ class SweepStage(Stage):
         from medmcqa_ray.tuning.tuner import trial_record, tuner
 
         key = self.cache_key(cfg)
-        _check(cfg)
+        scored = _check(cfg)
         folder = layout(cfg).sweep_dir
         folder.mkdir(parents=True, exist_ok=True)
         results = tuner(cfg, key, active_run()).fit()
         trials = [trial_record(results[i], cfg) for i in range(len(results))]
-        metric = "val_accuracy" if cfg.sweep.metric == "val_accuracy" else "correct"
+        metric = "selection_accuracy" if cfg.sweep.metric == "selection_accuracy" else "correct"
         ranked = _ranked(trials, metric)
         if not ranked:
             raise RuntimeError(f"sweep {cfg.sweep.name}: no trial finished with a {metric} "
@@ -125,8 +127,10 @@ class SweepStage(Stage):
                              + yaml.safe_dump(best_overlay, sort_keys=False))
         (folder / "results.json").write_text(json.dumps(trials, indent=2))
         return SweepManifest(name=cfg.sweep.name, metric=metric, experiment=str(folder / "tune" / cfg.sweep.name),
-                             trials=trials, best={k: best[k] for k in ("trial_id", "weights", "val_accuracy", "correct")},
-                             best_weights=best_overlay["rewards"]["weights"], best_yaml=str(best_yaml), config_hash=key)
+                             trials=trials, best={k: best[k] for k in ("trial_id", "weights", "selection_accuracy", "correct")},
+                             best_weights=best_overlay["rewards"]["weights"], best_yaml=str(best_yaml), config_hash=key,
+                             ranked_on=f"greedy accuracy on {scored} questions of the selection split (data.selection_rows; "
+                                       "validation is only reported)")
 
     def record(self, tracker: "Tracker", manifest: Manifest) -> None:
         """The default record (best weights as params, best figures as metrics, best.yaml) and the results

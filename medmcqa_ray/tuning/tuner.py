@@ -33,8 +33,8 @@ log = logging.getLogger(__name__)
 
 TRIAL_RUN_FILE = "mlflow_run.json"
 # What each sweep.metric is called in the learner's reports.
-METRIC_KEYS = {"val_accuracy": M.VAL_ACCURACY, "correct": M.CORRECT}
-CURVES = (M.VAL_ACCURACY, M.CORRECT, M.FORMAT_EXACT, M.REWARD, M.LOSS, M.ENTROPY, M.COMPLETION_LENGTH,
+METRIC_KEYS = {"selection_accuracy": M.SELECTION_ACCURACY, "correct": M.CORRECT}
+CURVES = (M.SELECTION_ACCURACY, M.CORRECT, M.FORMAT_EXACT, M.REWARD, M.LOSS, M.ENTROPY, M.COMPLETION_LENGTH,
           M.LOGPROB_ABS_DIFF, M.TIMING_STEP)
 
 
@@ -145,10 +145,10 @@ def trial_record(result: Any, cfg: Config) -> dict:
     """A finished (or stopped, or failed) trial: its weights, status, last step, final figures and curves."""
     frame = result.metrics_dataframe
     rows = frame.to_dict("records") if frame is not None else []
-    # val_accuracy is carried from step to step between scorings: keep the steps it was scored at.
+    # selection_accuracy is carried from step to step between scorings: keep the steps it was scored at.
     curves = {name: [[int(r[M.STEP]), v] for r in rows if _number(r.get(M.STEP)) is not None
                      and (v := _number(r.get(name))) is not None
-                     and (name != M.VAL_ACCURACY or _number(r.get(M.VAL_ACCURACY_STEP)) == _number(r[M.STEP]))]
+                     and (name != M.SELECTION_ACCURACY or _number(r.get(M.SELECTION_ACCURACY_STEP)) == _number(r[M.STEP]))]
               for name in CURVES}
     curves = {name: sorted({s: v for s, v in points}.items()) for name, points in curves.items() if points}
     last_step = max((int(r[M.STEP]) for r in rows if _number(r.get(M.STEP)) is not None), default=0)
@@ -158,6 +158,6 @@ def trial_record(result: Any, cfg: Config) -> dict:
     run_file = layout(cfg).sweep_dir / "trials" / trial_id / TRIAL_RUN_FILE
     return {"trial_id": trial_id, "weights": result.config["weights"],
             "mlflow_run": json.loads(run_file.read_text()) if run_file.is_file() else None,
-            "status": status, "last_step": last_step, "val_accuracy": final.get(M.VAL_ACCURACY),
+            "status": status, "last_step": last_step, "selection_accuracy": final.get(M.SELECTION_ACCURACY),
             "correct": final.get(M.CORRECT), "error": str(result.error) if result.error else None,
             "curves": {name: [list(p) for p in points] for name, points in curves.items()}}

@@ -4,6 +4,7 @@ import json
 import re
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -59,7 +60,7 @@ def test_every_input_row_is_accounted_for(real_runs, shared_medmcqa):
         for split, name in files[layout].items():
             c = manifest["splits"][split]
             assert c["read"] == line_count(shared_medmcqa / layout / name)
-            assert c["read"] == c["kept"] + c["quarantined"] and c["limited"] == 0
+            assert c["read"] == c["kept"] + c["quarantined"] + c["selected"] and c["limited"] == 0
             assert sum(c["reasons"].values()) == c["quarantined"]
             assert set(c["reasons"]) <= set(QUARANTINE_REASONS)
             assert len(processed(out, split)) == c["kept"]
@@ -69,6 +70,37 @@ def test_every_input_row_is_accounted_for(real_runs, shared_medmcqa):
                 q = json.loads(line)
                 assert q["reason"] in QUARANTINE_REASONS and q["raw"]["id"] and re.search(r":\d+$", q["source"])
         assert pq.read_schema(next((out / "data" / "processed" / "train").glob("*.parquet"))).equals(PROCESSED)
+        assert len(processed(out, "selection")) == manifest["splits"]["train"]["selected"] == manifest["selection"]["rows"]
+
+
+@pytest.mark.slow
+def test_the_selection_split_is_train_rows_no_trainer_sees_and_no_evaluated_split_holds(real_runs, tmp_path):
+    """Sweeps and checkpoint choices rank on it, so validation stays a split that is only reported."""
+    from medmcqa_ray.config import load_config
+    from medmcqa_ray.data.selection import choose_selection
+    from medmcqa_ray.training.grpo import training_prompts
+    from medmcqa_ray.training.validation import selection_rows
+
+    from ..conftest import REPO
+
+    for layout, (out, manifests) in real_runs.items():
+        cfg = load_config([REPO / "configs" / "ci.yaml"], [f"output_dir={out}"])
+        selection = {r["id"] for r in processed(out, "selection")}
+        train = [r for r in processed(out, "train") if r["answer_index"] is not None]
+        assert len(selection) == round(0.05 * (len(train) + len(selection))) > 50, layout  # data.selection_rows unset: 5%
+        formatted = {s: set(pq.ParquetDataset(out / "data" / "formatted" / s).read().column("id").to_pylist())
+                     for s in ("train", "validation", "test", "selection")}
+        assert formatted["selection"] == selection
+        assert not selection & formatted["train"] and not selection & formatted["validation"] and not selection & formatted["test"]
+        assert not selection & {r["id"] for r in training_prompts(cfg)}  # GRPO's prompts (SFT reads the same train split)
+        assert len(selection_rows(cfg, 1000)) == len(selection)  # what a sweep ranks on
+        assert manifests["prep"]["splits"]["selection"]["rows"] == len(selection)
+    # Chosen by id alone: another file order, the same rows.
+    bookkeeping = pa.Table.from_pylist([{"split": "train", "id": f"q{i}", "status": "kept", "answer_index": 0} for i in range(40)])
+    assert choose_selection(bookkeeping, 4) == choose_selection(bookkeeping.take(list(range(39, -1, -1))), 4)
+    assert len(choose_selection(bookkeeping, None)) == 2 and choose_selection(bookkeeping, 0) == []
+    with pytest.raises(StageError, match="data.selection_rows=40"):
+        choose_selection(bookkeeping, 40)
 
 
 @pytest.mark.slow
@@ -123,7 +155,7 @@ def test_duplicates_limit_and_missing_optional_fields(ray_session, make_config, 
     rows = [bare | {"id": f"q{i}", "cop": i % 4 + 1} for i in range(10)]
     rows.insert(3, bare | {"id": "q1", "question": "a later duplicate", "cop": 4})
     src = write_rows(tmp_path / "src", "train.json", rows)
-    cfg = make_config("data.source=local", f"data.path={src}", "data.limit=6")
+    cfg = make_config("data.source=local", f"data.path={src}", "data.limit=6", "data.selection_rows=0")
     m = run_stage("download", cfg)["splits"]["train"]
     assert (m["read"], m["kept"], m["quarantined"], m["limited"]) == (11, 6, 1, 4)
     assert m["reasons"] == {"duplicate_id": 1}
@@ -159,7 +191,7 @@ def test_bad_inputs_give_clear_errors_and_keep_the_last_good_output(ray_session,
     err = user_error(e.value)
     assert isinstance(err, DataFileError) and "train.jsonl:6: invalid JSON" in str(err)
     manifest = json.loads((Path(cfg.output_dir) / "data" / "manifest.json").read_text())
-    assert manifest["config_hash"] == good["config_hash"] and len(processed(Path(cfg.output_dir), "train")) == 5
+    assert manifest["config_hash"] == good["config_hash"] and len(processed(Path(cfg.output_dir), "train")) == 4  # 1 in selection
 
     ambiguous = write_rows(tmp_path / "amb", "train.jsonl", [GOOD | {"id": f"q{i}", "cop": 1} for i in range(3)])
     with pytest.raises(Exception) as e:
