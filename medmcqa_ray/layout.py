@@ -12,6 +12,7 @@ output_dir/
   checkpoints/<stage>_manifest.json  their manifests; <stage>_journal.jsonl beside them
   checkpoints/ray/                   Ray Train's checkpoints (scaling.storage_path moves them)
   eval/                              baseline and eval (eval.out_dir moves it)
+  export/<head>/                     `export`'s merged Hugging Face model folder (--out moves it)
   sweeps/<sweep.name>/               a sweep's Tune experiment, trials, results, best.yaml
   logs/<command>-<time>.log          the console log of each command
   mlflow.db, mlartifacts/            the embedded MLflow store
@@ -109,6 +110,10 @@ class Layout:
         return Path(self.cfg.eval.input or self.formatted(self.cfg.eval.split))
 
     # ---------------------------------------------------------------------------------- the rest
+    def export_dir(self, head: Literal["sft", "grpo"]) -> Path:
+        """Where `medmcqa-ray export --head <head>` writes the merged model unless --out names a folder."""
+        return self.root / "export" / head
+
     @property
     def sweep_dir(self) -> Path:
         return self.root / "sweeps" / self.cfg.sweep.name
