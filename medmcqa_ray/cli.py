@@ -1,4 +1,5 @@
-"""`medmcqa-ray STAGE [--config FILE ...] [key.sub=value ...] [--force]`.
+"""`medmcqa-ray STAGE [--config FILE ...] [key.sub=value ...] [--force]`, and
+`medmcqa-ray export --head sft|grpo [--out DIR] [--push REPO] --config FILE ...`.
 
 Config files overlay in order, overrides apply last, and the whole config is validated before any
 stage starts, so a typo fails in a second with the key's name.
@@ -24,7 +25,8 @@ from medmcqa_ray.redaction import redact_uri
 if TYPE_CHECKING:
     from medmcqa_ray.stage import Manifest
 
-COMMANDS = ["config", "memory", "download", "prep", "baseline", "sft", "grpo", "eval", "sweep", "all", "sweep-all", "tracking-replay"]
+COMMANDS = ["config", "memory", "download", "prep", "baseline", "sft", "grpo", "eval", "sweep", "all", "sweep-all", "tracking-replay",
+            "export"]
 # The reference recipe's eval.py flags, kept so its users' commands work: flag -> config key.
 EVAL_FLAGS = {"formatted_jsonl": "eval.input", "formatted_dir": "eval.input", "model_name": "model.name",
               "preformat_lora": "adapters.sft", "grpo_lora": "adapters.grpo", "out_dir": "eval.out_dir",
@@ -34,11 +36,16 @@ EVAL_FLAGS = {"formatted_jsonl": "eval.input", "formatted_dir": "eval.input", "m
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="medmcqa-ray", description=__doc__.split("\n\n")[0])
     p.add_argument("stage", choices=COMMANDS, help="stage to run ('config' prints the resolved config, "
-                   "'memory' the GPU memory plan: a table, or with --json its numbers)")
+                   "'memory' the GPU memory plan: a table, or with --json its numbers; 'export' writes a "
+                   "head as a Hugging Face model folder, see --head)")
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides, applied after the config files")
     p.add_argument("--config", action="append", default=[], metavar="FILE", help="YAML config; repeat to overlay")
     p.add_argument("--force", action="store_true", help="redo stages even when their manifest matches")
     p.add_argument("--json", action="store_true", help="print the manifests as JSON at the end")
+    ex = p.add_argument_group("export (a head's adapter merged into its base model: a Hugging Face model folder)")
+    ex.add_argument("--head", choices=["sft", "grpo"], help="the head to export")
+    ex.add_argument("--out", metavar="DIR", help="the folder to write (default: output_dir/export/<head>)")
+    ex.add_argument("--push", metavar="REPO", help="upload the folder to this Hugging Face hub repository too")
     ev = p.add_argument_group("baseline/eval (the reference recipe's eval.py flags; each sets the config key shown)")
     for flag, key in EVAL_FLAGS.items():
         ev.add_argument(f"--{flag}", metavar="VALUE", help=f"= {key}")
@@ -75,8 +82,25 @@ def run(args: argparse.Namespace, cfg: Config) -> list[Manifest]:
     return manifests
 
 
+def export(args: argparse.Namespace, cfg: Config) -> None:
+    from medmcqa_ray.export import export as export_head
+    from medmcqa_ray.tracking import ui_command
+
+    log_file = console.start(layout(cfg).logs, "export")
+    exported = export_head(cfg, args.head, args.out and Path(args.out), args.push)
+    print(exported.summary())
+    print(f"Logs: {log_file}")
+    if exported.mlflow_page is not None:
+        print(f"MLflow: {ui_command(cfg, exported.mlflow_page)}")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_intermixed_args(argv)
+    parser = build_parser()
+    args = parser.parse_intermixed_args(argv)
+    if args.stage == "export" and args.head is None:
+        parser.error("export needs --head sft or --head grpo")
+    if args.stage != "export" and (args.head or args.out or args.push):
+        parser.error("--head, --out and --push go with `export` only")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         flags = [f"{key}={getattr(args, flag)}" for flag, key in EVAL_FLAGS.items() if getattr(args, flag) is not None]
@@ -96,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
 
             sent = replay_offline(cfg)
             print(f"sent {sent} offline tracking records from {layout(cfg).offline_tracking} to {redact_uri(tracking_uri(cfg))}")
+            return 0
+        if args.stage == "export":
+            export(args, cfg)
             return 0
         manifests = run(args, cfg)
         if args.json:

