@@ -86,8 +86,10 @@ def export(args: argparse.Namespace, cfg: Config) -> None:
     from medmcqa_ray.export import export as export_head
     from medmcqa_ray.tracking import ui_command
 
+    from medmcqa_ray.tracking.adapter_source import resolve_adapters
+
     log_file = console.start(layout(cfg).logs, "export")
-    exported = export_head(cfg, args.head, args.out and Path(args.out), args.push)
+    exported = export_head(resolve_adapters(cfg), args.head, args.out and Path(args.out), args.push)
     print(exported.summary())
     print(f"Logs: {log_file}")
     if exported.mlflow_page is not None:

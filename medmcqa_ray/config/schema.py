@@ -309,8 +309,10 @@ def resolve_engine(rollout: RolloutSection) -> Literal["hf", "vllm"]:
 
 
 class EvalSection(Section):
-    split: Literal["train", "validation", "test"] = "validation"
-    """Formatted split of this pipeline's data to evaluate (labelled rows only)."""
+    split: Literal["train", "validation", "test", "selection"] = "validation"
+    """Formatted split of this pipeline's data to evaluate (labelled rows only). `selection` (the rows
+    data.selection_rows sets aside) scores heads for choosing one, e.g. the `best` alias a later run
+    continues (`models:/...@best`), without choosing on validation."""
     input: Optional[LocalPath] = None
     """Rows to evaluate instead of output_dir/data/formatted/<split>: a folder of formatted Parquet shards,
     or a JSON-lines file of formatted rows (id, prompt, answer_label, options, subject)."""
