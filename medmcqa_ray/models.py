@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
+from medmcqa_ray import console
 from medmcqa_ray.config import ModelSection
 from medmcqa_ray.embedded import SMOLLM2_GGUF, SMOLLM2_INSTALL, embedded_dir
 from medmcqa_ray.errors import StageError
@@ -91,7 +92,12 @@ def local_model_path(cfg: ModelSection) -> str:
             log.info("building %s (once; cached in %s)", cfg.name, target)
             tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
             tmp.mkdir(parents=True, exist_ok=True)
-            EMBEDDED[cfg.name](tmp)
+            # transformers draws three tqdm bars meanwhile: de-quantising the GGUF (with tqdm itself, which its
+            # disable_progress_bar() does not reach), loading and writing the weights. Their last lines go to
+            # the log; the terminal gets one bar of ours for this one-off step (half a minute on 2 cores).
+            with console.bar(f"build {cfg.name} (once)", 1, "model") as b, console.stderr_to_log(log):
+                EMBEDDED[cfg.name](tmp)
+                b.update()
             try:  # another process may have finished first; either copy is the same model
                 tmp.rename(target)
             except OSError:

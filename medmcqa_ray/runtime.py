@@ -34,10 +34,22 @@ def ensure_ray(cfg: RaySection) -> None:
     console.quiet_libraries()  # after ray.data's import, which sets its loggers up
 
 
+class _NoDataContextDump(logging.Filter):
+    """Ray Data logs its whole DataContext, several kilobytes on one line, as each dataset starts executing
+    (at DEBUG, which its ray-data.log keeps); no option turns that line off alone."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Data Context for dataset")
+
+
 def configure_ray_data(resource_reservation: bool = False) -> None:
     """Ray Data draws progress bars on a terminal; elsewhere (CI, job logs) it would log every operator
     every few seconds, drowning our own lines, so there it only does so when MEDMCQA_VERBOSE is set.
-    A failing map raises our own error (DataFileError naming file:line), not a generic UDF failure."""
+    A failing map raises our own error (DataFileError naming file:line), not a generic UDF failure.
+    Datasets execute in this process (download, prep, eval), so its logger is the one to filter."""
+    executor_log = logging.getLogger("ray.data._internal.execution.streaming_executor")
+    if not any(isinstance(f, _NoDataContextDump) for f in executor_log.filters):
+        executor_log.addFilter(_NoDataContextDump())  # a logger's filter drops the record for every handler
     ctx = ray.data.DataContext.get_current()
     ctx.raise_original_map_exception = True
     ctx.op_resource_reservation_enabled = resource_reservation

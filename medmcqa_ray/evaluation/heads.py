@@ -11,7 +11,7 @@ import pyarrow as pa
 import ray
 
 from medmcqa_ray.config import Config
-from medmcqa_ray.console import bar
+from medmcqa_ray.console import bar, first_with_native_stderr_to_log
 from medmcqa_ray.errors import StageError
 from medmcqa_ray.evaluation.predictor import HeadPredictor
 from medmcqa_ray.layout import layout
@@ -77,7 +77,14 @@ def evaluate_heads(cfg: Config, rows: pa.Table, adapters: dict[str, Optional[str
     records: dict[str, list[dict]] = {head: [] for head in adapters}
     try:
         with bar(f"eval {', '.join(adapters)}", sum(t.num_rows for t in per_head), "q") as b:
-            for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            # Ray Data starts the actor pool when the first batch is asked for, and Ray's C++ core then writes an
+            # ERROR on stderr, once per process: "Actor ... MapWorker(MapBatches(HeadPredictor)) has constructor
+            # arguments in the object store and max_restarts > 0" (ray-project/ray#53727). Ray Data passes every
+            # pool actor its DataContext and map function by reference and turns restarts on (#57733), so nothing
+            # we pass causes it, and only map_batches(max_restarts=0) would avoid it, at the cost of Ray Data's
+            # restart of a predictor that dies (killed by Ray's memory monitor, say). Its premise does not hold
+            # here (the driver holds those references until the dataset is done), so it goes to the log file.
+            for batch in first_with_native_stderr_to_log(ds.iter_batches(batch_size=None, batch_format="pyarrow")):
                 for record in batch.to_pylist():
                     records[record.pop("head")].append(record)
                 b.update(batch.num_rows)
