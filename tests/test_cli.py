@@ -51,7 +51,7 @@ def test_download_then_prep_on_real_rows(tmp_path, shared_medmcqa):
     prep = json.loads(r.stdout[r.stdout.index("[\n"):])[0]
     assert prep["splits"]["validation"]["rows"] == 344
     assert sorted(p.name for p in (tmp_path / "o" / "data" / "formatted").iterdir()) == [
-        "manifest.json", "test", "train", "validation"]  # (a re-run skipping stages: tests/test_jobs.py)
+        "manifest.json", "selection", "test", "train", "validation"]  # (a re-run skipping stages: tests/test_jobs.py)
 
 
 @pytest.mark.slow
