@@ -118,7 +118,7 @@ class DataSection(Section):
     of weights or checkpoint uses it, so validation and test are only ever reported. SFT and GRPO never
     see these rows. Chosen by sha256 of the id (the same rows whatever the file order), never an id that
     another split holds. None: 5% of the labelled train rows, at most 500 (MedMCQA's 182,822 give 500, the
-    bundled sample's 2,229 give 111, the synthetic 214 give 11). 0: no selection split (a sweep refuses)."""
+    bundled sample's 2,220 kept give 111, the synthetic 214 give 11). 0: no selection split (a sweep refuses)."""
 
     @model_validator(mode="after")
     def _check_source(self) -> "DataSection":
