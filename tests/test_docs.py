@@ -1,19 +1,31 @@
-"""The README documents every quarantine reason and flag the code can produce, and starts with the two commands."""
+"""docs/data.md documents every quarantine reason and flag the code can produce; the README starts with the two
+commands, stays a front page, and its links lead somewhere."""
 
 from medmcqa_ray.data.records import FLAGS, QUARANTINE_REASONS
 
 from .conftest import REPO
 
 
-def test_readme_lists_every_reason_and_flag():
-    readme = (REPO / "README.md").read_text()
+def test_data_page_lists_every_reason_and_flag():
+    page = (REPO / "docs" / "data.md").read_text()
     for code in [*QUARANTINE_REASONS, *FLAGS]:
-        assert f"`{code}`" in readme, code
+        assert f"`{code}`" in page, code
 
 
-def test_readme_opens_with_demo_and_test():
-    head = "\n".join((REPO / "README.md").read_text().splitlines()[:8])
+def test_readme_opens_with_demo_and_test_and_is_a_front_page():
+    lines = (REPO / "README.md").read_text().splitlines()
+    head = "\n".join(lines[:8])
     assert "make demo" in head and "make test" in head
+    assert len(lines) < 200, "the reference belongs in docs/"
+
+
+def test_relative_links_in_the_readme_and_docs_lead_to_files():
+    import re
+
+    for page in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+        for target in re.findall(r"\]\(([^)\s#]+)(?:#[^)]*)?\)", page.read_text()):
+            if not re.match(r"[a-z]+:", target):
+                assert (page.parent / target).exists(), f"{page.name} links to {target}, which does not exist"
 
 
 def test_architecture_map_names_every_module_and_modules_stay_small():

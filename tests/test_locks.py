@@ -79,7 +79,7 @@ def test_unsloth_does_not_resolve_with_our_trl(tmp_path):
     extra = tmp_path / "unsloth.txt"
     extra.write_text(UNSLOTH + "\n")
     done = lock.resolve(lock.SETS["gpu"], extra=(str(extra),))
-    assert done.returncode != 0, f"{UNSLOTH} now resolves with our set: README's 'Dependency sets' is stale"
+    assert done.returncode != 0, f"{UNSLOTH} now resolves with our set: docs/development.md's 'Dependency sets' is stale"
     # uv names both sides: Unsloth's trl cap and pyproject.toml's trl range (TRL, e.g. trl>=1.16,<1.17).
     assert "No solution found" in done.stderr, done.stderr
     assert "unsloth" in done.stderr and "trl>0.19.0,<=1.15.0" in done.stderr, done.stderr

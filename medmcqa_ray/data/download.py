@@ -218,7 +218,7 @@ def run_download(cfg: Config) -> DownloadManifest:
         limit=cfg.data.limit,
         selection=SelectionSplit(rows=len(selected), ids_sha256=ids_digest(selected)) if selected else None,
         note=f"read = kept + quarantined + {LIMITED} (rows beyond data.limit) + selected (moved to the {SELECTION} split); "
-             "quarantine reasons in README",
+             "quarantine reasons in docs/data.md",
     )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-# Reason codes: a quarantined row carries exactly one. Documented in the README's "Quarantine" table.
+# Reason codes: a quarantined row carries exactly one. Documented in docs/data.md's quarantine table.
 QUARANTINE_REASONS = {
     "not_an_object": "the row is not a JSON object / record",
     "invalid_field_type": "a field holds a list, object or other non-text value",

@@ -1,4 +1,4 @@
-"""Custom reward components used by the tests (the README's worked example is the first one)."""
+"""Custom reward components used by the tests (docs/training.md's worked example is the first one)."""
 
 
 def brevity(completions, **kwargs):
