@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace, cfg: Config) -> list[Manifest]:
     from medmcqa_ray.pipeline import ALL, SWEEP, check_writable, run_stage
     from medmcqa_ray.tracking import Tracker, ui_command
-    from medmcqa_ray.tracking.adapter_source import fetched_source, resolve_adapters
+    from medmcqa_ray.tracking.adapter_source import HEADS, fetched_source, resolve_adapters
 
     names = {"all": ALL, "sweep-all": SWEEP}.get(args.stage, [args.stage])
     # Every path in the config is absolute from here on (resolved at load against this directory).
@@ -63,7 +63,7 @@ def run(args: argparse.Namespace, cfg: Config) -> list[Manifest]:
     check_writable(layout(cfg).root)  # its log file goes there: a clear error first, not a traceback
     log_file = console.start(layout(cfg).logs, args.stage)
     fetched = resolve_adapters(cfg)  # models:/ and runs:/ adapters, fetched before any stage starts
-    for head in ("sft", "grpo"):
+    for head in HEADS:
         if (uri := getattr(cfg.adapters, head)) != (folder := getattr(fetched.adapters, head)):
             print(f"adapters.{head}: {uri} is {fetched_source(Path(folder)).resolved}, in {folder}", flush=True)
     cfg = fetched
@@ -85,7 +85,6 @@ def run(args: argparse.Namespace, cfg: Config) -> list[Manifest]:
 def export(args: argparse.Namespace, cfg: Config) -> None:
     from medmcqa_ray.export import export as export_head
     from medmcqa_ray.tracking import ui_command
-
     from medmcqa_ray.tracking.adapter_source import resolve_adapters
 
     log_file = console.start(layout(cfg).logs, "export")
