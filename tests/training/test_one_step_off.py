@@ -20,6 +20,7 @@ from medmcqa_ray.tracking import Tracker, tracking_uri
 from ..conftest import CI_SFT, sft_copy
 from ..faults.test_grpo_faults import journal, wait_for
 from ..faults.test_job_killed import step_prompts
+from .interrupt import registered_checkpoints
 from .test_grpo import config, steps, task_count
 
 
@@ -38,10 +39,16 @@ def test_one_step_off_lags_one_step_and_resumes_in_order(ci_sft, tmp_path):
                  "grpo.max_completion_length=8", "scaling.max_failures=1", "tracking.enabled=true")
     killed: dict = {}
 
-    def kill_learner_after_a_checkpoint() -> None:  # the learner dies during step 4, after the step-2 checkpoint
+    def registered_and_past_it() -> bool:
+        # Registered, not merely written: a checkpoint folder exists before the controller takes the report,
+        # and a learner killed in between restarts from nothing. One-step-off journals prompts a step ahead.
+        registered = registered_checkpoints(out, "grpo")
+        return bool(registered) and max(step_prompts(journal(out)), default=0) >= registered[-1] + 2
+
+    def kill_learner_after_a_checkpoint() -> None:  # the learner dies two steps after a registered checkpoint
         try:
-            wait_for(lambda: list((out / "checkpoints" / "ray" / "grpo").glob("checkpoint_*"))
-                     and max(step_prompts(journal(out)), default=0) >= 4, "step 4 after a checkpoint")
+            wait_for(registered_and_past_it, "two steps after a registered checkpoint")
+            killed["checkpoint"] = registered_checkpoints(out, "grpo")[-1]
             killed["before"] = step_prompts(journal(out))
             killed["pid"] = next(e["pid"] for e in journal(out) if e["event"] == "start" and e["rank"] == 0)
             os.kill(killed["pid"], signal.SIGKILL)
@@ -55,22 +62,23 @@ def test_one_step_off_lags_one_step_and_resumes_in_order(ci_sft, tmp_path):
         m = run_stage("grpo", cfg, tracker=tracker)
     killer.join(timeout=60)
     assert "error" not in killed and "pid" in killed, killed
-    assert [s["resumed_from_step"] for s in m["worker_starts"]] == [0, 2]
+    resumed = killed["checkpoint"]  # 2 or 4 (save_steps=2, and the kill comes before step 6)
+    assert resumed in (2, 4) and [s["resumed_from_step"] for s in m["worker_starts"]] == [0, resumed]
 
-    # Steps 1-2 from the first learner, 3-6 from its successor. A learner's first step has nothing generated
-    # ahead (lag 0); every other step trained on samples of the adapter one step older.
+    # Steps up to the checkpoint from the first learner, the rest from its successor. A learner's first step
+    # has nothing generated ahead (lag 0); every other step trained on samples of the adapter one step older.
     history = steps(m)
     assert [h["step"] for h in history] == list(range(1, 7))
-    assert [h[M.POLICY_VERSION_LAG] for h in history] == [0, 1, 0, 1, 1, 1]
+    assert [h[M.POLICY_VERSION_LAG] for h in history] == [0] + [1] * (resumed - 1) + [0] + [1] * (5 - resumed)
     for h in history:
         if h[M.POLICY_VERSION_LAG]:  # TRL's correction ran: ratios of learner to rollout policy, capped at 2
             assert 0 < h[M.IS_RATIO_MIN] <= h[M.IS_RATIO_MEAN] <= h[M.IS_RATIO_MAX] <= cfg.grpo.off_policy_clip
             assert 0 <= h[M.IS_RATIO_CLIPPED] <= 1
         assert 0 <= h[M.TIMING_LEARNER_WAIT] and not math.isnan(h[M.LOSS])
     # One generate call per step, sent ahead or not: nothing generated twice, nothing lost (the second
-    # learner's actors made steps 3-6; the first learner's sent step 5 ahead before it died, unused).
+    # learner's actors made the steps after the checkpoint; what the first learner sent ahead died unused).
     second = [a["actor_id"] for a in m["rollout_actors"]]
-    assert task_count("RolloutActor.generate", second, 4) == 4
+    assert task_count("RolloutActor.generate", second, 6 - resumed) == 6 - resumed
 
     # The data order: the steps redone after the restore got the prompts they had before the kill, and no
     # prompt came twice over the run.
