@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: setup lock demo test test-all test-fast bench clean
+.PHONY: setup lock demo lint test test-all test-fast bench clean
 
 setup: $(STAMP)
 
@@ -36,8 +36,14 @@ lock:
 demo: setup
 	$(BIN)/python jobs/full.py --config $(CONFIG)
 
+# The import layers of docs/architecture.md (pyproject.toml's [tool.importlinter]) and the type checker over
+# the package: both in CI, both in seconds.
+lint: setup
+	$(BIN)/lint-imports
+	$(BIN)/python -m mypy
+
 # CI's suite: everything but the extended tier (simulated multi-node clusters, autoscaling, whole jobs
-# killed, S3 checkpoints, a vLLM engine restart), which `make test-all` adds (docs/development.md, "Tests").
+# killed, S3 checkpoints, a pruned sweep restored), which `make test-all` adds (docs/development.md, "Tests").
 test: setup
 	$(BIN)/python -m pytest -m "not extended" $(PYTEST_ARGS)
 

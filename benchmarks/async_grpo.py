@@ -61,7 +61,7 @@ def run_mode(mode: str, overrides: list[str], base_out: Path, work: Path, sample
     before, start = uptime(), time.monotonic()
     manifest = run_stage("grpo", cfg, force=True)
     wall = time.monotonic() - start
-    history = [h for h in manifest["history"] if M.TIMING_STEP in h]
+    history = [h for h in manifest.history if M.TIMING_STEP in h]
     later = history[1:]
     steps_s = sum(h[M.TIMING_STEP] for h in later)
     lagged = [h for h in later if h[M.POLICY_VERSION_LAG] > 0]

@@ -93,7 +93,7 @@ def main() -> None:
     grpo_start = time.monotonic()
     manifest = run_stage("grpo", cfg)
     memory.stop.set()
-    steps = [h for h in manifest["history"] if "timing/step" in h]
+    steps = [h for h in manifest.history if "timing/step" in h]
     print(json.dumps({
         "benchmark": "GPU smoke (random Qwen3, hf engine, GRPO)", "device": args.device,
         "dtype": "bfloat16" if gpu else "float32", "grpo_steps": len(steps),

@@ -158,7 +158,7 @@ def ours(engine: str, overrides: list[str], base_out: Path, work: Path, args) ->
     manifest = run_stage("grpo", cfg, force=True)
     wall = time.monotonic() - start
     busy = busy_cpu_s() - busy0
-    history = [h for h in manifest["history"] if "timing/step" in h]
+    history = [h for h in manifest.history if "timing/step" in h]
     steps = [h["timing/step"] for h in history]
     later = history[1:] or history
     parts = {k: round(statistics.mean(h[f"timing/{k}"] for h in later), 2) for k in ("generate", "reward", "sync", "train")}
@@ -177,7 +177,7 @@ def ours(engine: str, overrides: list[str], base_out: Path, work: Path, args) ->
         "generate_tokens_per_s": round(generated / parts["generate"], 1) if parts["generate"] else None,
         "mean_completion_tokens": round(statistics.mean(h.get("completions/mean_length", 0) for h in later), 1),
         "logprob_abs_diff": [round(h["rollout/logprob_abs_diff"], 6) for h in history if "rollout/logprob_abs_diff" in h],
-        "rollout_actors": manifest.get("rollout_actors"),
+        "rollout_actors": [a.model_dump() for a in manifest.rollout_actors],
     }
 
 

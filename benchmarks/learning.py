@@ -160,7 +160,7 @@ def main() -> None:
         grpo = run_stage("grpo", cfg)
         run_stage("eval", cfg)
         summary = json.loads((layout(cfg).eval_dir / "summary.json").read_text())
-        steps = [h for h in grpo["history"] if M.CORRECT in h]
+        steps = [h for h in grpo.history if M.CORRECT in h]
         report["sft"] = head_score(summary, "sft")  # the same adapter and questions in every mode
         report["sft_letter_binding"] = letter_binding(cfg, "sft")
         report["modes"][mode] = {

@@ -141,7 +141,7 @@ def main() -> None:
             loop_pipeline(cfg, work / "loop")
             loop_seconds = time.perf_counter() - t0
 
-        kept = manifest["splits"]["train"]["kept"] + manifest["splits"]["train"]["selected"]  # the loop carves none
+        kept = manifest.splits["train"].kept + manifest.splits["train"].selected  # the loop carves none
         loop_kept = pq.ParquetDataset(work / "loop" / "processed" / "train").read().num_rows
         assert kept == loop_kept, (kept, loop_kept)
         print(json.dumps({

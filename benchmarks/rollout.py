@@ -367,7 +367,7 @@ class Live:
     """A started engine and what has been measured of it."""
 
     def __init__(self, name: str, model_cfg: ModelSection, rollout_cfg: RolloutSection, adapters: list):
-        from medmcqa_ray.rollout.engines import make_engine
+        from medmcqa_ray.rollout.engine_factory import make_engine
 
         self.name, self.adapters, self.version = name, adapters, 0
         self.report: dict[str, Any] = {"uptime_before_start": uptime()}

@@ -53,7 +53,7 @@ def main() -> None:
     for n in args.learners:
         run_cfg = load_config([args.config], [*base, f"scaling.num_workers={n}",
                                               f"adapters.sft={layout(cfg).trained_adapter('sft')}"])
-        history = [h for h in run_stage("grpo", run_cfg, force=True)["history"] if "timing/step" in h]
+        history = [h for h in run_stage("grpo", run_cfg, force=True).history if "timing/step" in h]
         later = history[1:] or history
         step_s = statistics.median(h["timing/step"] for h in later)
         samples = n * run_cfg.grpo.prompts_per_step * run_cfg.grpo.num_generations

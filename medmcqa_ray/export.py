@@ -222,7 +222,7 @@ def record(cfg: Config, folder: Path, manifest: ExportManifest) -> Optional[str]
     tracker = Tracker(cfg)
     if not tracker.enabled:
         return None
-    from medmcqa_ray.tracking.adapter_model import ADAPTER_SHA_TAG
+    from medmcqa_ray.tracking.store import ADAPTER_SHA_TAG
 
     with tracker.stage_run("export") as run_id:
         tracker.set_tags({"medmcqa_ray.head": manifest.head, ADAPTER_SHA_TAG: manifest.adapter_sha,

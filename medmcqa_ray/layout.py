@@ -8,13 +8,13 @@ output_dir/
   data/manifest.json                 download's manifest
   data/formatted/<split>/*.parquet   prompts and SFT targets  (prep)
   data/formatted/manifest.json       prep's manifest
-  checkpoints/<stage>/               the final adapter of sft and grpo
+  checkpoints/<stage>/               the final adapter of sft and grpo, training_info.json in it
   checkpoints/<stage>_manifest.json  their manifests; <stage>_journal.jsonl beside them
   checkpoints/ray/                   Ray Train's checkpoints (scaling.storage_path moves them)
   adapters/<source>/adapter/         an adapter fetched from MLflow (adapters.<head>=models:/...), source.json beside it
   eval/                              baseline and eval (eval.out_dir moves it)
   export/<head>/                     `export`'s merged Hugging Face model folder (--out moves it)
-  sweeps/<sweep.name>/               a sweep's Tune experiment, trials, results, best.yaml
+  sweeps/<sweep.name>/               a sweep: manifest.json, tune/ (Tune's experiment), trials/<id>/, best.yaml
   logs/<command>-<time>.log          the console log of each command
   mlflow.db, mlartifacts/            the embedded MLflow store
   tracking/offline/                  MLflow calls kept while the tracking server was unreachable
@@ -28,7 +28,6 @@ from typing import Literal, Optional
 
 from medmcqa_ray.config import Config
 
-Head = Literal["base", "sft", "grpo"]
 # The split carved from train for choosing (sweeps, checkpoints): data.selection_rows.
 SELECTION = "selection"
 
@@ -115,6 +114,10 @@ class Layout:
     def eval_dir(self) -> Path:
         return Path(self.cfg.eval.out_dir or self.root / "eval")
 
+    def eval_manifest(self, file: str) -> Path:
+        """baseline's and eval's manifests (each stage names its file) in the eval folder."""
+        return self.eval_dir / file
+
     @property
     def eval_input(self) -> Path:
         """eval.input, else this pipeline's formatted eval.split."""
@@ -128,6 +131,19 @@ class Layout:
     @property
     def sweep_dir(self) -> Path:
         return self.root / "sweeps" / self.cfg.sweep.name
+
+    @property
+    def sweep_manifest(self) -> Path:
+        return self.sweep_dir / "manifest.json"
+
+    @property
+    def sweep_tune(self) -> Path:
+        """Tune's experiment folder (its storage_path), which Tuner.restore resumes."""
+        return self.sweep_dir / "tune"
+
+    def sweep_trial(self, trial_id: str) -> Path:
+        """A trial's own folder: its MLflow run reference."""
+        return self.sweep_dir / "trials" / trial_id
 
     @property
     def logs(self) -> Path:
@@ -144,3 +160,18 @@ class Layout:
 
 def layout(cfg: Config) -> Layout:
     return Layout(cfg)
+
+
+# A learner's files beside its final adapter: built from the folder the worker was given, since a Ray Train
+# worker has the adapter's path, not a Layout.
+TRAINING_INFO = "training_info.json"
+
+
+def training_info_file(final_dir: Path | str) -> Path:
+    """Rank 0's record inside the final adapter: the log history and where the run resumed."""
+    return Path(final_dir) / TRAINING_INFO
+
+
+def journal_file(final_dir: Path | str) -> Path:
+    """checkpoints/<stage>_journal.jsonl, beside the final adapter."""
+    return Path(final_dir).with_name(f"{Path(final_dir).name}_journal.jsonl")

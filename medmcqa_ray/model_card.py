@@ -14,7 +14,8 @@ import yaml
 
 from medmcqa_ray.config import Config, resolved_dict
 from medmcqa_ray.embedded import HUB_ORIGIN
-from medmcqa_ray.evaluation.summary import EvalSummary, read_summary
+from medmcqa_ray.evaluation.scores import EvalSummary
+from medmcqa_ray.evaluation.summary import read_summary
 from medmcqa_ray.formatting import LETTERS, system_message, user_message
 from medmcqa_ray.layout import layout
 

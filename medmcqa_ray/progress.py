@@ -1,7 +1,7 @@
 """One progress bar per long stage, drawn by the command that runs it.
 
 The steps happen in Ray Train workers, whose output stays in Ray's logs; rank 0 tells a small actor
-each step it finishes (`ReportSteps`, a TrainerCallback), and the driver polls that actor into a tqdm
+each step it finishes (`StepCounterCallback`), and the driver polls that actor into a tqdm
 bar (steps, rate, ETA). A restarted or resumed run reports from its checkpoint's step on.
 """
 
@@ -28,7 +28,7 @@ class StepCounter:
         return self.step
 
 
-class ReportSteps(TrainerCallback):
+class StepCounterCallback(TrainerCallback):
     """Worker side: the global step after each optimiser step (rank 0 only, so one report per step)."""
 
     def __init__(self, counter: Any):

@@ -11,7 +11,6 @@ import ray
 from medmcqa_ray import console
 from medmcqa_ray.config import RaySection
 
-log = logging.getLogger(__name__)
 
 
 def ensure_ray(cfg: RaySection) -> None:

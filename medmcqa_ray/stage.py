@@ -24,8 +24,8 @@ if TYPE_CHECKING:
 
 
 class Manifest(BaseModel):
-    """What a stage wrote, from which inputs: `<stage>_manifest.json`. Subclasses declare their fields;
-    they read like the JSON they are written as (`m["adapter"]`), which is what jobs and tests see."""
+    """What a stage wrote, from which inputs: `<stage>_manifest.json`. Subclasses declare their fields, read as
+    attributes (`m.adapter`); `as_dict()` is the JSON."""
 
     model_config = ConfigDict(extra="forbid")
     stage: str
@@ -56,17 +56,9 @@ class Manifest(BaseModel):
         """A short human summary for the console."""
         return ""
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
+        """The manifest as its JSON file holds it."""
         return self.model_dump(mode="json")
-
-    def __getitem__(self, key: str) -> Any:
-        return self.as_dict()[key]
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self.as_dict().get(key, default)
-
-    def __contains__(self, key: str) -> bool:
-        return key in self.as_dict()
 
 
 class Stage(ABC):

@@ -177,7 +177,7 @@ def test_the_pipeline_sft_export_answers_as_its_head_with_card_and_mlflow_run(pi
 
     from medmcqa_ray.adapters import adapter_checksum, read_adapter
     from medmcqa_ray.tracking import tracking_uri
-    from medmcqa_ray.tracking.adapter_model import ADAPTER_SHA_TAG
+    from medmcqa_ray.tracking.store import ADAPTER_SHA_TAG
 
     cfg, result, conversations = pipeline_export
     folder, adapter = Path(result.folder), layout(cfg).adapter("sft")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal, Optional
 
@@ -306,6 +307,14 @@ def resolve_engine(rollout: RolloutSection) -> Literal["hf", "vllm"]:
     choice = AUTO_ENGINE["gpu" if rollout.num_gpus_per_actor > 0 else "cpu"]
     # vLLM not installed (a plain `pip install` without an extra): auto means the engine that can run.
     return choice if choice == "hf" or importlib.util.find_spec("vllm") is not None else "hf"
+
+
+class Scoring(StrEnum):
+    """The two ways eval scores a question, as summary.json, MLflow and the tables name them (eval.scoring
+    takes one, or `both`)."""
+
+    GENERATE = "generate"
+    LOGLIK = "loglik"
 
 
 class EvalSection(Section):

@@ -17,7 +17,7 @@ import logging
 import shutil
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Literal, Optional
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -30,7 +30,8 @@ from medmcqa_ray.data.normalise import finalise_row, normalise_row
 from medmcqa_ray.data.records import KEPT, LIMITED, NORMALISED, PROCESSED, QUARANTINED
 from medmcqa_ray.data.selection import FROM_SPLIT, SelectionSplit, choose_selection, ids_digest
 from medmcqa_ray.data.shards import write_split_parquet
-from medmcqa_ray.data.sources import ReadTask, plan_read_tasks, read_task_rows, resolve_source, source_key, task_dict
+from medmcqa_ray.data.sources import (ReadTask, SourceFile, SourceInfo, plan_read_tasks, read_task_rows, resolve_source,
+                                      source_key, task_dict)
 from medmcqa_ray.layout import SELECTION, layout
 from medmcqa_ray.stage import Manifest, Stage, hash_parts
 
@@ -147,7 +148,7 @@ class SplitCounts(BaseModel):
 class DownloadManifest(Manifest):
     stage: Literal["download"] = "download"
     splits: dict[str, SplitCounts]
-    source: dict[str, Any]
+    source: SourceInfo
     limit: Optional[int] = None
     selection: Optional[SelectionSplit] = None
     """The split carved from train for choosing (data.selection_rows); None when turned off."""
@@ -166,7 +167,7 @@ class DownloadManifest(Manifest):
         if self.selection:
             lines.append(f"{SELECTION:<12}{'':>8}{self.selection.rows:>8}{'':>19}  from {self.selection.from_split}: "
                          "what sweeps rank on; validation is only reported")
-        lines.append(f"source: {self.source.get('name')} (layout {self.source.get('layout')})")
+        lines.append(f"source: {self.source.name} (layout {self.source.layout})")
         return "\n".join(lines)
 
 
@@ -176,7 +177,7 @@ def run_download(cfg: Config) -> DownloadManifest:
     files, source_info = resolve_source(cfg.data, paths.hub_download)
     tasks = plan_read_tasks(files, cfg.data.chunk_bytes)
     splits = sorted({split for _, split in files}, key=cfg.data.splits.index)
-    log.info("download: %d files, %d read tasks, splits %s, from %s", len(files), len(tasks), splits, source_info["name"])
+    log.info("download: %d files, %d read tasks, splits %s, from %s", len(files), len(tasks), splits, source_info.name)
 
     items = [task_dict(t) for t in tasks]
     normalised = ray.data.from_items(items, override_num_blocks=max(1, len(items))).map_batches(
@@ -214,7 +215,8 @@ def run_download(cfg: Config) -> DownloadManifest:
     shutil.rmtree(staging, ignore_errors=True)
     return DownloadManifest(
         splits=counts,
-        source=source_info | {"layout": plan.layout, "files": [{"path": str(p), "split": s} for p, s in files]},
+        source=source_info.model_copy(update={"layout": plan.layout,
+                                              "files": [SourceFile(path=str(p), split=s) for p, s in files]}),
         limit=cfg.data.limit,
         selection=SelectionSplit(rows=len(selected), ids_sha256=ids_digest(selected)) if selected else None,
         note=f"read = kept + quarantined + {LIMITED} (rows beyond data.limit) + selected (moved to the {SELECTION} split); "

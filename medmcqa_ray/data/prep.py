@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import shutil
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import pyarrow as pa
 import ray
@@ -70,7 +70,7 @@ class PrepSplit(BaseModel):
 class PrepManifest(Manifest):
     stage: Literal["prep"] = "prep"
     splits: dict[str, PrepSplit]
-    format: dict[str, Any]
+    format: FormatSection
 
     def metrics(self) -> dict[str, float]:
         return {f"prep/{split}/rows": c.rows for split, c in self.splits.items()}
@@ -105,7 +105,7 @@ def run_prep(cfg: Config) -> PrepManifest:
         log.info("prep: %s: %d rows in %d shards", split, rows, counts[split]["shards"])
     shutil.rmtree(paths.formatted_root, ignore_errors=True)
     staging.rename(paths.formatted_root)
-    return PrepManifest(splits=counts, format=cfg.format.model_dump(mode="json"))
+    return PrepManifest(splits=counts, format=cfg.format)
 
 
 class PrepStage(Stage):

@@ -16,9 +16,10 @@ import os
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Literal, Optional
 
 import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict
 
 from medmcqa_ray.config import DataSection
 from medmcqa_ray.errors import DataFileError, HubUnavailableError
@@ -206,22 +207,47 @@ def source_key(cfg: DataSection) -> str:
     return fingerprint(discover(Path(cfg.path), cfg.splits))
 
 
-def resolve_source(cfg: DataSection, hub_download: Path) -> tuple[list[tuple[Path, str]], dict]:
+class SourceFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    path: str
+    split: str
+
+
+class SourceInfo(BaseModel):
+    """Where the download stage's rows came from, as its manifest says: the source, then (set by the stage
+    once it has read them) the layout detected and every file with its split."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["sample", "synthetic", "hub", "local"]
+    name: str
+    note: Optional[str] = None
+    revision: Optional[str] = None
+    """hub: data.hub_revision."""
+    path: Optional[str] = None
+    """local: data.path."""
+    layout: Optional[str] = None
+    """The release's (1-based `cop`) or Hugging Face's (0-based), as detected or forced."""
+    files: list[SourceFile] = []
+
+
+def resolve_source(cfg: DataSection, hub_download: Path) -> tuple[list[tuple[Path, str]], SourceInfo]:
     """The files to read (for source=hub, downloaded into `hub_download` first) and the manifest's description."""
     if cfg.source == "sample":
-        info = {"kind": "sample", "name": SAMPLE_NAME,
-                "note": "real MedMCQA rows (Pal et al., CHIL 2022; MIT licence): 2,229 train, 344 validation, 83 test"}
+        info = SourceInfo(kind="sample", name=SAMPLE_NAME,
+                          note="real MedMCQA rows (Pal et al., CHIL 2022; MIT licence): 2,229 train, 344 validation, 83 test")
         return discover(SAMPLE_DIR, cfg.splits), info
     if cfg.source == "synthetic":
-        info = {"kind": "synthetic", "name": SYNTHETIC_NAME,
-                "note": "multiple-choice questions written for medmcqa-ray in MedMCQA's schema; not MedMCQA"}
+        info = SourceInfo(kind="synthetic", name=SYNTHETIC_NAME,
+                          note="multiple-choice questions written for medmcqa-ray in MedMCQA's schema; not MedMCQA")
         return discover(SYNTHETIC_DIR, cfg.splits), info
     if cfg.source == "hub":
         root = fetch_hub(cfg, hub_download)
-        info = {"kind": "hub", "name": f"MedMCQA ({cfg.hub_id})", "revision": cfg.hub_revision}
+        info = SourceInfo(kind="hub", name=f"MedMCQA ({cfg.hub_id})", revision=cfg.hub_revision)
     else:
         root = Path(cfg.path)
-        info = {"kind": "local", "name": "MedMCQA (local files)", "path": str(root)}
+        info = SourceInfo(kind="local", name="MedMCQA (local files)", path=str(root))
     return discover(root, cfg.splits), info
 
 

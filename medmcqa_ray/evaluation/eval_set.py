@@ -8,11 +8,11 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Optional
 
 from pydantic import BaseModel, ConfigDict
 
-from medmcqa_ray.config import Config
+from medmcqa_ray.config import Config, Scoring
 from medmcqa_ray.evaluation.metrics import SCORINGS
 
 
@@ -23,7 +23,7 @@ class EvalSet(BaseModel):
     n: int
     ids_sha: str
     """sha256 of the scored questions' ids, sorted (12 hex digits)."""
-    scoring: Literal["generate", "loglik"]
+    scoring: Scoring
     max_new_tokens: Optional[int] = None
     """Generation's budget (None for log-likelihood, which generates nothing)."""
 
@@ -36,11 +36,11 @@ class EvalSet(BaseModel):
         return f"{self.split}, {self.n} questions (ids {self.ids_sha}), {self.scoring}{budget}"
 
 
-def eval_set(cfg: Config, out_dir: Path, head: str, scoring: Literal["generate", "loglik"]) -> EvalSet:
+def eval_set(cfg: Config, out_dir: Path, head: str, scoring: Scoring) -> EvalSet:
     """The set `head` was scored on under `scoring`, from its per-question records (heads/<head>.jsonl)."""
     correct_key = SCORINGS[scoring][0]
     lines = (Path(out_dir) / "heads" / f"{head}.jsonl").read_text().splitlines()
     ids = sorted(r["id"] for r in map(json.loads, lines) if r.get(correct_key) is not None)
     return EvalSet(split=f"file:{Path(cfg.eval.input).name}" if cfg.eval.input else cfg.eval.split, n=len(ids),
                    ids_sha=hashlib.sha256("\n".join(ids).encode()).hexdigest()[:12], scoring=scoring,
-                   max_new_tokens=cfg.eval.max_new_tokens if scoring == "generate" else None)
+                   max_new_tokens=cfg.eval.max_new_tokens if scoring == Scoring.GENERATE else None)

@@ -13,7 +13,7 @@ import ray
 from medmcqa_ray.config import Config
 from medmcqa_ray.console import bar, first_with_native_stderr_to_log
 from medmcqa_ray.errors import StageError
-from medmcqa_ray.evaluation.predictor import HeadPredictor
+from medmcqa_ray.evaluation.predictor import GENERATION_ROWS_COLUMN, HeadPredictor
 from medmcqa_ray.layout import layout
 from medmcqa_ray.rollout import tensor_parallel
 
@@ -58,7 +58,7 @@ def evaluate_heads(cfg: Config, rows: pa.Table, adapters: dict[str, Optional[str
         placement |= {"num_gpus": 0, "ray_remote_args_fn": groups}
     if cfg.eval.generate_limit is not None:  # generation's share: the first rows, the same for every head
         flags = [i < cfg.eval.generate_limit for i in range(rows.num_rows)]
-        rows = rows.append_column("generate", pa.array(flags, pa.bool_()))
+        rows = rows.append_column(GENERATION_ROWS_COLUMN, pa.array(flags, pa.bool_()))
     # One block a batch (map_batches' batch_size=None), head after head, none straddling two: each engine
     # switches adapters once a head, and a head's first batch holds as many of its generation rows as fit
     # (the hf engine decodes up to rollout.max_batch_rows of them together). A single block would go to

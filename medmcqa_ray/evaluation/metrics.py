@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from collections import Counter, defaultdict
 
+from medmcqa_ray.config import Scoring
+
 
 def wilson_ci(correct: int, n: int, z: float = 1.959964) -> tuple[float, float]:
     """Wilson score interval: honest at small n and near 0 or 1, where the normal interval is not."""
@@ -32,11 +34,11 @@ def mcnemar_p(base: list[bool], head: list[bool]) -> float:
                        sum(1 for x, y in zip(base, head) if x and not y))
 
 
-SCORINGS = {"generate": ("correct", "extracted"), "loglik": ("loglik_correct", "loglik_choice")}
+SCORINGS = {Scoring.GENERATE: ("correct", "extracted"), Scoring.LOGLIK: ("loglik_correct", "loglik_choice")}
 """Per scoring, the record fields holding its verdict and its chosen letter (null where not scored)."""
 
 
-def summarise(records: list[dict], scoring: str) -> dict:
+def summarise(records: list[dict], scoring: Scoring) -> dict:
     """One head's summary under one scoring, over the records that scoring reached."""
     correct_key, choice_key = SCORINGS[scoring]
     scored = [r for r in records if r.get(correct_key) is not None]
@@ -55,7 +57,7 @@ def summarise(records: list[dict], scoring: str) -> dict:
         "top_choice_share": max(choices.values()) / n if choices else 0.0,
         "per_subject": {s: {"n": len(v), "accuracy": sum(v) / len(v)} for s, v in sorted(by_subject.items())},
     }
-    if scoring == "generate":
+    if scoring == Scoring.GENERATE:
         summary["format_compliance"] = sum(r["compliant"] for r in scored) / n if n else 0.0
         summary["extracted"] = sum(r["extracted"] is not None for r in scored) / n if n else 0.0
     return summary

@@ -12,12 +12,12 @@ from typing import Optional
 import pyarrow as pa
 
 from medmcqa_ray.adapters import read_adapter
-from medmcqa_ray.config import FormatSection, ModelSection, RolloutSection, resolve_engine
+from medmcqa_ray.config import FormatSection, ModelSection, RolloutSection, Scoring, resolve_engine
 from medmcqa_ray.errors import StageError
 from medmcqa_ray.evaluation.loglik import choice_requests, choose
 from medmcqa_ray.formatting import extract_answer, generation_prompt, is_correct, is_well_formatted, prompt_token_ids
 from medmcqa_ray.models import load_tokenizer
-from medmcqa_ray.rollout.engines import make_engine
+from medmcqa_ray.rollout.engine_factory import make_engine
 from medmcqa_ray.rollout.types import AdapterUpdate, Sampling
 
 RESULT = pa.schema([("id", pa.string()), ("head", pa.string()), ("subject", pa.string()), ("gold", pa.string()),
@@ -26,11 +26,16 @@ RESULT = pa.schema([("id", pa.string()), ("head", pa.string()), ("subject", pa.s
                     ("loglik_choice", pa.string()), ("loglik_correct", pa.bool_()), ("logliks", pa.list_(pa.float64()))])
 
 
+# A row column, present when eval.generate_limit is set: whether generation scores this row too (the first
+# generate_limit rows of each head); log-likelihood scores every row.
+GENERATION_ROWS_COLUMN = "by_generation"
+
+
 class HeadPredictor:
     def __init__(self, model_cfg: ModelSection, rollout_cfg: RolloutSection, format_cfg: FormatSection,
                  adapters: dict[str, Optional[str]], max_new_tokens: int, scoring: str):
         self.format_cfg = format_cfg
-        self.generates, self.logliks = scoring in ("generate", "both"), scoring in ("loglik", "both")
+        self.generates, self.logliks = scoring in (Scoring.GENERATE, "both"), scoring in (Scoring.LOGLIK, "both")
         self.tokenizer = load_tokenizer(model_cfg)
         # No learner shares the GPU during evaluation: an engine that slept between batches would only
         # move its weights back and forth.
@@ -78,7 +83,7 @@ class HeadPredictor:
             part = [r for r in rows if r["head"] == head]
             out = [{"id": r["id"], "head": head, "subject": r["subject"], "gold": r["answer_label"]} for r in part]
             if self.generates:
-                self._generate([(row, o) for row, o in zip(part, out) if row.get("generate", True)])
+                self._generate([(row, o) for row, o in zip(part, out) if row.get(GENERATION_ROWS_COLUMN, True)])
             if self.logliks:
                 self._loglik(part, out)
             results.extend(out)

@@ -12,18 +12,19 @@ import json
 import logging
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Optional
+from typing import TYPE_CHECKING, ClassVar, Literal, Optional
 
 import pyarrow as pa
 
 from medmcqa_ray.adapters import adapter_checksum, read_adapter
-from medmcqa_ray.config import Config
+from medmcqa_ray.config import Config, Scoring
 from medmcqa_ray.data.formatted_rows import read_formatted
 from medmcqa_ray.errors import StageError
 from medmcqa_ray.evaluation.eval_set import eval_set
 from medmcqa_ray.evaluation.heads import HEADS, evaluate_heads, head_adapters
 from medmcqa_ray.evaluation.predictions import predictions_table
 from medmcqa_ray.evaluation.report import table
+from medmcqa_ray.evaluation.scores import EvalSummary
 from medmcqa_ray.evaluation.summary import build_summary
 from medmcqa_ray.layout import layout
 from medmcqa_ray.stage import Manifest, Stage, fingerprint, hash_parts, upstream_key
@@ -44,25 +45,24 @@ class EvalManifest(Manifest):
     rows: int
     unlabelled: int = 0
     """Rows of eval.input without an answer (the test split's, say): counted here, never scored."""
-    summary: dict[str, Any]
+    summary: EvalSummary
     out_dir: Optional[str] = None
     """The folder the eval files were written to (eval.out_dir, default output_dir/eval)."""
 
     def metrics(self) -> dict[str, float]:
         metrics: dict[str, float] = {}
-        for head, scorings in self.summary["heads"].items():
+        for head, scorings in self.summary.heads.items():
             for scoring, s in scorings.items():
                 key = f"eval/{head}/{scoring}"
-                metrics |= {f"{key}/accuracy": s["accuracy"], f"{key}/ci95_low": s["ci95"][0],
-                            f"{key}/ci95_high": s["ci95"][1], f"{key}/n": s["n"],
-                            f"{key}/top_choice_share": s["top_choice_share"]}
-                metrics |= {f"{key}/{name}": s[name] for name in ("format_compliance", "p_vs_base", "p_vs_sft", "p_vs_majority")
-                            if s.get(name) is not None}
-        floors = self.summary.get("floors")
-        if floors:
-            metrics |= {"eval/floor/uniform": floors["uniform"],
-                        "eval/floor/majority_letter": floors["majority_letter"]["accuracy"]}
-        return metrics
+                metrics |= {f"{key}/accuracy": s.accuracy, f"{key}/ci95_low": s.ci95[0],
+                            f"{key}/ci95_high": s.ci95[1], f"{key}/n": s.n,
+                            f"{key}/top_choice_share": s.top_choice_share}
+                optional = {"format_compliance": s.format_compliance, "p_vs_base": s.p_vs_base,
+                            "p_vs_sft": s.p_vs_sft, "p_vs_majority": s.p_vs_majority}
+                metrics |= {f"{key}/{name}": value for name, value in optional.items() if value is not None}
+        floors = self.summary.floors
+        return metrics | {"eval/floor/uniform": floors.uniform,
+                          "eval/floor/majority_letter": floors.majority_letter.accuracy}
 
     def artifacts(self) -> list[tuple[Path, str]]:
         return [(Path(self.out_dir) / name, "eval") for name in ARTIFACTS] if self.out_dir else []
@@ -76,7 +76,7 @@ def load_eval_rows(cfg: Config, unlabelled: Optional[list[str]] = None) -> pa.Ta
     """The labelled rows of eval.input, in file order, cut to eval.limit; the ids of rows without an
     answer go to `unlabelled` (counted, never scored as wrong)."""
     rows = read_formatted(layout(cfg).eval_input, limit=cfg.eval.limit, purpose="evaluate", unlabelled=unlabelled)
-    if cfg.eval.scoring != "generate" and "question" not in rows.column_names:
+    if cfg.eval.scoring != Scoring.GENERATE and "question" not in rows.column_names:
         raise StageError(f"{layout(cfg).eval_input} has no `question` column, which eval.scoring={cfg.eval.scoring} "
                          "needs for lm-eval's prompt: re-run prep (formatted rows carry it since this version), "
                          "or set eval.scoring=generate")
@@ -135,7 +135,7 @@ class EvalStage(Stage):
         return layout(cfg).eval_dir
 
     def manifest_path(self, cfg: Config) -> Path:
-        return layout(cfg).eval_dir / self.manifest_file
+        return layout(cfg).eval_manifest(self.manifest_file)
 
     def cache_key(self, cfg: Config) -> str:
         paths = layout(cfg)
@@ -152,16 +152,17 @@ class EvalStage(Stage):
         """The default record, the per-question predictions as an MLflow table, and each adapter head's
         accuracy on its registered version, moving alias `best` (generation's accuracy where scored)."""
         super().record(tracker, manifest)
+        assert isinstance(manifest, EvalManifest)
         if not (tracker.enabled and manifest.out_dir and (Path(manifest.out_dir) / PREDICTIONS).is_file()):
             return
         tracker.log_table(json.loads((Path(manifest.out_dir) / PREDICTIONS).read_text()), "eval/predictions.json")
         for head, folder in manifest.adapters.items():
-            scorings = manifest.summary["heads"].get(head, {})
-            scoring = "generate" if "generate" in scorings else "loglik"
+            scorings = manifest.summary.heads.get(head, {})
+            scoring = Scoring.GENERATE if Scoring.GENERATE in scorings else Scoring.LOGLIK
             if folder and scoring in scorings:
                 sha = adapter_checksum(read_adapter(Path(folder))[1])
                 scored = eval_set(tracker.cfg, Path(manifest.out_dir), head, scoring)
-                tracker.move_best(head, sha, scored, scorings[scoring]["accuracy"], scorings[scoring]["ci95"])
+                tracker.move_best(head, sha, scored, scorings[scoring].accuracy, list(scorings[scoring].ci95))
 
 
 class BaselineStage(EvalStage):

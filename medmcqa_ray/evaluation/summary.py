@@ -11,55 +11,13 @@ import json
 from pathlib import Path
 from typing import Optional
 
-from pydantic import BaseModel
-
 from medmcqa_ray.evaluation.heads import HEADS
 from medmcqa_ray.evaluation.metrics import SCORINGS, paired_p, summarise, wilson_ci
 from medmcqa_ray.evaluation.report import accuracy_plot
+from medmcqa_ray.evaluation.scores import EvalSummary, Floors
 from medmcqa_ray.formatting import LETTERS
 
 SUMMARY_FILE = "summary.json"
-
-
-class ScoringSummary(BaseModel):
-    """One head under one scoring, as summary.json holds it (metrics.summarise, then the paired tests)."""
-
-    n: int
-    correct: int
-    accuracy: float
-    ci95: tuple[float, float]
-    choices: dict[str, int]
-    top_choice_share: float
-    per_subject: dict[str, dict[str, float]]
-    format_compliance: Optional[float] = None
-    """generate only, as `extracted`."""
-    extracted: Optional[float] = None
-    p_vs_base: Optional[float] = None
-    p_vs_sft: Optional[float] = None
-    p_vs_majority: Optional[float] = None
-
-
-class MajorityFloor(BaseModel):
-    letter: Optional[str]
-    source: str
-    n: int
-    correct: int
-    accuracy: float
-    ci95: tuple[float, float]
-
-
-class Floors(BaseModel):
-    uniform: float
-    majority_letter: MajorityFloor
-
-
-class EvalSummary(BaseModel):
-    """summary.json read back (`read_summary`): what the eval folder says of every head scored so far."""
-
-    dataset: str
-    floors: Floors
-    heads: dict[str, dict[str, ScoringSummary]]
-    """head -> scoring (generate, loglik) -> its figures."""
 
 
 def read_summary(out: Path) -> Optional[EvalSummary]:
@@ -72,20 +30,21 @@ def _read_head(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def floors(gold: dict[str, str], majority_letter: Optional[str], letter_source: str) -> dict:
+def floors(gold: dict[str, str], majority_letter: Optional[str], letter_source: str) -> Floors:
     """The two floors on these questions: a uniform guess over the options, and always answering
     `majority_letter` (the train split's most frequent; `letter_source` says where it came from)."""
     n = len(gold)
     hits = sum(g == majority_letter for g in gold.values())
-    return {"uniform": 1 / len(LETTERS),
-            "majority_letter": {"letter": majority_letter, "source": letter_source, "n": n, "correct": hits,
-                                "accuracy": hits / n if n else 0.0, "ci95": list(wilson_ci(hits, n))}}
+    return Floors.model_validate(
+        {"uniform": 1 / len(LETTERS),
+         "majority_letter": {"letter": majority_letter, "source": letter_source, "n": n, "correct": hits,
+                             "accuracy": hits / n if n else 0.0, "ci95": list(wilson_ci(hits, n))}})
 
 
-def build_summary(out: Path, dataset: str, majority_letter: Optional[str], letter_source: str) -> dict:
+def build_summary(out: Path, dataset: str, majority_letter: Optional[str], letter_source: str) -> EvalSummary:
     results = {p.stem: _read_head(p) for p in sorted((out / "heads").glob("*.jsonl"), key=lambda p: HEADS.index(p.stem))}
     gold = {r["id"]: r["gold"] for records in results.values() for r in records}
-    summary: dict = {"dataset": dataset, "floors": floors(gold, majority_letter, letter_source), "heads": {}}
+    heads: dict[str, dict[str, dict]] = {}
     majority = {i: g == majority_letter for i, g in gold.items()}
     for scoring, (correct_key, _) in SCORINGS.items():
         verdicts = {head: {r["id"]: r[correct_key] for r in records if r.get(correct_key) is not None}
@@ -98,11 +57,14 @@ def build_summary(out: Path, dataset: str, majority_letter: Optional[str], lette
                 if verdicts.get(other) and HEADS.index(head) > HEADS.index(other):
                     s[f"p_vs_{other}"], s[f"paired_n_vs_{other}"] = paired_p(verdicts[other], verdicts[head])
             s["p_vs_majority"], _ = paired_p({i: majority[i] for i in verdicts[head]}, verdicts[head])
-            summary["heads"].setdefault(head, {})[scoring] = s
+            heads.setdefault(head, {})[scoring] = s
     with (out / "eval_results.jsonl").open("w") as f:
         for head, records in results.items():
             for r in records:
                 f.write(json.dumps({"head": head} | r, ensure_ascii=False) + "\n")
-    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    # Validated from plain dicts, so that only the fields each head has count as set (EvalSummary.write).
+    summary = EvalSummary.model_validate({"dataset": dataset, "heads": heads,
+                                          "floors": floors(gold, majority_letter, letter_source).model_dump()})
+    summary.write(out / SUMMARY_FILE)
     accuracy_plot(summary, out / "accuracy.png")
     return summary

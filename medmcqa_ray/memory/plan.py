@@ -28,7 +28,7 @@ from typing import Optional
 
 from pydantic import BaseModel
 
-from medmcqa_ray.config.schema import VLLM_LORA_TARGETS, Config, resolve_engine, vllm_lora_rank
+from medmcqa_ray.config.schema import VLLM_LORA_TARGETS, Config, Scoring, resolve_engine, vllm_lora_rank
 from medmcqa_ray.memory.architecture import Architecture
 from medmcqa_ray.models import dtype_name
 
@@ -203,7 +203,7 @@ def _loglik_scorer(cfg: Config, arch: Architecture, b: int, context: int) -> dic
     """Evaluation's hf engine beside vLLM, scoring log-likelihoods (evaluation/predictor.py). No gradients:
     one layer's MLP working set at a time over the batch's lm-eval prompts (question and options, bounded by
     LOGLIK_TOKENS), and logits only where a choice is scored."""
-    if cfg.eval.scoring == "generate" or resolve_engine(cfg.rollout) != "vllm":
+    if cfg.eval.scoring == Scoring.GENERATE or resolve_engine(cfg.rollout) != "vllm":
         return {}
     rows = cfg.eval.batch_size
     tokens = rows * min(cfg.rollout.max_model_len, LOGLIK_TOKENS)

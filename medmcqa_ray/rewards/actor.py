@@ -9,9 +9,25 @@ from __future__ import annotations
 from typing import Optional
 
 import ray
+from pydantic import BaseModel, ConfigDict
 
 from medmcqa_ray.config import Markers, RewardsSection
 from medmcqa_ray.rewards.scoring import RewardBatch, RewardScores, Scorer
+
+
+class RewardActorInfo(BaseModel):
+    """`RewardActor.info()`: where it runs, what it scored, and with what; the GRPO manifest keeps one per actor."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    scored: int
+    """Completions scored since the actor (re)started."""
+    actor_id: str
+    node_id: str
+    similarity_scorer: str
+    """Which similarity this actor loaded: the embedding model, or the token-overlap fallback."""
+    components: list[str]
+    """The reward components it scores, in the registry's order."""
 
 
 @ray.remote
@@ -24,11 +40,10 @@ class RewardActor:
         self.scored += len(batch.completions)
         return self.scorer.score(batch)
 
-    def info(self) -> dict:
+    def info(self) -> RewardActorInfo:
         ctx = ray.get_runtime_context()
-        return {"scored": self.scored, "actor_id": ctx.get_actor_id(), "node_id": ctx.get_node_id(),
-                "similarity_scorer": self.scorer.similarity.kind,
-                "components": self.scorer.names()}
+        return RewardActorInfo(scored=self.scored, actor_id=ctx.get_actor_id(), node_id=ctx.get_node_id(),
+                               similarity_scorer=self.scorer.similarity.kind, components=self.scorer.names())
 
 
 class RewardPool:
@@ -49,7 +64,7 @@ class RewardPool:
                 for i, a in enumerate(self.actors) if i * size < len(batch.completions)]
         return RewardScores.merge(ray.get(refs))
 
-    def info(self) -> list[dict]:
+    def info(self) -> list[RewardActorInfo]:
         return ray.get([a.info.remote() for a in self.actors])
 
     def shutdown(self) -> None:

@@ -36,11 +36,6 @@ def reward_weights(cfg: RewardsSection) -> list[float]:
     return [s.weight for s in reward_specs(cfg)]
 
 
-def searchable_names(cfg: RewardsSection) -> set[str]:
-    """The components a sweep may search the weight of (`sweep.space` keys)."""
-    return set(reward_names(cfg))
-
-
 def _reads_field(name: str) -> Callable:
     def reward(completions, **kwargs):
         return kwargs[REWARD_FIELD.format(name)]

@@ -20,8 +20,8 @@ from medmcqa_ray.config import ModelSection, RolloutSection, resolve_engine
 from medmcqa_ray.errors import StageError
 from medmcqa_ray.rollout import tensor_parallel
 from medmcqa_ray.rollout.call_trace import CallTrace
-from medmcqa_ray.rollout.engines import make_engine
-from medmcqa_ray.rollout.types import AdapterUpdate, Completion, Sampling
+from medmcqa_ray.rollout.engine_factory import make_engine
+from medmcqa_ray.rollout.types import ActorHealth, AdapterUpdate, Completion, Sampling
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +56,10 @@ class RolloutActor:
         self.generated += sum(len(c) for c in out)
         return out
 
-    def health(self) -> dict[str, Any]:
+    def health(self) -> ActorHealth:
         ctx = ray.get_runtime_context()
-        return self.engine.health() | {"pid": os.getpid(), "node_id": ctx.get_node_id(), "actor_id": ctx.get_actor_id(),
-                                       "completions": self.generated}
+        return ActorHealth(**self.engine.health().model_dump(), pid=os.getpid(), node_id=ctx.get_node_id(),
+                           actor_id=ctx.get_actor_id(), completions=self.generated)
 
 
 @dataclass
@@ -233,7 +233,7 @@ class RolloutPool:
         """Completions for each prompt (token ids), in order; prompt_index refers to the position in `prompts`."""
         return self.collect(self.submit(prompts, sampling))
 
-    def health(self) -> list[dict]:
+    def health(self) -> list[ActorHealth]:
         return ray.get([a.health.remote() for a in self.actors])
 
     def shutdown(self) -> None:

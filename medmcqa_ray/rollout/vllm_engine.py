@@ -39,7 +39,7 @@ from medmcqa_ray.models import dtype_name, local_model_path
 from medmcqa_ray.rollout import tensor_parallel
 from medmcqa_ray.rollout.call_trace import CallTrace
 from medmcqa_ray.rollout.engine import RolloutEngine
-from medmcqa_ray.rollout.types import AdapterUpdate, Completion, Sampling
+from medmcqa_ray.rollout.types import AdapterUpdate, Completion, EngineHealth, Sampling
 
 LOGPROBS_MODE = "raw_logprobs"
 GREEDY_EPS = 1e-5
@@ -266,8 +266,9 @@ class VLLMEngine(RolloutEngine):
             self.lora_request = None
         self.policy_version = -1
 
-    def health(self) -> dict[str, Any]:
+    def health(self) -> EngineHealth:
         lora_id = self.lora_request.lora_int_id if self.lora_request is not None else None
         cache = self.llm.llm_engine.vllm_config.cache_config  # the engine core reports its blocks back
-        return {**super().health(), "lora_id": lora_id, "device": self.device, "sleep_state": self.state.value,
-                "staged": self._staged is not None, "kv_cache_tokens": (cache.num_gpu_blocks or 0) * cache.block_size}
+        return super().health().model_copy(update={
+            "lora_id": lora_id, "sleep_state": self.state.value,
+            "staged": self._staged is not None, "kv_cache_tokens": (cache.num_gpu_blocks or 0) * cache.block_size})

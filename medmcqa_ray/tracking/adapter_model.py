@@ -20,11 +20,8 @@ import mlflow.pyfunc
 import pandas as pd
 
 from medmcqa_ray.config import Config, FormatSection, ModelSection
-from medmcqa_ray.tracking.store import client_env
+from medmcqa_ray.tracking.store import ADAPTER_SHA_TAG, client_env
 
-# The tag a registered version carries: which adapter it is, so that eval finds the version of the adapter
-# it scored (adapters.adapter_checksum over the adapter's tensors).
-ADAPTER_SHA_TAG = "medmcqa_ray.adapter_sha"
 BATCH = 8
 INPUT_EXAMPLE = pd.DataFrame({"question": ["Scurvy is caused by deficiency of:"],
                               "options": [["Vitamin A", "Vitamin B12", "Vitamin C", "Vitamin D"]]})

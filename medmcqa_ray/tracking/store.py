@@ -25,6 +25,9 @@ OFFLINE_PREFIX = "offline-"
 BEST_ALIAS = "best"
 EVAL_TAG = "eval"
 """Model version tags `eval.<set>.accuracy` and `eval.<set>` (the figure, its interval, n and the set)."""
+# The tag a registered version carries: which adapter it is, so that eval finds the version of the adapter
+# it scored (adapters.adapter_checksum over the adapter's tensors).
+ADAPTER_SHA_TAG = "medmcqa_ray.adapter_sha"
 # MLflow's record that the experiment holds model training, not GenAI work. MLflow 3.17's UI still opens
 # every experiment in its GenAI view unless the address asks for the other (run_page).
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
@@ -210,8 +213,6 @@ def move_best(client: Any, name: str, adapter_sha: str, set_key: str, set_n: int
     newer). Only like with like: versions scored on other sets are not ranked, and `best` leaves a version
     chosen on another set only for a set at least as large (a 12-question check never takes it from a
     4,183-question evaluation). The registered model's tags say which set `best` was chosen on."""
-    from medmcqa_ray.tracking.adapter_model import ADAPTER_SHA_TAG
-
     versions = client.search_model_versions(f"name='{name}'")
     mine = [v for v in versions if v.tags.get(ADAPTER_SHA_TAG) == adapter_sha]
     if not mine:

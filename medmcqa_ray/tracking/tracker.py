@@ -20,6 +20,7 @@ from medmcqa_ray import __version__
 from medmcqa_ray.config import Config, flatten, resolved_dict
 from medmcqa_ray.redaction import redact_uri
 from medmcqa_ray.tracking.store import (
+    ADAPTER_SHA_TAG,
     OFFLINE_PREFIX,
     PARAM_LIMIT,
     RegistrationRefused,
@@ -148,7 +149,7 @@ class Tracker:
         if not (self.enabled and self.cfg.tracking.register_models):
             return
         from medmcqa_ray.adapters import adapter_checksum, read_adapter
-        from medmcqa_ray.tracking.adapter_model import ADAPTER_SHA_TAG, save_adapter_model
+        from medmcqa_ray.tracking.adapter_model import save_adapter_model
 
         adapter_sha = adapter_checksum(read_adapter(adapter)[1])
         saved = save_adapter_model(adapter, self.cfg)

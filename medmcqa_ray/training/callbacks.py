@@ -18,15 +18,15 @@ from medmcqa_ray.adapters import adapter_checksum, adapter_from_model
 from medmcqa_ray.rollout.types import AdapterUpdate
 from medmcqa_ray.stage import history_steps
 from medmcqa_ray.training.journal import journal
-from medmcqa_ray.training.learner import ValidationArgs
+from medmcqa_ray.training.learner import LearnerArgs, ValidationArgs
 from medmcqa_ray.training.rollout_function import RolloutFunction
-from medmcqa_ray.training.validation import Validator
+from medmcqa_ray.training.validation import SelectionAccuracy
 
 
 class AdapterSync(TrainerCallback):
     """After every optimiser step (and at the start, or after a restore), the LoRA tensors go to the
     rollout actors as policy version = global step. `metrics` is the trainer's training metrics
-    (TRL's `_metrics["train"]`), which TRL averages into each logged step."""
+    (trl_metrics.step_buffer), which TRL averages into each logged step."""
 
     def __init__(self, pool: Any, rollout: RolloutFunction, final_dir: str, metrics: dict[str, list],
                  wait: bool = True):
@@ -85,23 +85,23 @@ class AdapterSync(TrainerCallback):
             M.TIMING_TRAIN: train, M.TIMING_SYNC: seconds, M.TIMING_STEP: step_seconds})
 
 
-class Validate(TrainerCallback):
-    """Scores the validator at step 1, every `every` steps and at the last step. Added after AdapterSync,
-    so the rollout actors already hold the step's adapter. `metrics`: TRL's `_metrics["train"]`."""
+class SelectionValidation(TrainerCallback):
+    """Scores SelectionAccuracy at step 1, every `every` steps and at the last step. Added after AdapterSync,
+    so the rollout actors already hold the step's adapter. `metrics`: trl_metrics.step_buffer."""
 
-    def __init__(self, validator: Validator, args: ValidationArgs, metrics: dict[str, list]):
-        self.validator, self.every, self.metrics = validator, args.every, metrics
+    def __init__(self, accuracy: SelectionAccuracy, args: ValidationArgs, metrics: dict[str, list]):
+        self.accuracy, self.every, self.metrics = accuracy, args.every, metrics
 
     def on_step_end(self, args, state, control, **kwargs):
         step = state.global_step
         if step == 1 or step % self.every == 0 or step == state.max_steps:
             start = time.monotonic()
-            self.metrics[M.SELECTION_ACCURACY].append(self.validator())
+            self.metrics[M.SELECTION_ACCURACY].append(self.accuracy())
             self.metrics[M.SELECTION_ACCURACY_STEP].append(step)
             self.metrics[M.TIMING_VALIDATE].append(time.monotonic() - start)
 
 
-class ReportEveryStep(TrainerCallback):
+class TuneStepReports(TrainerCallback):
     """A Ray Train report of each logged step (RayTrainReportCallback reports only at checkpoints), so a
     Tune scheduler sees the curve: with TuneReportCallback on the run, each reaches Tune. Each report
     carries the latest value of every metric (as RayTrainReportCallback's do): Tune wants its metric in
@@ -184,3 +184,12 @@ class LiveMetrics(TrainerCallback):
         if self.monitor is not None:
             self.monitor.finish()
             self.monitor = None
+
+
+def live_metrics(args: LearnerArgs, prefix: str) -> list[TrainerCallback]:
+    """Rank 0's LiveMetrics callback into the run the driver opened; none on other ranks or untracked."""
+    if args.tracking is None or ray.train.get_context().get_world_rank() != 0:
+        return []
+    from medmcqa_ray.tracking import Tracker
+
+    return [LiveMetrics(Tracker.attached(args.cfg, args.tracking), prefix)]

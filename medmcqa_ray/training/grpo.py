@@ -16,7 +16,6 @@ A sweep trial runs the same learner under its own name and folder (`train`).
 
 from __future__ import annotations
 
-import logging
 import random
 from pathlib import Path
 from typing import Optional
@@ -27,15 +26,16 @@ from medmcqa_ray.data.formatted_rows import read_formatted
 from medmcqa_ray.errors import StageError
 from medmcqa_ray.formatting import reorder_options
 from medmcqa_ray.layout import layout
+from medmcqa_ray.rewards.actor import RewardActorInfo
+from medmcqa_ray.rollout.types import ActorHealth
 from medmcqa_ray.stage import Manifest, Stage, fingerprint, hash_parts, upstream_key
 from medmcqa_ray.tracking import RunRef, active_run
 from medmcqa_ray.tracking.adapter_source import fetched_source
 from medmcqa_ray.training import learner
 from medmcqa_ray.training.journal import journal
-from medmcqa_ray.training.learner import LearnerArgs, TrainingManifest, ValidationArgs
+from medmcqa_ray.training.learner import LearnerArgs, LearnerResult, LogEntry, TrainingManifest, ValidationArgs
 from medmcqa_ray.training.ray_run import fit
 
-log = logging.getLogger(__name__)
 
 PROMPT_COLUMNS = ["id", "prompt", "answer_label", "explanation", "options", "question"]
 
@@ -53,6 +53,13 @@ def training_prompts(cfg: Config) -> list[dict]:
             for r in rows]
 
 
+class GRPOLearnerResult(LearnerResult):
+    """GRPO's training_info.json: the log history, and its actors as rank 0 last saw them."""
+
+    rollout_actors: list[ActorHealth]
+    reward_actors: list[RewardActorInfo]
+
+
 class GRPOManifest(TrainingManifest):
     stage: str = "grpo"
     init_adapter: str
@@ -60,12 +67,12 @@ class GRPOManifest(TrainingManifest):
     """The MLflow version init_adapter was fetched from (adapters.sft=models:/...), if it was."""
     first_correct: Optional[float]
     last_correct: Optional[float]
-    rollout_actors: list[dict]
-    reward_actors: list[dict]
+    rollout_actors: list[ActorHealth]
+    reward_actors: list[RewardActorInfo]
     similarity_scorer: str
     """Which similarity ran (embedding, or the token-overlap fallback): the reward is not the same."""
 
-    def _steps(self) -> list[dict]:
+    def _steps(self) -> list[LogEntry]:
         return [h for h in self.history if M.CORRECT in h]
 
     def metrics(self) -> dict[str, float]:
@@ -110,15 +117,16 @@ def _train_loop(loop_config: dict) -> None:
     import datasets
     import ray.train
     from peft import PeftModel
-    from ray.train.huggingface.transformers import RayTrainReportCallback, prepare_trainer
+    from transformers import TrainerCallback
 
     from medmcqa_ray.models import load_model, load_tokenizer
-    from medmcqa_ray.progress import ReportSteps
     from medmcqa_ray.rewards.registry import trl_reward_funcs
-    from medmcqa_ray.training.callbacks import AdapterSync, ReportEveryStep, Validate
+    from medmcqa_ray.training import learner_loop
+    from medmcqa_ray.training.callbacks import AdapterSync, SelectionValidation, TuneStepReports
     from medmcqa_ray.training.grpo_trainer import RolloutGRPOTrainer, grpo_args
     from medmcqa_ray.training.rollout_function import RolloutFunction
-    from medmcqa_ray.training.validation import Validator
+    from medmcqa_ray.training.trl_metrics import step_buffer
+    from medmcqa_ray.training.validation import SelectionAccuracy
 
     device = learner.device(cfg)
     rows = training_prompts(cfg)
@@ -132,27 +140,25 @@ def _train_loop(loop_config: dict) -> None:
         model=model, reward_funcs=trl_reward_funcs(cfg.rewards), args=grpo_args(cfg, work, device),
         train_dataset=datasets.Dataset.from_list([{"prompt": r["prompt"]} for r in rows]),
         processing_class=tokenizer, rollout_func=rollout, off_policy=cfg.grpo.max_off_policy_steps > 0)
-    metrics = trainer._metrics["train"]  # TRL averages what callbacks append here into each logged step
-    trainer.add_callback(AdapterSync(rollout_pool, rollout, args.final_dir, metrics,
-                                     wait=cfg.grpo.max_off_policy_steps == 0))
-    if args.validation:
-        trainer.add_callback(Validate(Validator(cfg, tokenizer, rollout_pool, args.validation.rows), args.validation, metrics))
-    trainer.add_callback(RayTrainReportCallback())
-    if args.validation:  # a sweep trial: Tune's scheduler needs every step
-        trainer.add_callback(ReportEveryStep())
-    if args.progress is not None:
-        trainer.add_callback(ReportSteps(args.progress))
-    # A sweep trial's run holds just this GRPO run: its metrics keep the names Tune reports them by.
-    for callback in learner.live_metrics(args, "grpo" if args.validation is None else ""):
-        trainer.add_callback(callback)
-    trainer = prepare_trainer(trainer)
-    resume, resumed_from = learner.start(args, work)
-    journal(args.final_dir, "actors", strategy=cfg.placement.strategy,  # where placement put them
-            rollout=[{k: a[k] for k in ("actor_id", "node_id")} for a in rollout_pool.health()],
-            reward=[{k: a[k] for k in ("actor_id", "node_id")} for a in reward_pool.info()])
+    metrics = step_buffer(trainer)  # TRL averages what callbacks append here into each logged step
+    own: list[TrainerCallback] = [AdapterSync(rollout_pool, rollout, args.final_dir, metrics,
+                                              wait=cfg.grpo.max_off_policy_steps == 0)]
+    if args.validation:  # a sweep trial: scored on the selection split, and Tune's scheduler needs every step
+        own.append(SelectionValidation(SelectionAccuracy(cfg, tokenizer, rollout_pool, args.validation.rows),
+                                       args.validation, metrics))
+
+    def journal_actors() -> None:  # where placement put them
+        journal(args.final_dir, "actors", strategy=cfg.placement.strategy,
+                rollout=[{"actor_id": a.actor_id, "node_id": a.node_id} for a in rollout_pool.health()],
+                reward=[{"actor_id": a.actor_id, "node_id": a.node_id} for a in reward_pool.info()])
+
     try:
-        trainer.train(resume_from_checkpoint=resume)
-        learner.finish(trainer, args, resumed_from, rollout_actors=rollout_pool.health(), reward_actors=reward_pool.info())
+        # A sweep trial's run holds just this GRPO run: its metrics keep the names Tune reports them by.
+        learner_loop.train(trainer, args, work, metrics_prefix="grpo" if args.validation is None else "",
+                           before_report=own, after_report=[TuneStepReports()] if args.validation else [],
+                           on_start=journal_actors, result=GRPOLearnerResult,
+                           finish_info=lambda: {"rollout_actors": rollout_pool.health(),
+                                                "reward_actors": reward_pool.info()})
     finally:
         rollout_pool.shutdown()
         reward_pool.shutdown()
@@ -187,7 +193,7 @@ def train(cfg: Config, key: str, name: str = "grpo", final_dir: Optional[Path] =
     result, resumed = fit(name, _train_loop, LearnerArgs(cfg, str(final), validation=validation, tracking=tracking),
                           key, placement.worker_resources(cfg), callbacks=run_callbacks,
                           progress_steps=None if validation else cfg.grpo.max_steps)
-    info = learner.training_info(final)
+    info = learner.training_info(final, GRPOLearnerResult)
     fields = learner.manifest_fields(final, info, result, resumed, tracking)
     steps = [h for h in fields["history"] if M.CORRECT in h]
     fetched = fetched_source(layout(cfg).adapter("sft"))
@@ -195,9 +201,9 @@ def train(cfg: Config, key: str, name: str = "grpo", final_dir: Optional[Path] =
                         init_adapter_source=f"{fetched.uri} = {fetched.resolved}" if fetched else None,
                         first_correct=steps[0][M.CORRECT] if steps else None,
                         last_correct=steps[-1][M.CORRECT] if steps else None,
-                        rollout_actors=info["rollout_actors"], reward_actors=info["reward_actors"],
+                        rollout_actors=info.rollout_actors, reward_actors=info.reward_actors,
                         # every actor's: RewardScores.merge stops a step whose actors scored differently
-                        similarity_scorer=",".join(sorted({a["similarity_scorer"] for a in info["reward_actors"]})),
+                        similarity_scorer=",".join(sorted({a.similarity_scorer for a in info.reward_actors})),
                         config_hash=key)
 
 

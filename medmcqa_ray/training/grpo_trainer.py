@@ -16,6 +16,7 @@ from medmcqa_ray import metric_names as M
 from medmcqa_ray.config import Config
 from medmcqa_ray.models import trains_in_bf16
 from medmcqa_ray.rewards.registry import reward_weights
+from medmcqa_ray.training.trl_metrics import step_buffer
 
 
 def _take(iterator: Iterator, count: int) -> list:
@@ -107,7 +108,7 @@ class RolloutGRPOTrainer(GRPOTrainer):
         seen = ratio.flatten() if sequence else ratio[mask]
         counted = outside.flatten() if sequence else outside[mask]
         if seen.numel():
-            metrics = self._metrics["train"]
+            metrics = step_buffer(self)
             metrics[M.IS_RATIO_MIN].append(seen.min().item())
             metrics[M.IS_RATIO_MEAN].append(seen.mean().item())
             metrics[M.IS_RATIO_MAX].append(seen.max().item())
@@ -124,7 +125,7 @@ class RolloutGRPOTrainer(GRPOTrainer):
         if sampled is not None and self._last_logps is not None:
             diff = (self._last_logps.detach().float() - sampled.float()).abs()[inputs["completion_mask"].bool()]
             if diff.numel():
-                self._metrics["train"][M.LOGPROB_ABS_DIFF].append(diff.mean().item())
+                step_buffer(self)[M.LOGPROB_ABS_DIFF].append(diff.mean().item())
         return loss
 
 

@@ -13,12 +13,15 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, TypeVar, Union
+
+from pydantic import BaseModel, ConfigDict
 
 from medmcqa_ray.config import Config
+from medmcqa_ray.layout import training_info_file
 from medmcqa_ray.stage import Manifest, history_steps
 from medmcqa_ray.tracking.tracker import RunRef
-from medmcqa_ray.training.journal import journal, restarts
+from medmcqa_ray.training.journal import WorkerStart, journal, restarts
 
 log = logging.getLogger(__name__)
 
@@ -97,18 +100,6 @@ def device(cfg: Config) -> str:
     return "cuda" if cfg.scaling.use_gpu and torch.cuda.is_available() else "cpu"
 
 
-def live_metrics(args: LearnerArgs, prefix: str) -> list:
-    """Rank 0's LiveMetrics callback into the run the driver opened; none on other ranks or untracked."""
-    import ray.train
-
-    if args.tracking is None or ray.train.get_context().get_world_rank() != 0:
-        return []
-    from medmcqa_ray.tracking import Tracker
-    from medmcqa_ray.training.callbacks import LiveMetrics
-
-    return [LiveMetrics(Tracker.attached(args.cfg, args.tracking), prefix)]
-
-
 def work_dir(stage: str) -> Path:
     """The HF Trainer's own output folder: scratch, since Ray Train keeps the checkpoints that count."""
     return Path(tempfile.mkdtemp(prefix=f"{stage}-"))
@@ -136,28 +127,48 @@ def start(args: LearnerArgs, work: Path) -> tuple[Optional[str], int]:
     return resume, resumed_from
 
 
-def finish(trainer: Any, args: LearnerArgs, resumed_from: int, **info: Any) -> None:
-    """Rank 0 saves the final adapter with its training info (the log history, and `info`)."""
+LogEntry = dict[str, Union[int, float, str, None]]
+"""One entry of the trainer's log history: a logged step's metrics (metric_names.py), or the end-of-training
+summary."""
+
+
+class LearnerResult(BaseModel):
+    """What rank 0 writes in training_info.json beside the final adapter, and the driver reads back into the
+    stage's manifest. GRPO's adds its actors (GRPOLearnerResult)."""
+
+    # NaN stays NaN on disk (a diverged loss is a fact to keep, not a null).
+    model_config = ConfigDict(extra="forbid", ser_json_inf_nan="constants")
+
+    log_history: list[LogEntry]
+    resumed_from_step: int
+    """The checkpoint step the last learner restored; 0 for a fresh start."""
+
+
+def finish(trainer: Any, args: LearnerArgs, result: type[LearnerResult], resumed_from: int, **fields: Any) -> None:
+    """Rank 0 saves the final adapter with its training info (the log history, and `fields` of `result`)."""
     import ray.train
 
     if ray.train.get_context().get_world_rank() == 0:
         save_final(trainer.model, Path(args.final_dir),
-                   {"log_history": trainer.state.log_history, "resumed_from_step": resumed_from} | info)
+                   result(log_history=trainer.state.log_history, resumed_from_step=resumed_from, **fields))
 
 
-def save_final(model: Any, final_dir: Path, info: dict) -> None:
+def save_final(model: Any, final_dir: Path, info: LearnerResult) -> None:
     """The final PEFT adapter plus `training_info.json`, written beside and renamed into place, so a
     crash never leaves a half-written adapter where the next stage looks for one."""
     tmp = final_dir.with_name(final_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
-    (tmp / "training_info.json").write_text(json.dumps(info, default=str))
+    training_info_file(tmp).write_text(info.model_dump_json())
     shutil.rmtree(final_dir, ignore_errors=True)
     tmp.rename(final_dir)
 
 
-def training_info(final_dir: Path) -> dict:
-    return json.loads((final_dir / "training_info.json").read_text())
+R = TypeVar("R", bound=LearnerResult)
+
+
+def training_info(final_dir: Path, result: type[R]) -> R:
+    return result.model_validate_json(training_info_file(final_dir).read_text())
 
 
 class TrainingManifest(Manifest):
@@ -167,11 +178,11 @@ class TrainingManifest(Manifest):
     adapter: str
     resumed: bool
     resumed_from_step: int
-    worker_starts: list[dict]
+    worker_starts: list[WorkerStart]
     worker_restarts: int
     journal: str
     steps: int
-    history: list[dict]
+    history: list[LogEntry]
     checkpoint: Optional[str]
     logged_live: bool = False
     """Rank 0 logged each step into the stage's run as it trained: the record does not send them again."""
@@ -186,8 +197,10 @@ class TrainingManifest(Manifest):
         return self.stage, Path(self.adapter)
 
 
-def manifest_fields(final: Path, info: dict, result: Any, resumed: bool, tracking: Optional[RunRef]) -> dict:
-    """The TrainingManifest fields of a finished run (`info`: its training_info, `result`: Ray Train's)."""
-    return {"adapter": str(final), "resumed": resumed, "resumed_from_step": info["resumed_from_step"],
-            **restarts(final), "history": info["log_history"], "logged_live": tracking is not None,
+def manifest_fields(final: Path, info: LearnerResult, result: Any, resumed: bool,
+                    tracking: Optional[RunRef]) -> dict[str, Any]:
+    """The TrainingManifest fields of a finished run (`info`: its training_info, `result`: Ray Train's), as
+    keyword arguments of the stage's manifest."""
+    return {"adapter": str(final), "resumed": resumed, "resumed_from_step": info.resumed_from_step,
+            **dict(restarts(final)), "history": info.log_history, "logged_live": tracking is not None,
             "checkpoint": str(result.checkpoint.path) if result.checkpoint else None}

@@ -8,8 +8,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from medmcqa_ray.layout import layout
-from medmcqa_ray.training.journal import journal_path
+from medmcqa_ray.layout import journal_file, layout
 from medmcqa_ray.training.learner import LearnerArgs
 
 
@@ -72,7 +71,7 @@ def fit(name: str, loop: Callable[[dict], None], args: LearnerArgs, key: str, re
     run = Path(root, name).as_posix()
     resuming = prepare_run_dir(fs, run, key)
     if not resuming:
-        journal_path(args.final_dir).unlink(missing_ok=True)
+        journal_file(args.final_dir).unlink(missing_ok=True)
     else:  # on the console: a user re-running a killed job wants to know it did not start over
         step = max(registered_steps(fs, run), default=None)
         print(f"{name}: resuming the interrupted run from its checkpoint at step {step}" if step else

@@ -24,6 +24,7 @@ from medmcqa_ray.rewards.registry import REWARD_FIELD, reward_names
 from medmcqa_ray.rewards.scoring import RewardBatch
 from medmcqa_ray.rollout.types import Completion, Sampling
 from medmcqa_ray.training.journal import journal
+from medmcqa_ray.training.trl_metrics import step_buffer
 
 
 def prompt_key(messages: list[dict]) -> str:
@@ -168,7 +169,7 @@ class RolloutFunction:
         for name, count in errors.items():
             metrics[M.reward_errors(name)].append(count)
         for name, values in metrics.items():
-            trainer._metrics["train"][name].append(sum(values))  # TRL averages these over each logging window
+            step_buffer(trainer)[name].append(sum(values))  # TRL averages these over each logging window
         self.last_timing = {k: sum(metrics[k]) for k in (M.TIMING_GENERATE, M.TIMING_REWARD, M.TIMING_LEARNER_WAIT)}
         self.calls += 1
         self.finished_at = time.monotonic()

@@ -25,7 +25,7 @@ from medmcqa_ray.layout import layout
 from medmcqa_ray.stage import Manifest, Stage, hash_parts, upstream_key
 from medmcqa_ray.tracking import active_run
 from medmcqa_ray.training import learner
-from medmcqa_ray.training.learner import LearnerArgs, TrainingManifest
+from medmcqa_ray.training.learner import LearnerArgs, LearnerResult, TrainingManifest
 from medmcqa_ray.training.ray_run import fit
 
 log = logging.getLogger(__name__)
@@ -55,11 +55,10 @@ def _train_loop(loop_config: dict) -> None:
     """One learner (a Ray Train worker)."""
     learner.prepare_trl()
     import datasets
-    from ray.train.huggingface.transformers import RayTrainReportCallback, prepare_trainer
     from trl import SFTTrainer
 
     from medmcqa_ray.models import load_model, load_tokenizer
-    from medmcqa_ray.progress import ReportSteps
+    from medmcqa_ray.training import learner_loop
     from medmcqa_ray.training.callbacks import Throughput
     from medmcqa_ray.training.sft_config import lora_config, sft_args
 
@@ -75,16 +74,7 @@ def _train_loop(loop_config: dict) -> None:
     work = learner.work_dir("sft")
     trainer = SFTTrainer(model=model, args=sft_args(cfg, work, device), train_dataset=dataset, processing_class=tokenizer,
                          peft_config=lora_config(s.lora))
-    trainer.add_callback(RayTrainReportCallback())
-    trainer.add_callback(Throughput())
-    if args.progress is not None:
-        trainer.add_callback(ReportSteps(args.progress))
-    for callback in learner.live_metrics(args, "sft"):
-        trainer.add_callback(callback)
-    trainer = prepare_trainer(trainer)
-    resume, resumed_from = learner.start(args, work)
-    trainer.train(resume_from_checkpoint=resume)
-    learner.finish(trainer, args, resumed_from)
+    learner_loop.train(trainer, args, work, metrics_prefix="sft", after_report=[Throughput()])
 
 
 def count_truncated(cfg: Config, rows: list[dict]) -> int:
@@ -124,7 +114,7 @@ class SFTStage(Stage):
         tracking = active_run()
         result, resumed = fit("sft", _train_loop, LearnerArgs(cfg, str(final), tracking=tracking), key,
                               cfg.scaling.resources_per_worker, progress_steps=cfg.sft.max_steps)
-        info = learner.training_info(final)
+        info = learner.training_info(final, LearnerResult)
         fields = learner.manifest_fields(final, info, result, resumed, tracking)
         losses = [h[M.LOSS] for h in fields["history"] if M.LOSS in h]
         return SFTManifest(**fields, rows=len(rows), truncated_rows=truncated, steps=cfg.sft.max_steps,

@@ -30,7 +30,7 @@ def selection_rows(cfg: Config, limit: int) -> list[dict]:
     return read_formatted(folder, COLUMNS, limit, purpose="select on").to_pylist()
 
 
-class Validator:
+class SelectionAccuracy:
     """Greedy accuracy on the first `limit` selection rows, from the rollout actors in `pool`."""
 
     def __init__(self, cfg: Config, tokenizer: Any, pool: Any, limit: int):

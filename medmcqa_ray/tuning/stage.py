@@ -11,13 +11,14 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, Optional
 
 import yaml
 
 from medmcqa_ray.config import Config
 from medmcqa_ray.layout import SELECTION, layout
 from medmcqa_ray.stage import Manifest, Stage, hash_parts
+from medmcqa_ray.tuning.records import TrialRecord
 from medmcqa_ray.tuning.weights import overlay
 
 if TYPE_CHECKING:
@@ -29,15 +30,16 @@ class SweepManifest(Manifest):
     name: str
     metric: str
     experiment: str
-    trials: list[dict]
-    best: dict
+    trials: list[TrialRecord]
+    best: TrialRecord
     best_weights: dict[str, float]
     best_yaml: str
     ranked_on: str = ""
     """The questions `selection_accuracy` was scored on: the selection split, never validation."""
 
     def metrics(self) -> dict[str, float]:
-        return {f"best/{k}": v for k in ("selection_accuracy", "correct") if (v := self.best[k]) is not None}
+        best = {"selection_accuracy": self.best.selection_accuracy, "correct": self.best.correct}
+        return {f"best/{k}": v for k, v in best.items() if v is not None}
 
     def params(self) -> dict[str, Any]:
         return {f"best.weight.{k}": v for k, v in self.best_weights.items()}
@@ -46,15 +48,15 @@ class SweepManifest(Manifest):
         return [(Path(self.best_yaml), "sweep")]
 
     def table(self) -> str:
-        names = sorted({k for t in self.trials for k in t["weights"]})
+        names = sorted({k for t in self.trials for k in t.weights})
         head = "".join(f"{'w.' + n:>12}" for n in names)
         lines = [f"{'trial':<22}{head}{'status':>15}{'steps':>6}{'sel_acc':>9}{'correct':>9}"]
         for t in self.trials:
-            w = "".join(f"{t['weights'].get(n, float('nan')):>12.3g}" for n in names)
-            va = f"{t['selection_accuracy']:.3f}" if t["selection_accuracy"] is not None else "-"
-            co = f"{t['correct']:.3f}" if t["correct"] is not None else "-"
-            mark = " *" if t["trial_id"] == self.best["trial_id"] else ""
-            lines.append(f"{t['trial_id']:<22}{w}{t['status']:>15}{t['last_step']:>6}{va:>9}{co:>9}{mark}")
+            w = "".join(f"{t.weights.get(n, float('nan')):>12.3g}" for n in names)
+            va = f"{t.selection_accuracy:.3f}" if t.selection_accuracy is not None else "-"
+            co = f"{t.correct:.3f}" if t.correct is not None else "-"
+            mark = " *" if t.trial_id == self.best.trial_id else ""
+            lines.append(f"{t.trial_id:<22}{w}{t.status:>15}{t.last_step:>6}{va:>9}{co:>9}{mark}")
         return "\n".join(lines + [f"* best by {self.metric}; sel_acc: {self.ranked_on}", f"overlay: {self.best_yaml}"])
 
 
@@ -80,10 +82,13 @@ def _check(cfg: Config) -> int:
     return len(selection_rows(cfg, cfg.sweep.eval_rows))
 
 
-def _ranked(trials: list[dict], metric: str) -> list[dict]:
+def _ranked(trials: list[TrialRecord], metric: Literal["selection_accuracy", "correct"]) -> list[TrialRecord]:
     """Trials that finished with a figure, best first: completed before stopped, then by `metric`."""
-    return sorted((t for t in trials if t["status"] != "error" and t[metric] is not None),
-                  key=lambda t: (t["status"] == "completed", t[metric], t["correct"] or 0.0), reverse=True)
+    def figure(t: TrialRecord) -> Optional[float]:
+        return t.selection_accuracy if metric == "selection_accuracy" else t.correct
+
+    return sorted((t for t in trials if t.status != "error" and figure(t) is not None),
+                  key=lambda t: (t.status == "completed", figure(t), t.correct or 0.0), reverse=True)
 
 
 class SweepStage(Stage):
@@ -98,7 +103,7 @@ class SweepStage(Stage):
         return layout(cfg).sweep_dir
 
     def manifest_path(self, cfg: Config) -> Path:
-        return layout(cfg).sweep_dir / "manifest.json"
+        return layout(cfg).sweep_manifest
 
     def cache_key(self, cfg: Config) -> str:
         from medmcqa_ray.training.grpo import STAGE as GRPO
@@ -115,19 +120,19 @@ class SweepStage(Stage):
         folder.mkdir(parents=True, exist_ok=True)
         results = tuner(cfg, key, active_run()).fit()
         trials = [trial_record(results[i], cfg) for i in range(len(results))]
-        metric = "selection_accuracy" if cfg.sweep.metric == "selection_accuracy" else "correct"
+        metric = cfg.sweep.metric
         ranked = _ranked(trials, metric)
         if not ranked:
             raise RuntimeError(f"sweep {cfg.sweep.name}: no trial finished with a {metric} "
-                               f"({[t['error'] for t in trials if t['error']][:1]})")
+                               f"({[t.error for t in trials if t.error][:1]})")
         best = ranked[0]
-        best_overlay = overlay(cfg, best["weights"])
+        best_overlay = overlay(cfg, best.weights)
         best_yaml = folder / "best.yaml"
-        best_yaml.write_text(f"# Best reward weights of sweep {cfg.sweep.name} by {metric} (trial {best['trial_id']}).\n"
+        best_yaml.write_text(f"# Best reward weights of sweep {cfg.sweep.name} by {metric} (trial {best.trial_id}).\n"
                              + yaml.safe_dump(best_overlay, sort_keys=False))
-        (folder / "results.json").write_text(json.dumps(trials, indent=2))
-        return SweepManifest(name=cfg.sweep.name, metric=metric, experiment=str(folder / "tune" / cfg.sweep.name),
-                             trials=trials, best={k: best[k] for k in ("trial_id", "weights", "selection_accuracy", "correct")},
+        (folder / "results.json").write_text(json.dumps([t.model_dump(mode="json") for t in trials], indent=2))
+        return SweepManifest(name=cfg.sweep.name, metric=metric, experiment=str(layout(cfg).sweep_tune / cfg.sweep.name),
+                             trials=trials, best=best,
                              best_weights=best_overlay["rewards"]["weights"], best_yaml=str(best_yaml), config_hash=key,
                              ranked_on=f"greedy accuracy on {scored} questions of the selection split (data.selection_rows; "
                                        "validation is only reported)")
@@ -139,17 +144,18 @@ class SweepStage(Stage):
         from medmcqa_ray.tracking import RunRef, Tracker
 
         super().record(tracker, manifest)
-        for t in manifest["trials"]:
-            if not (tracker.enabled and t.get("mlflow_run")):
+        assert isinstance(manifest, SweepManifest)
+        for t in manifest.trials:
+            if not (tracker.enabled and t.mlflow_run):
                 continue
-            trial = Tracker.attached(tracker.cfg, RunRef(uri=tracker.uri, **t["mlflow_run"]))
-            tags = {"medmcqa_ray.status": t["status"], "medmcqa_ray.early_stopped": str(t["status"] == "early_stopped").lower()}
-            if tracker.run_id and t["mlflow_run"]["parent"] != tracker.run_id:
+            trial = Tracker.attached(tracker.cfg, RunRef(uri=tracker.uri, **t.mlflow_run.model_dump()))
+            tags = {"medmcqa_ray.status": t.status, "medmcqa_ray.early_stopped": str(t.status == "early_stopped").lower()}
+            if tracker.run_id and t.mlflow_run.parent != tracker.run_id:
                 tags["mlflow.parentRunId"] = tracker.run_id
             trial.set_tags(tags)
-            if t["status"] != "completed":  # Tune may have stopped its process before the run's end
-                trial.end("KILLED" if t["status"] == "early_stopped" else "FAILED")
-        tracker.log_dict(manifest["trials"], "sweep_results.json")
+            if t.status != "completed":  # Tune may have stopped its process before the run's end
+                trial.end("KILLED" if t.status == "early_stopped" else "FAILED")
+        tracker.log_dict([t.model_dump(mode="json") for t in manifest.trials], "sweep_results.json")
 
 
 STAGE = SweepStage()

@@ -27,6 +27,7 @@ from medmcqa_ray.config import Config, SearchDimension
 from medmcqa_ray.layout import layout
 from medmcqa_ray.tracking import RunRef, Tracker, active_run
 from medmcqa_ray.training.learner import ValidationArgs
+from medmcqa_ray.tuning.records import TrialRecord, TrialRun
 from medmcqa_ray.tuning.weights import with_weights
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ def _trial(config: dict, cfg: Config, key: str, parent: Optional[RunRef]) -> Non
     from medmcqa_ray.training.grpo import train
 
     trial_id = tune.get_context().get_trial_id()
-    folder = layout(cfg).sweep_dir / "trials" / trial_id
+    folder = layout(cfg).sweep_trial(trial_id)
     folder.mkdir(parents=True, exist_ok=True)
     tracker = Tracker.attached(cfg, parent) if parent else Tracker(cfg, enabled=False)
     with tracker.nested_run(f"trial-{trial_id}", {"medmcqa_ray.kind": "trial", "medmcqa_ray.trial_id": trial_id}):
@@ -113,7 +114,7 @@ def tuner(cfg: Config, key: str, parent: Optional[RunRef]) -> tune.Tuner:
     """The sweep's Tuner; the interrupted sweep's, restored, when there is one. `parent`: the sweep's
     MLflow run, under which each trial opens its own."""
     s = cfg.sweep
-    folder = layout(cfg).sweep_dir / "tune"
+    folder = layout(cfg).sweep_tune
     trainable = tune.with_resources(tune.with_parameters(_trial, cfg=cfg, key=key, parent=parent), {"CPU": s.trial_cpus})
     path = folder / s.name
     if tune.Tuner.can_restore(path):
@@ -141,7 +142,7 @@ def _number(value: Any) -> float | None:
     return None if math.isnan(value) else value
 
 
-def trial_record(result: Any, cfg: Config) -> dict:
+def trial_record(result: Any, cfg: Config) -> TrialRecord:
     """A finished (or stopped, or failed) trial: its weights, status, last step, final figures and curves."""
     frame = result.metrics_dataframe
     rows = frame.to_dict("records") if frame is not None else []
@@ -155,9 +156,9 @@ def trial_record(result: Any, cfg: Config) -> dict:
     status = "error" if result.error else ("completed" if last_step >= cfg.grpo.max_steps else "early_stopped")
     final = {name: points[-1][1] for name, points in curves.items()}
     trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
-    run_file = layout(cfg).sweep_dir / "trials" / trial_id / TRIAL_RUN_FILE
-    return {"trial_id": trial_id, "weights": result.config["weights"],
-            "mlflow_run": json.loads(run_file.read_text()) if run_file.is_file() else None,
-            "status": status, "last_step": last_step, "selection_accuracy": final.get(M.SELECTION_ACCURACY),
-            "correct": final.get(M.CORRECT), "error": str(result.error) if result.error else None,
-            "curves": {name: [list(p) for p in points] for name, points in curves.items()}}
+    run_file = layout(cfg).sweep_trial(trial_id) / TRIAL_RUN_FILE
+    return TrialRecord(trial_id=trial_id, weights=result.config["weights"],
+                       mlflow_run=TrialRun.model_validate_json(run_file.read_text()) if run_file.is_file() else None,
+                       status=status, last_step=last_step, selection_accuracy=final.get(M.SELECTION_ACCURACY),
+                       correct=final.get(M.CORRECT), error=str(result.error) if result.error else None,
+                       curves={name: list(points) for name, points in curves.items()})

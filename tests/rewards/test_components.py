@@ -11,7 +11,6 @@ from medmcqa_ray.rewards.registry import (
     reward_names,
     reward_specs,
     reward_weights,
-    searchable_names,
     trl_reward_funcs,
 )
 from medmcqa_ray.rewards.scoring import RewardBatch, Scorer
@@ -186,7 +185,6 @@ def test_registry_is_the_one_order_of_names_weights_and_trl_functions():
                                  RewardSpec("consistent", 0.0, True), RewardSpec("brevity", 0.25, False)]
     assert reward_names(cfg) == [*BUILTIN_REWARDS, "brevity"] == Scorer(cfg, M).names()
     assert reward_weights(cfg) == [0.0, 0.0, 2.0, 0.0, 0.0, 0.25]
-    assert searchable_names(cfg) == {*BUILTIN_REWARDS, "brevity"}
     funcs = trl_reward_funcs(cfg)
     assert [f.__name__ for f in funcs] == reward_names(cfg)  # TRL logs rewards/<name>/mean
     fields = {REWARD_FIELD.format(n): [float(i)] for i, n in enumerate(reward_names(cfg))}

@@ -31,7 +31,6 @@ def logprobs_of(model, prompt_ids: list[int], token_ids: list[int]) -> list[floa
     return logits.gather(-1, torch.tensor(token_ids).unsqueeze(-1)).squeeze(-1).tolist()
 
 
-@pytest.mark.extended
 def test_vllm_actor_agrees_with_the_hf_engine_and_survives_a_restart(ray_session, tmp_path):
     import ray
 
