@@ -128,6 +128,13 @@ class DataSection(Section):
             raise ValueError(f"data.path: {self.path} does not exist")
         return self
 
+    def local_path(self) -> Path:
+        """data.path for source=local. Checked when the config loads, but a copy made with model_copy skips
+        validators, so a missing one still gets its own error rather than Path(None)'s TypeError."""
+        if self.path is None:
+            raise ValueError("data.path is required when data.source=local")
+        return Path(self.path)
+
 
 class Markers(Section):
     """The reasoning and solution markers. The one definition: prompts, targets, rewards and eval use it."""

@@ -16,7 +16,7 @@ import os
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional, Sequence
 
 import pyarrow.parquet as pq
 
@@ -53,7 +53,7 @@ def split_of(path: Path) -> str | None:
     return None
 
 
-def discover(root: Path, wanted: list[str]) -> list[tuple[Path, str]]:
+def discover(root: Path, wanted: Sequence[str]) -> list[tuple[Path, str]]:
     """(file, split) pairs under a folder or for one file, in a stable order."""
     if root.is_file():
         candidates = [root]
@@ -203,11 +203,12 @@ def source_key(cfg: DataSection) -> str:
         return fingerprint(discover(BUNDLED[cfg.source], cfg.splits), by_content=True)
     if cfg.source == "hub":
         return f"{cfg.hub_id}@{cfg.hub_revision or 'default'}"
-    return fingerprint(discover(Path(cfg.path), cfg.splits))
+    return fingerprint(discover(cfg.local_path(), cfg.splits))
 
 
 def resolve_source(cfg: DataSection, hub_download: Path) -> tuple[list[tuple[Path, str]], dict]:
     """The files to read (for source=hub, downloaded into `hub_download` first) and the manifest's description."""
+    info: dict[str, Optional[str]]
     if cfg.source == "sample":
         info = {"kind": "sample", "name": SAMPLE_NAME,
                 "note": "real MedMCQA rows (Pal et al., CHIL 2022; MIT licence): 2,229 train, 344 validation, 83 test"}
@@ -220,7 +221,7 @@ def resolve_source(cfg: DataSection, hub_download: Path) -> tuple[list[tuple[Pat
         root = fetch_hub(cfg, hub_download)
         info = {"kind": "hub", "name": f"MedMCQA ({cfg.hub_id})", "revision": cfg.hub_revision}
     else:
-        root = Path(cfg.path)
+        root = cfg.local_path()
         info = {"kind": "local", "name": "MedMCQA (local files)", "path": str(root)}
     return discover(root, cfg.splits), info
 
