@@ -12,7 +12,7 @@ import json
 import logging
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Optional
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Optional, Sequence
 
 import pyarrow as pa
 
@@ -25,7 +25,7 @@ from medmcqa_ray.evaluation.heads import HEADS, evaluate_heads, head_adapters
 from medmcqa_ray.evaluation.predictions import predictions_table
 from medmcqa_ray.evaluation.report import table
 from medmcqa_ray.evaluation.summary import build_summary
-from medmcqa_ray.layout import layout
+from medmcqa_ray.layout import Head, layout
 from medmcqa_ray.stage import Manifest, Stage, fingerprint, hash_parts, upstream_key
 
 if TYPE_CHECKING:
@@ -92,10 +92,10 @@ def majority_letter(cfg: Config, rows: pa.Table) -> tuple[Optional[str], str]:
     else:
         labels, source = rows["answer_label"].to_pylist(), "these rows' most frequent"
     counts = Counter(labels)
-    return (max(sorted(counts), key=counts.get) if counts else None), source
+    return (max(sorted(counts), key=counts.__getitem__) if counts else None), source
 
 
-def run_eval(cfg: Config, heads: list[str]) -> EvalManifest:
+def run_eval(cfg: Config, heads: Sequence[Head]) -> EvalManifest:
     adapters = head_adapters(cfg, heads)  # a configured adapter that is not there fails before any work
     unlabelled: list[str] = []
     rows = load_eval_rows(cfg, unlabelled)
@@ -157,7 +157,7 @@ class EvalStage(Stage):
         tracker.log_table(json.loads((Path(manifest.out_dir) / PREDICTIONS).read_text()), "eval/predictions.json")
         for head, folder in manifest.adapters.items():
             scorings = manifest.summary["heads"].get(head, {})
-            scoring = "generate" if "generate" in scorings else "loglik"
+            scoring: Literal["generate", "loglik"] = "generate" if "generate" in scorings else "loglik"
             if folder and scoring in scorings:
                 sha = adapter_checksum(read_adapter(Path(folder))[1])
                 scored = eval_set(tracker.cfg, Path(manifest.out_dir), head, scoring)
@@ -167,9 +167,9 @@ class EvalStage(Stage):
 class BaselineStage(EvalStage):
     name: ClassVar[str] = "baseline"
     manifest_file: ClassVar[str] = "baseline_manifest.json"
-    key_heads: ClassVar[tuple[str, ...]] = ("base",)
+    key_heads: ClassVar[tuple[Head, ...]] = ("base",)
 
-    def heads(self, cfg: Config) -> list[str]:
+    def heads(self, cfg: Config) -> list[Head]:
         return ["base"]
 
 
