@@ -223,12 +223,12 @@ def run_download(cfg: Config) -> DownloadManifest:
     )
 
 
-class DownloadStage(Stage):
+class DownloadStage(Stage[DownloadManifest]):
     name = "download"
     manifest_type = DownloadManifest
 
     def inputs(self, cfg: Config) -> list[Path]:
-        return [Path(cfg.data.path)] if cfg.data.source == "local" else []
+        return [cfg.data.local_path()] if cfg.data.source == "local" else []
 
     def output(self, cfg: Config) -> Path:
         return layout(cfg).processed_root

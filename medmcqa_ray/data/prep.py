@@ -110,7 +110,7 @@ def run_prep(cfg: Config) -> PrepManifest:
     return PrepManifest(splits=counts, format=cfg.format.model_dump(mode="json"))
 
 
-class PrepStage(Stage):
+class PrepStage(Stage[PrepManifest]):
     name = "prep"
     manifest_type = PrepManifest
 

@@ -117,14 +117,14 @@ def run_eval(cfg: Config, heads: Sequence[Head]) -> EvalManifest:
                         summary=summary, out_dir=str(out))
 
 
-class EvalStage(Stage):
+class EvalStage(Stage[EvalManifest]):
     name: ClassVar[str] = "eval"
     manifest_type = EvalManifest
     manifest_file: ClassVar[str] = "manifest.json"
-    key_heads: ClassVar[tuple[str, ...]] = HEADS
+    key_heads: ClassVar[tuple[Head, ...]] = HEADS
     """The heads whose adapters the cache key watches (eval.heads itself is in the eval section's hash)."""
 
-    def heads(self, cfg: Config) -> list[str]:
+    def heads(self, cfg: Config) -> list[Head]:
         return [h for h in HEADS if h in cfg.eval.heads]
 
     def inputs(self, cfg: Config) -> list[Path]:
@@ -148,7 +148,7 @@ class EvalStage(Stage):
     def run(self, cfg: Config) -> EvalManifest:
         return run_eval(cfg, self.heads(cfg))
 
-    def record(self, tracker: "Tracker", manifest: Manifest) -> None:
+    def record(self, tracker: "Tracker", manifest: EvalManifest) -> None:
         """The default record, the per-question predictions as an MLflow table, and each adapter head's
         accuracy on its registered version, moving alias `best` (generation's accuracy where scored)."""
         super().record(tracker, manifest)

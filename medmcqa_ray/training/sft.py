@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Optional
+from typing import ClassVar, Literal, Optional, cast
 
 from medmcqa_ray import metric_names as M
 from medmcqa_ray.config import Config
 from medmcqa_ray.data.formatted_rows import read_formatted
 from medmcqa_ray.layout import layout
-from medmcqa_ray.stage import Manifest, Stage, hash_parts, upstream_key
+from medmcqa_ray.stage import Stage, hash_parts, upstream_key
 from medmcqa_ray.tracking import active_run
 from medmcqa_ray.training import learner
 from medmcqa_ray.training.learner import LearnerArgs, TrainingManifest
@@ -97,8 +97,8 @@ def count_truncated(cfg: Config, rows: list[dict]) -> int:
     return sum(len(ids) > cfg.sft.max_length for ids in tok(texts, add_special_tokens=False)["input_ids"])
 
 
-class SFTStage(Stage):
-    name = "sft"
+class SFTStage(Stage[SFTManifest]):
+    name: ClassVar[Literal["sft"]] = "sft"
     manifest_type = SFTManifest
 
     def inputs(self, cfg: Config) -> list[Path]:
@@ -113,7 +113,7 @@ class SFTStage(Stage):
     def cache_key(self, cfg: Config) -> str:
         return hash_parts(cfg.section_hash("model", "sft", "scaling"), upstream_key(layout(cfg).formatted_manifest))
 
-    def run(self, cfg: Config) -> Manifest:
+    def run(self, cfg: Config) -> SFTManifest:
         key = self.cache_key(cfg)
         rows = training_rows(cfg)  # fail before starting workers when there is nothing to train on
         truncated = count_truncated(cfg, rows)

@@ -86,7 +86,7 @@ def _ranked(trials: list[dict], metric: str) -> list[dict]:
                   key=lambda t: (t["status"] == "completed", t[metric], t["correct"] or 0.0), reverse=True)
 
 
-class SweepStage(Stage):
+class SweepStage(Stage[SweepManifest]):
     name = "sweep"
     manifest_type = SweepManifest
 
@@ -105,7 +105,7 @@ class SweepStage(Stage):
 
         return hash_parts(GRPO.cache_key(cfg), cfg.section_hash("sweep"))
 
-    def run(self, cfg: Config) -> Manifest:
+    def run(self, cfg: Config) -> SweepManifest:
         from medmcqa_ray.tracking import active_run
         from medmcqa_ray.tuning.tuner import trial_record, tuner
 
@@ -132,7 +132,7 @@ class SweepStage(Stage):
                              ranked_on=f"greedy accuracy on {scored} questions of the selection split (data.selection_rows; "
                                        "validation is only reported)")
 
-    def record(self, tracker: "Tracker", manifest: Manifest) -> None:
+    def record(self, tracker: "Tracker", manifest: SweepManifest) -> None:
         """The default record (best weights as params, best figures as metrics, best.yaml) and the results
         table. Each trial logged its own run live; here each gets its outcome (status, early stopped), a
         stopped one its end, and one run before an interruption moves under this sweep run."""
