@@ -44,11 +44,14 @@ class SFTManifest(TrainingManifest):
     last_loss: Optional[float]
 
     def metrics(self) -> dict[str, float]:
-        return {"sft/first_loss": self.first_loss, "sft/last_loss": self.last_loss} | super().metrics()
+        # No loss when the log history holds none (a run with no step logged): MLflow takes numbers only.
+        found = {f"sft/{k}": v for k, v in (("first_loss", self.first_loss), ("last_loss", self.last_loss)) if v is not None}
+        return found | super().metrics()
 
     def table(self) -> str:
         resumed = f", resumed from step {self.resumed_from_step}" if self.resumed_from_step else ""
-        return f"{self.steps} steps, loss {self.first_loss:.3f} -> {self.last_loss:.3f}{resumed}\nadapter: {self.adapter}"
+        first, last = ("-" if x is None else f"{x:.3f}" for x in (self.first_loss, self.last_loss))
+        return f"{self.steps} steps, loss {first} -> {last}{resumed}\nadapter: {self.adapter}"
 
 
 def _train_loop(loop_config: dict) -> None:
