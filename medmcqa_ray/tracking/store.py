@@ -92,7 +92,9 @@ def reachable(uri: str, timeout: float = 3.0) -> bool:
         return True  # local stores have nothing to wait for; they fail on first use instead
     # urllib reads "user:pw@host" as the host; send the credentials as the header MLflow's client sends.
     parts = urllib.parse.urlsplit(uri)
-    host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else parts.hostname  # IPv6 keeps its brackets
+    if parts.hostname is None:  # "http://:5000": nothing to connect to, and no host to build the probe on
+        raise ValueError(f"tracking.uri (or MLFLOW_TRACKING_URI): {redact_uri(uri)} names no host")
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname  # IPv6 keeps its brackets
     request = urllib.request.Request(parts._replace(netloc=host + (f":{parts.port}" if parts.port else ""),
                                                     path=parts.path.rstrip("/") + "/health").geturl())
     if parts.username is not None:
