@@ -281,7 +281,7 @@ class RolloutSection(Section):
         return self
 
 
-AUTO_ENGINE = {"cpu": "hf", "gpu": "vllm"}
+AUTO_ENGINE: dict[str, Literal["hf", "vllm"]] = {"cpu": "hf", "gpu": "vllm"}
 """`rollout.engine: auto` per device, from benchmarks/rollout.py (docs/benchmarks.md). On this 2-core CPU,
 SmolLM2-135M with a LoRA adapter (what GRPO and the sft/grpo eval heads generate with), the hf engine
 made 92.6-103 tokens/s and vLLM 72-75.6 (0.74-0.78x, quiet runs): vLLM's CPU LoRA path costs it about 3x (without
