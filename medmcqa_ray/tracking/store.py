@@ -165,9 +165,9 @@ def send(client: Any, run_id: str, kind: str, p: dict) -> None:
         client.log_batch(run_id, metrics=items)
     elif kind in ("params", "tags"):
         entity = Param if kind == "params" else RunTag
-        items = [entity(k, v) for k, v in p[kind].items()]
-        for i in range(0, len(items), BATCH):
-            client.log_batch(run_id, **{kind: items[i : i + BATCH]})
+        entries = [entity(k, v) for k, v in p[kind].items()]
+        for i in range(0, len(entries), BATCH):
+            client.log_batch(run_id, **{kind: entries[i : i + BATCH]})
     elif kind == "dict":
         client.log_dict(run_id, p["obj"], p["name"])
     elif kind == "artifact":

@@ -145,7 +145,8 @@ def _train_loop(loop_config: dict) -> None:
     # A sweep trial's run holds just this GRPO run: its metrics keep the names Tune reports them by.
     for callback in learner.live_metrics(args, "grpo" if args.validation is None else ""):
         trainer.add_callback(callback)
-    trainer = prepare_trainer(trainer)
+    # The same trainer back, its class swapped for a subclass of its own; Ray types it a plain Trainer.
+    trainer = cast(RolloutGRPOTrainer, prepare_trainer(trainer))
     resume, resumed_from = learner.start(args, work)
     journal(args.final_dir, "actors", strategy=cfg.placement.strategy,  # where placement put them
             rollout=[{k: a[k] for k in ("actor_id", "node_id")} for a in rollout_pool.health()],

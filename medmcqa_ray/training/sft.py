@@ -84,7 +84,8 @@ def _train_loop(loop_config: dict) -> None:
         trainer.add_callback(ReportSteps(args.progress))
     for callback in learner.live_metrics(args, "sft"):
         trainer.add_callback(callback)
-    trainer = prepare_trainer(trainer)
+    # The same trainer back, its class swapped for a subclass of its own; Ray types it a plain Trainer.
+    trainer = cast(SFTTrainer, prepare_trainer(trainer))
     resume, resumed_from = learner.start(args, work)
     trainer.train(resume_from_checkpoint=resume)
     learner.finish(trainer, args, resumed_from)
