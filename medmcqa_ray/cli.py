@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace, cfg: Config) -> list[Manifest]:
     from medmcqa_ray.pipeline import ALL, SWEEP, check_writable, run_stage
     from medmcqa_ray.tracking import Tracker, ui_command
-    from medmcqa_ray.tracking.adapter_source import HEADS, fetched_source, resolve_adapters
+    from medmcqa_ray.tracking.adapter_source import HEADS, SOURCE_FILE, fetched_source, resolve_adapters
 
     names = {"all": ALL, "sweep-all": SWEEP}.get(args.stage, [args.stage])
     # Every path in the config is absolute from here on (resolved at load against this directory).
@@ -65,7 +65,10 @@ def run(args: argparse.Namespace, cfg: Config) -> list[Manifest]:
     fetched = resolve_adapters(cfg)  # models:/ and runs:/ adapters, fetched before any stage starts
     for head in HEADS:
         if (uri := getattr(cfg.adapters, head)) != (folder := getattr(fetched.adapters, head)):
-            print(f"adapters.{head}: {uri} is {fetched_source(Path(folder)).resolved}, in {folder}", flush=True)
+            source = fetched_source(Path(folder))
+            # resolve_adapters only swaps a URI for a folder fetch() wrote, source.json included.
+            assert source is not None, f"adapters.{head}: {folder} has no {SOURCE_FILE}"
+            print(f"adapters.{head}: {uri} is {source.resolved}, in {folder}", flush=True)
     cfg = fetched
     manifests = []
     tracker = Tracker(cfg)

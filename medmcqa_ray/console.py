@@ -152,11 +152,11 @@ def first_with_native_stderr_to_log(items: Iterable[T]) -> Iterator[T]:
     """`items`, with native_stderr_to_log() around the wait for the first one only (when Ray Data starts a
     dataset's execution and its actor pool)."""
     it = iter(items)
-    end = object()
     with native_stderr_to_log():
-        first = next(it, end)
-    if first is end:
-        return
+        try:
+            first = next(it)
+        except StopIteration:
+            return
     yield first
     yield from it
 

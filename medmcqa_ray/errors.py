@@ -26,7 +26,7 @@ class StageError(MedmcqaError):
 def user_error(exc: BaseException) -> MedmcqaError | None:
     """Find our own error inside whatever Ray wrapped it in (RayTaskError, UserCodeException, ...)."""
     seen: set[int] = set()
-    stack = [exc]
+    stack: list[BaseException | None] = [exc]
     while stack:
         e = stack.pop()
         if e is None or id(e) in seen:

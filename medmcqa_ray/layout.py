@@ -28,6 +28,7 @@ from typing import Literal, Optional
 
 from medmcqa_ray.config import Config
 
+Head = Literal["base", "sft", "grpo"]
 # The split carved from train for choosing (sweeps, checkpoints): data.selection_rows.
 SELECTION = "selection"
 

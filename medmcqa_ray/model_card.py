@@ -107,7 +107,7 @@ def training_section(cfg: Config, head: Literal["sft", "grpo"], adapter: Path, a
     lines = ["## Training", "", f"Data: {DATA[cfg.data.source]}", "",
              f"LoRA (from the adapter): r={adapter_config.get('r')}, alpha={adapter_config.get('lora_alpha')}, "
              f"targets {', '.join(sorted(adapter_config.get('target_modules') or []))}.", ""]
-    stages = [sft.STAGE] + ([grpo.STAGE] if head == "grpo" else [])
+    stages: list[sft.SFTStage | grpo.GRPOStage] = [sft.STAGE] + ([grpo.STAGE] if head == "grpo" else [])
     for stage in stages:
         m = stage.previous(cfg)
         own = layout(cfg).adapter(stage.name)
@@ -116,8 +116,10 @@ def training_section(cfg: Config, head: Literal["sft", "grpo"], adapter: Path, a
             lines.append(f"- {stage.name}: no {stage.name} manifest in this output_dir describes the adapter (one named "
                          f"by adapters.{stage.name}, or an older run): the settings below are the config's, maybe not its.")
             continue
-        figures = (f"loss {_number(m.first_loss)} -> {_number(m.last_loss)} over {m.rows} train rows" if stage.name == "sft"
-                   else f"reward `correct` {_number(m.first_correct)} -> {_number(m.last_correct)}")
+        if isinstance(m, sft.SFTManifest):
+            figures = f"loss {_number(m.first_loss)} -> {_number(m.last_loss)} over {m.rows} train rows"
+        else:
+            figures = f"reward `correct` {_number(m.first_correct)} -> {_number(m.last_correct)}"
         same = "" if m.config_hash == stage.cache_key(cfg) else " (trained with other settings than those below: its manifest's config hash differs)"
         lines.append(f"- {stage.name}: {m.steps} steps, {figures}{same}.")
     sections = resolved_dict(cfg)

@@ -13,7 +13,7 @@ import importlib.util
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Literal, Optional
 
 from medmcqa_ray import console
 from medmcqa_ray.config import ModelSection
@@ -110,7 +110,7 @@ def local_model_path(cfg: ModelSection) -> str:
     return cfg.name
 
 
-def dtype_name(cfg: ModelSection, device: str) -> str:
+def dtype_name(cfg: ModelSection, device: str) -> Literal["float32", "bfloat16", "float16"]:
     """model.dtype made concrete: `auto` is bfloat16 on CUDA, float32 elsewhere (no torch import: the memory
     plan uses it at config load)."""
     if cfg.dtype == "auto":
@@ -133,8 +133,9 @@ def native_cpu_bf16() -> bool:
 
     if platform.machine().lower() in ("arm64", "aarch64"):
         return True
-    probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
-    if None in probes:  # a torch without these probes: no warning rather than a wrong one
+    names = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    probes = [probe for name in names if (probe := getattr(torch.cpu, name, None)) is not None]
+    if len(probes) < len(names):  # a torch without these probes: no warning rather than a wrong one
         return True
     return any(probe() for probe in probes)
 
@@ -187,4 +188,5 @@ def load_model(cfg: ModelSection, device: Optional[str] = None) -> Any:
 
     model = AutoModelForCausalLM.from_pretrained(local_model_path(cfg), revision=cfg.revision, dtype=dtype, token=token,
                                                  trust_remote_code=cfg.trust_remote_code)
-    return model.to(device).eval()
+    # transformers decorates PreTrainedModel.to with functools.wraps, whose stub mypy does not bind to the instance.
+    return model.to(device).eval()  # type: ignore[arg-type]

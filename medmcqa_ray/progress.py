@@ -46,7 +46,8 @@ class StepProgress:
     def __init__(self, desc: str, total: Optional[int], poll_s: float = 1.0):
         self.desc, self.total, self.poll_s = desc, total, poll_s
         # "DEFAULT": never captured into a caller's placement group (a Tune trial's), where it may not fit.
-        self.counter = StepCounter.options(scheduling_strategy="DEFAULT").remote() if total else None
+        # mypy ignores class decorators (python/mypy#3135): it sees the plain class, not Ray's ActorClass.
+        self.counter = StepCounter.options(scheduling_strategy="DEFAULT").remote() if total else None  # type: ignore[attr-defined]
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
 
@@ -57,14 +58,18 @@ class StepProgress:
         return self
 
     def _draw(self) -> None:
-        with bar(self.desc, self.total, "step") as b:
+        counter, total = self.counter, self.total
+        if counter is None or not total:  # __enter__ starts no thread then: a counter comes with a total
+            return
+        with bar(self.desc, total, "step") as b:
             while True:
                 stopping = self._stop.wait(self.poll_s)
+                step: int
                 try:
-                    step = ray.get(self.counter.get.remote(), timeout=10)
+                    step = ray.get(counter.get.remote(), timeout=10)
                 except Exception:  # noqa: BLE001 - a bar must never fail the run it draws
                     step = b.n
-                b.update(min(step, self.total) - b.n)
+                b.update(min(step, total) - b.n)
                 if stopping:
                     return
 

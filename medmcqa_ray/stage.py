@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Optional
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Iterator, Optional, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -61,9 +61,15 @@ class Manifest(BaseModel):
         return self.model_dump(mode="json")
 
 
-class Stage(ABC):
+ManifestT = TypeVar("ManifestT", bound=Manifest)
+
+
+class Stage(ABC, Generic[ManifestT]):
+    """A stage writing manifests of type ManifestT: `previous` reads one back as that type, so its fields are typed."""
+
     name: ClassVar[str]
-    manifest_type: ClassVar[type[Manifest]] = Manifest
+    # Not a ClassVar only because a ClassVar cannot hold a type variable; each subclass sets it on the class.
+    manifest_type: type[ManifestT]
 
     @abstractmethod
     def inputs(self, cfg: Config) -> list[Path]:
@@ -80,9 +86,9 @@ class Stage(ABC):
     def cache_key(self, cfg: Config) -> str: ...
 
     @abstractmethod
-    def run(self, cfg: Config) -> Manifest: ...
+    def run(self, cfg: Config) -> ManifestT: ...
 
-    def previous(self, cfg: Config) -> Optional[Manifest]:
+    def previous(self, cfg: Config) -> Optional[ManifestT]:
         """The manifest on disk, if it is one this stage can read."""
         data = read_manifest(self.manifest_path(cfg))
         if data is None:
@@ -92,7 +98,7 @@ class Stage(ABC):
         except ValueError:  # written by an older version: run again
             return None
 
-    def record(self, tracker: "Tracker", manifest: Manifest) -> None:
+    def record(self, tracker: "Tracker", manifest: ManifestT) -> None:
         """Log the manifest in the stage's MLflow run."""
         tracker.log_metrics(manifest.metrics())
         for step, values in manifest.step_metrics():

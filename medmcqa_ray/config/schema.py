@@ -129,6 +129,13 @@ class DataSection(Section):
             raise ValueError(f"data.path: {self.path} does not exist")
         return self
 
+    def local_path(self) -> Path:
+        """data.path for source=local. Checked when the config loads, but a copy made with model_copy skips
+        validators, so a missing one still gets its own error rather than Path(None)'s TypeError."""
+        if self.path is None:
+            raise ValueError("data.path is required when data.source=local")
+        return Path(self.path)
+
 
 class Markers(Section):
     """The reasoning and solution markers. The one definition: prompts, targets, rewards and eval use it."""
@@ -275,7 +282,7 @@ class RolloutSection(Section):
         return self
 
 
-AUTO_ENGINE = {"cpu": "hf", "gpu": "vllm"}
+AUTO_ENGINE: dict[str, Literal["hf", "vllm"]] = {"cpu": "hf", "gpu": "vllm"}
 """`rollout.engine: auto` per device, from benchmarks/rollout.py (docs/benchmarks.md). On this 2-core CPU,
 SmolLM2-135M with a LoRA adapter (what GRPO and the sft/grpo eval heads generate with), the hf engine
 made 92.6-103 tokens/s and vLLM 72-75.6 (0.74-0.78x, quiet runs): vLLM's CPU LoRA path costs it about 3x (without

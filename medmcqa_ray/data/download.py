@@ -86,7 +86,7 @@ def _select(batch: pa.Table, split: str, ids: list[str], in_ids: bool) -> pa.Tab
     return batch.filter(mask).select(PROCESSED.names)
 
 
-def _blocks(ds: "ray.data.MaterializedDataset", columns: list[str]) -> pa.Table:
+def _blocks(ds: "ray.data.dataset.MaterializedDataset", columns: list[str]) -> pa.Table:
     """Columns of a materialized dataset as one Arrow table in the driver. On one node this maps the
     object-store blocks (no copy); a projection through Ray Data would cost another execution."""
     tables = [t.select(columns) for t in ray.get(ds.to_arrow_refs())]
@@ -176,7 +176,8 @@ def run_download(cfg: Config) -> DownloadManifest:
     paths = layout(cfg)
     files, source_info = resolve_source(cfg.data, paths.hub_download)
     tasks = plan_read_tasks(files, cfg.data.chunk_bytes)
-    splits = sorted({split for _, split in files}, key=cfg.data.splits.index)
+    wanted: list[str] = list(cfg.data.splits)
+    splits = sorted({split for _, split in files}, key=wanted.index)
     log.info("download: %d files, %d read tasks, splits %s, from %s", len(files), len(tasks), splits, source_info.name)
 
     items = [task_dict(t) for t in tasks]
@@ -224,12 +225,12 @@ def run_download(cfg: Config) -> DownloadManifest:
     )
 
 
-class DownloadStage(Stage):
+class DownloadStage(Stage[DownloadManifest]):
     name = "download"
     manifest_type = DownloadManifest
 
     def inputs(self, cfg: Config) -> list[Path]:
-        return [Path(cfg.data.path)] if cfg.data.source == "local" else []
+        return [cfg.data.local_path()] if cfg.data.source == "local" else []
 
     def output(self, cfg: Config) -> Path:
         return layout(cfg).processed_root

@@ -125,7 +125,9 @@ def normalise_row(
     if len(question) > max_question_chars:
         return _quarantine(rec, "question_too_long", f"{len(question)} chars > data.max_question_chars")
 
-    options, unusable, images = [], [], []
+    options: list[str] = []
+    unusable: list[str] = []
+    images: list[str] = []
     for key in OPTION_KEYS:
         try:
             value = as_text(raw.get(key))

@@ -96,8 +96,10 @@ def run_prep(cfg: Config) -> PrepManifest:
             write_empty_parquet(out, FORMATTED)
             continue
         shards = [{"path": str(p)} for p in sorted(processed.glob("*.parquet"))]
-        ds = ray.data.from_items(shards, override_num_blocks=len(shards))
-        ds = ds.map_batches(_read_and_format, batch_size=1, batch_format="pyarrow", fn_kwargs={"cfg": cfg.format})
+        ds: ray.data.Dataset = ray.data.from_items(shards, override_num_blocks=len(shards))
+        # Ray types `fn` as taking the batch alone; fn_kwargs passes it the rest, which its signature cannot say.
+        ds = ds.map_batches(_read_and_format, batch_size=1, batch_format="pyarrow",  # type: ignore[arg-type]
+                            fn_kwargs={"cfg": cfg.format})
         ds = ds.repartition(min(cfg.format.num_shards, rows))
         write_split_parquet(ds, out, FORMATTED)
         counts[split]["with_target"] = rows - parquet_nulls(out, "completion")
@@ -108,7 +110,7 @@ def run_prep(cfg: Config) -> PrepManifest:
     return PrepManifest(splits=counts, format=cfg.format)
 
 
-class PrepStage(Stage):
+class PrepStage(Stage[PrepManifest]):
     name = "prep"
     manifest_type = PrepManifest
 

@@ -16,7 +16,7 @@ import os
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator, Literal, Optional
+from typing import Any, Iterator, Literal, Optional, Sequence
 
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict
@@ -54,7 +54,7 @@ def split_of(path: Path) -> str | None:
     return None
 
 
-def discover(root: Path, wanted: list[str]) -> list[tuple[Path, str]]:
+def discover(root: Path, wanted: Sequence[str]) -> list[tuple[Path, str]]:
     """(file, split) pairs under a folder or for one file, in a stable order."""
     if root.is_file():
         candidates = [root]
@@ -204,7 +204,7 @@ def source_key(cfg: DataSection) -> str:
         return fingerprint(discover(BUNDLED[cfg.source], cfg.splits), by_content=True)
     if cfg.source == "hub":
         return f"{cfg.hub_id}@{cfg.hub_revision or 'default'}"
-    return fingerprint(discover(Path(cfg.path), cfg.splits))
+    return fingerprint(discover(cfg.local_path(), cfg.splits))
 
 
 class SourceFile(BaseModel):
@@ -246,7 +246,7 @@ def resolve_source(cfg: DataSection, hub_download: Path) -> tuple[list[tuple[Pat
         root = fetch_hub(cfg, hub_download)
         info = SourceInfo(kind="hub", name=f"MedMCQA ({cfg.hub_id})", revision=cfg.hub_revision)
     else:
-        root = Path(cfg.path)
+        root = cfg.local_path()
         info = SourceInfo(kind="local", name="MedMCQA (local files)", path=str(root))
     return discover(root, cfg.splits), info
 

@@ -31,7 +31,7 @@ class Relation:
     validation_template: str
     explanation: str
     facts: tuple[tuple[str, str], ...]
-    more_validation_templates: tuple[str, str] = ()
+    more_validation_templates: tuple[str, ...] = ()
 
 
 RELATIONS = [

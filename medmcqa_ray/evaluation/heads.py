@@ -5,7 +5,7 @@ engines, greedy)."""
 from __future__ import annotations
 
 import logging
-from typing import Optional
+from typing import Iterable, Optional, Sequence, cast
 
 import pyarrow as pa
 import ray
@@ -14,14 +14,14 @@ from medmcqa_ray.config import Config
 from medmcqa_ray.console import bar, first_with_native_stderr_to_log
 from medmcqa_ray.errors import StageError
 from medmcqa_ray.evaluation.predictor import GENERATION_ROWS_COLUMN, HeadPredictor
-from medmcqa_ray.layout import layout
+from medmcqa_ray.layout import Head, layout
 from medmcqa_ray.rollout import tensor_parallel
 
 log = logging.getLogger(__name__)
-HEADS = ("base", "sft", "grpo")
+HEADS: tuple[Head, ...] = ("base", "sft", "grpo")
 
 
-def head_adapters(cfg: Config, heads: list[str]) -> dict[str, Optional[str]]:
+def head_adapters(cfg: Config, heads: Sequence[Head]) -> dict[str, Optional[str]]:
     """Adapter folder per head (None for base). A configured adapter (adapters.<head>) must be a PEFT
     folder; a default one that does not exist yet (no SFT run) just drops that head, with a note."""
     paths = layout(cfg)
@@ -84,7 +84,9 @@ def evaluate_heads(cfg: Config, rows: pa.Table, adapters: dict[str, Optional[str
             # we pass causes it, and only map_batches(max_restarts=0) would avoid it, at the cost of Ray Data's
             # restart of a predictor that dies (killed by Ray's memory monitor, say). Its premise does not hold
             # here (the driver holds those references until the dataset is done), so it goes to the log file.
-            for batch in first_with_native_stderr_to_log(ds.iter_batches(batch_size=None, batch_format="pyarrow")):
+            # batch_format="pyarrow" makes every batch an Arrow table; Ray's signature returns any batch format.
+            batches = cast(Iterable[pa.Table], ds.iter_batches(batch_size=None, batch_format="pyarrow"))
+            for batch in first_with_native_stderr_to_log(batches):
                 for record in batch.to_pylist():
                     records[record.pop("head")].append(record)
                 b.update(batch.num_rows)

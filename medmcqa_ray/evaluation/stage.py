@@ -12,7 +12,7 @@ import json
 import logging
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar, Literal, Optional
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Optional, Sequence
 
 import pyarrow as pa
 
@@ -26,7 +26,7 @@ from medmcqa_ray.evaluation.predictions import predictions_table
 from medmcqa_ray.evaluation.report import table
 from medmcqa_ray.evaluation.scores import EvalSummary
 from medmcqa_ray.evaluation.summary import build_summary
-from medmcqa_ray.layout import layout
+from medmcqa_ray.layout import Head, layout
 from medmcqa_ray.stage import Manifest, Stage, fingerprint, hash_parts, upstream_key
 
 if TYPE_CHECKING:
@@ -92,10 +92,10 @@ def majority_letter(cfg: Config, rows: pa.Table) -> tuple[Optional[str], str]:
     else:
         labels, source = rows["answer_label"].to_pylist(), "these rows' most frequent"
     counts = Counter(labels)
-    return (max(sorted(counts), key=counts.get) if counts else None), source
+    return (max(sorted(counts), key=counts.__getitem__) if counts else None), source
 
 
-def run_eval(cfg: Config, heads: list[str]) -> EvalManifest:
+def run_eval(cfg: Config, heads: Sequence[Head]) -> EvalManifest:
     adapters = head_adapters(cfg, heads)  # a configured adapter that is not there fails before any work
     unlabelled: list[str] = []
     rows = load_eval_rows(cfg, unlabelled)
@@ -117,14 +117,14 @@ def run_eval(cfg: Config, heads: list[str]) -> EvalManifest:
                         summary=summary, out_dir=str(out))
 
 
-class EvalStage(Stage):
+class EvalStage(Stage[EvalManifest]):
     name: ClassVar[str] = "eval"
     manifest_type = EvalManifest
     manifest_file: ClassVar[str] = "manifest.json"
-    key_heads: ClassVar[tuple[str, ...]] = HEADS
+    key_heads: ClassVar[tuple[Head, ...]] = HEADS
     """The heads whose adapters the cache key watches (eval.heads itself is in the eval section's hash)."""
 
-    def heads(self, cfg: Config) -> list[str]:
+    def heads(self, cfg: Config) -> list[Head]:
         return [h for h in HEADS if h in cfg.eval.heads]
 
     def inputs(self, cfg: Config) -> list[Path]:
@@ -148,11 +148,10 @@ class EvalStage(Stage):
     def run(self, cfg: Config) -> EvalManifest:
         return run_eval(cfg, self.heads(cfg))
 
-    def record(self, tracker: "Tracker", manifest: Manifest) -> None:
+    def record(self, tracker: "Tracker", manifest: EvalManifest) -> None:
         """The default record, the per-question predictions as an MLflow table, and each adapter head's
         accuracy on its registered version, moving alias `best` (generation's accuracy where scored)."""
         super().record(tracker, manifest)
-        assert isinstance(manifest, EvalManifest)
         if not (tracker.enabled and manifest.out_dir and (Path(manifest.out_dir) / PREDICTIONS).is_file()):
             return
         tracker.log_table(json.loads((Path(manifest.out_dir) / PREDICTIONS).read_text()), "eval/predictions.json")
@@ -168,9 +167,9 @@ class EvalStage(Stage):
 class BaselineStage(EvalStage):
     name: ClassVar[str] = "baseline"
     manifest_file: ClassVar[str] = "baseline_manifest.json"
-    key_heads: ClassVar[tuple[str, ...]] = ("base",)
+    key_heads: ClassVar[tuple[Head, ...]] = ("base",)
 
-    def heads(self, cfg: Config) -> list[str]:
+    def heads(self, cfg: Config) -> list[Head]:
         return ["base"]
 
 

@@ -121,9 +121,9 @@ def read_architecture(model: ModelSection) -> Architecture:
             return _from_file(path)
         raise ArchitectureError(f"model.name: {name} is a folder without config.json")
     bundled = bundled_file(name) if model.revision is None else None  # a pinned revision may differ from the bundle
-    for path in (bundled, _hub_cache(name, model.revision)):
-        if path is not None and path.is_file():
-            return _from_file(path)
+    for found in (bundled, _hub_cache(name, model.revision)):
+        if found is not None and found.is_file():
+            return _from_file(found)
     cache = os.environ.get("HF_HUB_CACHE") or os.environ.get("HF_HOME") or "~/.cache/huggingface"
     looked = ([str(bundled)] if bundled else []) + [f"the hub cache ({cache})"]
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("1", "true", "yes"):

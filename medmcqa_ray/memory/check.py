@@ -52,9 +52,10 @@ def check_memory(cfg: Config) -> Optional[MemoryPlan]:
     """At load: a GPU config whose plan exceeds its card is refused (ValueError naming phase and keys)."""
     if not uses_gpu(cfg):
         return None
-    detected = detected_gpu_gb() if cfg.scaling.gpu_memory_gb is not None else None
-    if detected is not None and cfg.scaling.gpu_memory_gb > detected + 0.05:
-        raise ValueError(f"scaling.gpu_memory_gb: {cfg.scaling.gpu_memory_gb:g} GiB, but this machine's GPU has "
+    configured = cfg.scaling.gpu_memory_gb
+    detected = detected_gpu_gb() if configured is not None else None
+    if configured is not None and detected is not None and configured > detected + 0.05:
+        raise ValueError(f"scaling.gpu_memory_gb: {configured:g} GiB, but this machine's GPU has "
                          f"{detected:.1f} GiB; set it to the card's (or null to detect it)")
     plan = memory_plan(cfg)
     if why := misfit(plan):

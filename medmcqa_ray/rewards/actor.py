@@ -53,7 +53,9 @@ class RewardPool:
         # restarted one (max_task_retries) and the learner never sees the fault.
         options = {"num_cpus": cfg.num_cpus_per_actor, "max_restarts": 2, "max_task_retries": 2,
                    "scheduling_strategy": "DEFAULT"} | (actor_options or {})
-        self.actors = [RewardActor.options(**options).remote(cfg, markers) for _ in range(cfg.num_actors)]
+        # mypy ignores class decorators (python/mypy#3135): it sees the plain class, not Ray's ActorClass.
+        self.actors = [RewardActor.options(**options).remote(cfg, markers)  # type: ignore[attr-defined]
+                       for _ in range(cfg.num_actors)]
 
     def score(self, batch: RewardBatch) -> RewardScores:
         """Score contiguous slices, one per actor, in parallel; the merged scores keep the batch's order."""

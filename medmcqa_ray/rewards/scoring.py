@@ -98,7 +98,8 @@ class Scorer:
 
     def _per_completion(self, name: str, batch: RewardBatch, errors: dict[str, int],
                         first: dict[str, str]) -> list[Optional[float]]:
-        fn, out = components.PER_COMPLETION[name], []
+        fn = components.PER_COMPLETION[name]
+        out: list[Optional[float]] = []
         for i, completion in enumerate(batch.completions):
             try:
                 out.append(float(fn(completion, batch.answer_labels[i], batch.options[i], self.markers)))

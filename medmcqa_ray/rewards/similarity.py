@@ -72,15 +72,15 @@ class SimilarityScorer:
 
     def score(self, reasonings: Sequence[str], explanations: Sequence[Optional[str]]) -> list[float]:
         scores = [NEUTRAL_SIMILARITY] * len(reasonings)
-        pairs = [i for i, (r, e) in enumerate(zip(reasonings, explanations)) if r.strip() and e and e.strip()]
+        pairs = [(i, r, e) for i, (r, e) in enumerate(zip(reasonings, explanations)) if r.strip() and e and e.strip()]
         if not pairs:
             return scores
         if self.model is None:
-            for i in pairs:
-                scores[i] = token_f1(reasonings[i], explanations[i])
+            for i, r, e in pairs:
+                scores[i] = token_f1(r, e)
             return scores
-        left = self.model.encode([reasonings[i] for i in pairs], normalize_embeddings=True, convert_to_tensor=True)
-        right = self.model.encode([explanations[i] for i in pairs], normalize_embeddings=True, convert_to_tensor=True)
-        for i, cos in zip(pairs, (left * right).sum(-1).tolist()):
+        left = self.model.encode([r for _, r, _ in pairs], normalize_embeddings=True, convert_to_tensor=True)
+        right = self.model.encode([e for _, _, e in pairs], normalize_embeddings=True, convert_to_tensor=True)
+        for (i, _, _), cos in zip(pairs, (left * right).sum(-1).tolist()):
             scores[i] = float(cos)
         return scores

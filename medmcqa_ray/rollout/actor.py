@@ -88,7 +88,9 @@ class RolloutPool:
         options = [base | o for o in each]
         engines = [self._engine_options(rollout_cfg, o) for o in options]
         self.groups = [e["scheduling_strategy"].placement_group for e in engines if e]  # ours to remove
-        self.actors = [RolloutActor.options(**(o | e)).remote(model_cfg, rollout_cfg) for o, e in zip(options, engines)]
+        # mypy ignores class decorators (python/mypy#3135): it sees the plain class, not Ray's ActorClass.
+        self.actors = [RolloutActor.options(**(o | e)).remote(model_cfg, rollout_cfg)  # type: ignore[attr-defined]
+                       for o, e in zip(options, engines)]
         self.update: Optional[AdapterUpdate] = None
         self.weights_ref: Optional[ray.ObjectRef] = None
         self.pids: list[Optional[int]] = [None] * len(self.actors)

@@ -80,7 +80,9 @@ def draw(logits: torch.Tensor, sampling: Sampling, procs: LogitsProcessorList,
     if sampling.temperature == 0:
         tokens = logits.argmax(-1)
     elif procs:
-        tokens = sample_inverse_cdf(procs(None, logits.clone()).softmax(-1), generator)
+        # The warpers() builds never read input_ids, and transformers types scores as the legacy
+        # FloatTensor class, which a float32 tensor is at runtime but not to mypy.
+        tokens = sample_inverse_cdf(procs(None, logits.clone()).softmax(-1), generator)  # type: ignore[arg-type]
     else:
         # Plain temperature-1 sampling: exp(logits - max) is both the unnormalised distribution the
         # sampler needs and the sum behind the logsumexp, one pass over the vocabulary for both.
@@ -158,7 +160,7 @@ def decode(model, prompts: list[list[int]], sampling: Sampling, eos_ids: set[int
 
     def admit() -> None:
         """Prefill as many waiting prompts as have free slots for their n samples; draw their first tokens."""
-        take = []
+        take: list[int] = []
         while waiting and len(running) + (len(take) + 1) * n <= rows:
             take.append(waiting.popleft())
         # Prefilled in chunks of similar length: 64 evaluation prompts left-padded to their longest took

@@ -48,9 +48,10 @@ class HFEngine(RolloutEngine):
             self._peft_config = dict(update.peft_config)
         result = set_peft_model_state_dict(self.model, weights)
         missing = [k for k in getattr(result, "missing_keys", []) if "lora_" in k]
-        if missing or getattr(result, "unexpected_keys", []):
+        unexpected = list(getattr(result, "unexpected_keys", []))
+        if missing or unexpected:
             raise ValueError(f"adapter v{update.version} does not fit this model: missing {missing[:3]}, "
-                             f"unexpected {list(result.unexpected_keys)[:3]}")
+                             f"unexpected {unexpected[:3]}")
         self.policy_version = update.version
 
     def use_base(self) -> None:

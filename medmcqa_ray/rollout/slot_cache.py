@@ -7,7 +7,7 @@ import os
 from typing import Optional
 
 import torch
-from transformers.cache_utils import Cache, DynamicCache
+from transformers.cache_utils import Cache, CacheLayerMixin, DynamicCache
 
 
 class SlotCache(Cache):
@@ -63,7 +63,13 @@ class SlotCache(Cache):
 
 
 def _layers(cache: DynamicCache):
-    return [(layer.keys, layer.values) for layer in cache.layers]
+    layers = []
+    for layer in cache.layers:
+        if not isinstance(layer, CacheLayerMixin):  # a linear-attention state: no keys or values to copy into a slot
+            raise ValueError(f"rollout.engine=hf cannot decode this model: its cache has a {type(layer).__name__} "
+                             "layer, without the keys and values the slot cache copies (use rollout.engine=vllm)")
+        layers.append((layer.keys, layer.values))
+    return layers
 
 
 class SharedPrefix:

@@ -112,6 +112,15 @@ class VLLMEngine(RolloutEngine):
         backend = tensor_parallel.executor_backend(rollout_cfg)
         memory: dict[str, Any] = ({"kv_cache_memory_bytes": int(rollout_cfg.kv_cache_gb * 2**30)} if rollout_cfg.kv_cache_gb
                                   else {"gpu_memory_utilization": rollout_cfg.gpu_memory_utilization})
+        # dict[str, Any]: mypy checks a ** dict's value type against every LLM parameter, not just its keys'.
+        extra: dict[str, Any] = {}
+        # vLLM's CPU sampler cannot resume a seeded request whose prompt was split over steps (chunked
+        # prefill, past 4096 prompt tokens a step): its engine dies ("CPU Generator does not use offset").
+        # GRPO always samples seeded, so on CPU every prompt is prefilled whole.
+        if self.device == "cpu":
+            extra["enable_chunked_prefill"] = False
+        if backend:
+            extra["distributed_executor_backend"] = backend
         self.llm = LLM(
             model=local_model_path(model_cfg),
             revision=model_cfg.revision,
@@ -130,11 +139,7 @@ class VLLMEngine(RolloutEngine):
             **memory,
             # None: vLLM's defaults (the memory plan counts what they profile).
             max_num_batched_tokens=rollout_cfg.max_num_batched_tokens, max_num_seqs=rollout_cfg.max_num_seqs,
-            # vLLM's CPU sampler cannot resume a seeded request whose prompt was split over steps (chunked
-            # prefill, past 4096 prompt tokens a step): its engine dies ("CPU Generator does not use offset").
-            # GRPO always samples seeded, so on CPU every prompt is prefilled whole.
-            **({"enable_chunked_prefill": False} if self.device == "cpu" else {}),
-            **({"distributed_executor_backend": backend} if backend else {}),
+            **extra,
         )
         self.max_model_len = rollout_cfg.max_model_len
         self.state = SleepState.AWAKE

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow.pyfunc
+from mlflow.pyfunc import PythonModel
 import pandas as pd
 
 from medmcqa_ray.config import Config, FormatSection, ModelSection
@@ -37,7 +38,8 @@ def signature() -> Any:
                         ColSpec("boolean", "well_formatted")]))
 
 
-class AdapterModel(mlflow.pyfunc.PythonModel):
+# Imported by name: mlflow's __init__ binds `mlflow.pyfunc` to a LazyLoader, which mypy cannot read a class from.
+class AdapterModel(PythonModel):
     def load_context(self, context: Any) -> None:
         from peft import PeftModel
 

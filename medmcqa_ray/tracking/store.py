@@ -95,7 +95,9 @@ def reachable(uri: str, timeout: float = 3.0) -> bool:
         return True  # local stores have nothing to wait for; they fail on first use instead
     # urllib reads "user:pw@host" as the host; send the credentials as the header MLflow's client sends.
     parts = urllib.parse.urlsplit(uri)
-    host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else parts.hostname  # IPv6 keeps its brackets
+    if parts.hostname is None:  # "http://:5000": nothing to connect to, and no host to build the probe on
+        raise ValueError(f"tracking.uri (or MLFLOW_TRACKING_URI): {redact_uri(uri)} names no host")
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname  # IPv6 keeps its brackets
     request = urllib.request.Request(parts._replace(netloc=host + (f":{parts.port}" if parts.port else ""),
                                                     path=parts.path.rstrip("/") + "/health").geturl())
     if parts.username is not None:
@@ -166,9 +168,9 @@ def send(client: Any, run_id: str, kind: str, p: dict) -> None:
         client.log_batch(run_id, metrics=items)
     elif kind in ("params", "tags"):
         entity = Param if kind == "params" else RunTag
-        items = [entity(k, v) for k, v in p[kind].items()]
-        for i in range(0, len(items), BATCH):
-            client.log_batch(run_id, **{kind: items[i : i + BATCH]})
+        entries = [entity(k, v) for k, v in p[kind].items()]
+        for i in range(0, len(entries), BATCH):
+            client.log_batch(run_id, **{kind: entries[i : i + BATCH]})
     elif kind == "dict":
         client.log_dict(run_id, p["obj"], p["name"])
     elif kind == "artifact":

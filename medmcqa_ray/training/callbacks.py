@@ -107,7 +107,7 @@ class TuneStepReports(TrainerCallback):
     carries the latest value of every metric (as RayTrainReportCallback's do): Tune wants its metric in
     every result, and selection_accuracy is scored every few steps only (selection_accuracy_step says when)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.latest: dict = {}
 
     def on_log(self, args, state, control, logs=None, **kwargs):
@@ -120,7 +120,7 @@ class TuneStepReports(TrainerCallback):
 class Throughput(TrainerCallback):
     """Adds tokens_per_second to each logged step (TRL logs the running token count, not a rate)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.last: tuple[float, float] | None = None
 
     def on_log(self, args, state, control, logs=None, **kwargs):

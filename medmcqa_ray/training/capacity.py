@@ -148,7 +148,7 @@ def has_autoscaler() -> bool:
     return any(kind != f"node_{node}" for node, kind in types.items())
 
 
-def _node_types() -> dict[str, str]:
+def _node_types() -> dict[Optional[str], str]:  # v2 gives a pending node no node_id
     import ray
     from ray.autoscaler.v2.utils import is_autoscaler_v2
 

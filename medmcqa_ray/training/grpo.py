@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import Optional
+from typing import ClassVar, Literal, Optional, cast
 
 from medmcqa_ray import metric_names as M
 from medmcqa_ray.config import Config
@@ -28,7 +28,7 @@ from medmcqa_ray.formatting import reorder_options
 from medmcqa_ray.layout import layout
 from medmcqa_ray.rewards.actor import RewardActorInfo
 from medmcqa_ray.rollout.types import ActorHealth
-from medmcqa_ray.stage import Manifest, Stage, fingerprint, hash_parts, upstream_key
+from medmcqa_ray.stage import Stage, fingerprint, hash_parts, upstream_key
 from medmcqa_ray.tracking import RunRef, active_run
 from medmcqa_ray.tracking.adapter_source import fetched_source
 from medmcqa_ray.training import learner
@@ -207,8 +207,8 @@ def train(cfg: Config, key: str, name: str = "grpo", final_dir: Optional[Path] =
                         config_hash=key)
 
 
-class GRPOStage(Stage):
-    name = "grpo"
+class GRPOStage(Stage[GRPOManifest]):
+    name: ClassVar[Literal["grpo"]] = "grpo"
     manifest_type = GRPOManifest
 
     def inputs(self, cfg: Config) -> list[Path]:
@@ -226,7 +226,7 @@ class GRPOStage(Stage):
         return hash_parts(cfg.section_hash("model", "grpo", "rewards", "rollout", "scaling", "format"),
                           upstream_key(paths.formatted_manifest), str(sft), fingerprint(sft))
 
-    def run(self, cfg: Config) -> Manifest:
+    def run(self, cfg: Config) -> GRPOManifest:
         return train(cfg, key=self.cache_key(cfg))
 
 

@@ -157,7 +157,7 @@ def _rollout_gpu_ids(cfg: Config) -> list[Optional[list[str]]]:
         return [None] * count
     ids = [str(i) for i in ray.get_gpu_ids()]
     start = learner_share(cfg).get("GPU", 0.0)
-    slices = []
+    slices: list[Optional[list[str]]] = []
     for i in range(count):
         lo, hi = start + i * each, start + (i + 1) * each
         first = math.floor(lo + EPS)

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Optional
+from typing import ClassVar, Literal, Optional, cast
 
 from medmcqa_ray import metric_names as M
 from medmcqa_ray.config import Config
 from medmcqa_ray.data.formatted_rows import read_formatted
 from medmcqa_ray.layout import layout
-from medmcqa_ray.stage import Manifest, Stage, hash_parts, upstream_key
+from medmcqa_ray.stage import Stage, hash_parts, upstream_key
 from medmcqa_ray.tracking import active_run
 from medmcqa_ray.training import learner
 from medmcqa_ray.training.learner import LearnerArgs, LearnerResult, TrainingManifest
@@ -44,11 +44,14 @@ class SFTManifest(TrainingManifest):
     last_loss: Optional[float]
 
     def metrics(self) -> dict[str, float]:
-        return {"sft/first_loss": self.first_loss, "sft/last_loss": self.last_loss} | super().metrics()
+        # No loss when the log history holds none (a run with no step logged): MLflow takes numbers only.
+        found = {f"sft/{k}": v for k, v in (("first_loss", self.first_loss), ("last_loss", self.last_loss)) if v is not None}
+        return found | super().metrics()
 
     def table(self) -> str:
         resumed = f", resumed from step {self.resumed_from_step}" if self.resumed_from_step else ""
-        return f"{self.steps} steps, loss {self.first_loss:.3f} -> {self.last_loss:.3f}{resumed}\nadapter: {self.adapter}"
+        first, last = ("-" if x is None else f"{x:.3f}" for x in (self.first_loss, self.last_loss))
+        return f"{self.steps} steps, loss {first} -> {last}{resumed}\nadapter: {self.adapter}"
 
 
 def _train_loop(loop_config: dict) -> None:
@@ -87,8 +90,8 @@ def count_truncated(cfg: Config, rows: list[dict]) -> int:
     return sum(len(ids) > cfg.sft.max_length for ids in tok(texts, add_special_tokens=False)["input_ids"])
 
 
-class SFTStage(Stage):
-    name = "sft"
+class SFTStage(Stage[SFTManifest]):
+    name: ClassVar[Literal["sft"]] = "sft"
     manifest_type = SFTManifest
 
     def inputs(self, cfg: Config) -> list[Path]:
@@ -103,7 +106,7 @@ class SFTStage(Stage):
     def cache_key(self, cfg: Config) -> str:
         return hash_parts(cfg.section_hash("model", "sft", "scaling"), upstream_key(layout(cfg).formatted_manifest))
 
-    def run(self, cfg: Config) -> Manifest:
+    def run(self, cfg: Config) -> SFTManifest:
         key = self.cache_key(cfg)
         rows = training_rows(cfg)  # fail before starting workers when there is nothing to train on
         truncated = count_truncated(cfg, rows)

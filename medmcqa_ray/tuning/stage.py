@@ -91,7 +91,7 @@ def _ranked(trials: list[TrialRecord], metric: Literal["selection_accuracy", "co
                   key=lambda t: (t.status == "completed", figure(t), t.correct or 0.0), reverse=True)
 
 
-class SweepStage(Stage):
+class SweepStage(Stage[SweepManifest]):
     name = "sweep"
     manifest_type = SweepManifest
 
@@ -110,7 +110,7 @@ class SweepStage(Stage):
 
         return hash_parts(GRPO.cache_key(cfg), cfg.section_hash("sweep"))
 
-    def run(self, cfg: Config) -> Manifest:
+    def run(self, cfg: Config) -> SweepManifest:
         from medmcqa_ray.tracking import active_run
         from medmcqa_ray.tuning.tuner import trial_record, tuner
 
@@ -137,14 +137,13 @@ class SweepStage(Stage):
                              ranked_on=f"greedy accuracy on {scored} questions of the selection split (data.selection_rows; "
                                        "validation is only reported)")
 
-    def record(self, tracker: "Tracker", manifest: Manifest) -> None:
+    def record(self, tracker: "Tracker", manifest: SweepManifest) -> None:
         """The default record (best weights as params, best figures as metrics, best.yaml) and the results
         table. Each trial logged its own run live; here each gets its outcome (status, early stopped), a
         stopped one its end, and one run before an interruption moves under this sweep run."""
         from medmcqa_ray.tracking import RunRef, Tracker
 
         super().record(tracker, manifest)
-        assert isinstance(manifest, SweepManifest)
         for t in manifest.trials:
             if not (tracker.enabled and t.mlflow_run):
                 continue

@@ -39,14 +39,17 @@ CURVES = (M.SELECTION_ACCURACY, M.CORRECT, M.FORMAT_EXACT, M.REWARD, M.LOSS, M.E
           M.LOGPROB_ABS_DIFF, M.TIMING_STEP)
 
 
-def _dimension(d: SearchDimension) -> Any:
+def _dimension(name: str, d: SearchDimension) -> Any:
     if d.grid is not None:
         return tune.grid_search(d.grid)
     if d.choice is not None:
         return tune.choice(d.choice)
     if d.uniform is not None:
         return tune.uniform(*d.uniform)
-    return tune.loguniform(*d.loguniform)
+    if d.loguniform is not None:
+        return tune.loguniform(*d.loguniform)
+    # SearchDimension's validator requires one of the four; only a model_copy past it gets here.
+    raise ValueError(f"sweep.space.{name}: give exactly one of grid, choice, uniform, loguniform")
 
 
 def _trial(config: dict, cfg: Config, key: str, parent: Optional[RunRef]) -> None:
@@ -126,7 +129,7 @@ def tuner(cfg: Config, key: str, parent: Optional[RunRef]) -> tune.Tuner:
                  if s.scheduler == "asha" else None)
     return tune.Tuner(
         trainable,
-        param_space={"weights": {name: _dimension(d) for name, d in s.space.items()}},
+        param_space={"weights": {name: _dimension(name, d) for name, d in s.space.items()}},
         tune_config=tune.TuneConfig(metric=METRIC_KEYS[s.metric], mode="max", scheduler=scheduler,
                                     search_alg=_search_alg(cfg), num_samples=s.num_samples,
                                     max_concurrent_trials=s.max_concurrent_trials),
@@ -147,11 +150,11 @@ def trial_record(result: Any, cfg: Config) -> TrialRecord:
     frame = result.metrics_dataframe
     rows = frame.to_dict("records") if frame is not None else []
     # selection_accuracy is carried from step to step between scorings: keep the steps it was scored at.
-    curves = {name: [[int(r[M.STEP]), v] for r in rows if _number(r.get(M.STEP)) is not None
+    scored = {name: [[int(r[M.STEP]), v] for r in rows if _number(r.get(M.STEP)) is not None
                      and (v := _number(r.get(name))) is not None
                      and (name != M.SELECTION_ACCURACY or _number(r.get(M.SELECTION_ACCURACY_STEP)) == _number(r[M.STEP]))]
               for name in CURVES}
-    curves = {name: sorted({s: v for s, v in points}.items()) for name, points in curves.items() if points}
+    curves = {name: sorted({s: v for s, v in points}.items()) for name, points in scored.items() if points}
     last_step = max((int(r[M.STEP]) for r in rows if _number(r.get(M.STEP)) is not None), default=0)
     status = "error" if result.error else ("completed" if last_step >= cfg.grpo.max_steps else "early_stopped")
     final = {name: points[-1][1] for name, points in curves.items()}
