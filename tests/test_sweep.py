@@ -33,13 +33,13 @@ def test_sweep_runs_its_trials_as_nested_runs_and_writes_best_yaml(ci_sft, tmp_p
         "grpo.max_completion_length=8", "sweep.name=tiny", "sweep.space={correct: {grid: [1.0, -1.0]}}",
         "sweep.scheduler=fifo", "sweep.eval_rows=4", "sweep.eval_every=1", "tracking.enabled=true"])
     m = run_stage("sweep", cfg)
-    trials = {t["weights"]["correct"]: t for t in m["trials"]}
-    assert set(trials) == {1.0, -1.0} and all(t["status"] == "completed" and t["last_step"] == 2 for t in trials.values())
-    assert all([s for s, _ in t["curves"]["selection_accuracy"]] == [1, 2] for t in trials.values())
+    trials = {t.weights["correct"]: t for t in m.trials}
+    assert set(trials) == {1.0, -1.0} and all(t.status == "completed" and t.last_step == 2 for t in trials.values())
+    assert all([s for s, _ in t.curves["selection_accuracy"]] == [1, 2] for t in trials.values())
     # Ranked on the selection split (carved from train), never on validation, and the table says so.
-    assert "on 4 questions of the selection split" in m["ranked_on"] and m["ranked_on"] in m.table()
-    best = load_config([REPO / "configs" / "ci.yaml", Path(m["best_yaml"])])
-    assert best.rewards.weights["correct"] == m["best"]["weights"]["correct"]
+    assert "on 4 questions of the selection split" in m.ranked_on and m.ranked_on in m.table()
+    best = load_config([REPO / "configs" / "ci.yaml", Path(m.best_yaml)])
+    assert best.rewards.weights["correct"] == m.best.weights["correct"]
 
     client = MlflowClient(tracking_uri=tracking_uri(cfg))
     runs = client.search_runs([client.get_experiment_by_name(cfg.tracking.experiment).experiment_id])

@@ -29,7 +29,6 @@ from medmcqa_ray.config.schema import (
     AUTO_ENGINE,
     VLLM_LORA_TARGETS,
     VLLM_LORA_RANKS,
-    BUILTIN_REWARDS,
     resolve_engine,
     vllm_lora_rank,
 )
@@ -63,7 +62,6 @@ __all__ = [
     "AUTO_ENGINE",
     "VLLM_LORA_TARGETS",
     "VLLM_LORA_RANKS",
-    "BUILTIN_REWARDS",
     "resolve_engine",
     "vllm_lora_rank",
 ]

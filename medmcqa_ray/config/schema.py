@@ -20,7 +20,9 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, NonNegativeI
 
 from medmcqa_ray.config.plugins import load_custom
 from medmcqa_ray.embedded import embedded_missing
+from medmcqa_ray import reward_names as R
 from medmcqa_ray.redaction import without_secrets
+from medmcqa_ray.reward_names import BUILTIN_REWARDS
 
 
 # Paths are made absolute once, here, against the directory the command started in (under `ray job
@@ -526,7 +528,6 @@ class GRPOSection(Section):
         return self
 
 
-BUILTIN_REWARDS = ("format_exact", "format_approx", "correct", "similarity", "consistent")
 
 
 class CustomReward(Section):
@@ -542,8 +543,8 @@ class CustomReward(Section):
 
 
 class RewardsSection(Section):
-    weights: dict[str, float] = {"format_exact": 1.0, "format_approx": 0.5, "correct": 2.0, "similarity": 0.5,
-                                 "consistent": 0.0}
+    weights: dict[str, float] = {R.FORMAT_EXACT: 1.0, R.FORMAT_APPROX: 0.5, R.CORRECT: 2.0, R.SIMILARITY: 0.5,
+                                 R.CONSISTENT: 0.0}
     """Weight of each built-in component (format_exact, format_approx, correct, similarity, consistent: the
     letter is the option the reasoning names, rewards/components.py); passed to TRL's reward_weights. A
     component left out weighs 0. A weight of 0 still computes and logs the component."""
@@ -602,8 +603,8 @@ class SearchDimension(Section):
 class SweepSection(Section):
     name: str = Field("reward-weights", pattern=r"^[A-Za-z0-9_.-]+$")
     """The sweep's folder: output_dir/sweeps/<name>/ (results, best.yaml, Tune's experiment state)."""
-    space: dict[str, SearchDimension] = {"correct": SearchDimension(grid=[1.0, 2.0]),
-                                         "similarity": SearchDimension(grid=[0.0, 0.5])}
+    space: dict[str, SearchDimension] = {R.CORRECT: SearchDimension(grid=[1.0, 2.0]),
+                                         R.SIMILARITY: SearchDimension(grid=[0.0, 0.5])}
     """Reward weights to search, by component name; the other weights stay as rewards.weights says."""
     search: Literal["basic", "optuna", "hyperopt"] = "basic"
     """basic: Tune's grid/random variant generator; optuna or hyperopt: that search algorithm (installed separately)."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Callable, Optional, Sequence
 
+from medmcqa_ray import reward_names as R
 from medmcqa_ray.config import Markers
 from medmcqa_ray.formatting import LETTERS, extract_answer, is_correct, is_well_formatted, named_option
 
@@ -24,8 +25,6 @@ NEUTRAL_SIMILARITY = 0.0
 """Similarity for a row without an explanation (nothing to compare with) or a completion without reasoning:
 no push either way."""
 
-SIMILARITY = "similarity"
-"""The built-in scored a batch at a time (it embeds every reasoning of the batch together)."""
 
 
 def format_exact(completion: str, markers: Markers) -> float:
@@ -54,13 +53,13 @@ PerCompletion = Callable[[str, Optional[str], Optional[Sequence[str]], Markers],
 """fn(completion, gold letter, options, markers) -> score."""
 
 PER_COMPLETION: dict[str, PerCompletion] = {
-    "format_exact": lambda completion, gold, options, markers: format_exact(completion, markers),
-    "format_approx": lambda completion, gold, options, markers: format_approx(completion, markers),
-    "correct": correct,
-    "consistent": lambda completion, gold, options, markers: consistent(completion, options, markers),
+    R.FORMAT_EXACT: lambda completion, gold, options, markers: format_exact(completion, markers),
+    R.FORMAT_APPROX: lambda completion, gold, options, markers: format_approx(completion, markers),
+    R.CORRECT: correct,
+    R.CONSISTENT: lambda completion, gold, options, markers: consistent(completion, options, markers),
 }
-"""The built-ins scored one completion at a time. A new one is one entry here plus its name in
-config.BUILTIN_REWARDS (which fixes its place in the order)."""
+"""The built-ins scored one completion at a time (all but similarity). A new one is one entry here plus its
+name in reward_names.BUILTIN_REWARDS (which fixes its place in the order)."""
 
 
 def reasoning_of(completion: str, markers: Markers) -> str:

@@ -2,7 +2,7 @@
 order, TRL gets its reward functions and `reward_weights` in this order, and the sweep checks its space
 against these names.
 
-Order: the built-ins as config.BUILTIN_REWARDS lists them (weight from `rewards.weights`, 0.0 when
+Order: the built-ins as reward_names.BUILTIN_REWARDS lists them (weight from `rewards.weights`, 0.0 when
 absent: a weight of 0 still computes and logs the component), then `rewards.custom` in config order.
 """
 
@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Callable, NamedTuple
 
-from medmcqa_ray.config import BUILTIN_REWARDS, RewardsSection
+from medmcqa_ray.config import RewardsSection
+from medmcqa_ray.reward_names import BUILTIN_REWARDS
 
 REWARD_FIELD = "reward_{}"
 """The extra field, per component, in which the rollout hands TRL the precomputed scores."""

@@ -12,6 +12,7 @@ from medmcqa_ray.config import Markers, RewardsSection
 from medmcqa_ray.config.plugins import load_custom
 from medmcqa_ray.errors import StageError
 from medmcqa_ray.rewards import components
+from medmcqa_ray.reward_names import SIMILARITY
 from medmcqa_ray.rewards.registry import reward_names
 from medmcqa_ray.rewards.similarity import SimilarityScorer
 
@@ -114,7 +115,7 @@ class Scorer:
                     first: dict[str, str]) -> list[Optional[float]]:
         n = len(batch.completions)
         try:
-            if name == components.SIMILARITY:
+            if name == SIMILARITY:
                 reasonings = [components.reasoning_of(c, self.markers) for c in batch.completions]
                 return list(self.similarity.score(reasonings, batch.explanations))
             values = list(self.custom[name](batch.completions, answer_label=batch.answer_labels,

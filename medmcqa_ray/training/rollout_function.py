@@ -20,6 +20,7 @@ from typing import Any, Optional
 from medmcqa_ray import metric_names as M
 from medmcqa_ray.config import Config
 from medmcqa_ray.formatting import generation_prompt, prompt_token_ids
+from medmcqa_ray.reward_names import CORRECT
 from medmcqa_ray.rewards.registry import REWARD_FIELD, reward_names
 from medmcqa_ray.rewards.scoring import RewardBatch
 from medmcqa_ray.rollout.types import Completion, Sampling
@@ -111,7 +112,7 @@ class RolloutFunction:
         the same `correct`; what is still flat after that trains as it is."""
         resampled = 0
         for round_ in range(1, self.cfg.grpo.dynamic_sampling.max_rounds + 1):
-            flat = [i for i, r in enumerate(rewards) if _zero_variance(r["correct"])]
+            flat = [i for i, r in enumerate(rewards) if _zero_variance(r[CORRECT])]
             if not flat:
                 break
             resampled += len(flat)
@@ -120,7 +121,7 @@ class RolloutFunction:
             for i, g, r in zip(flat, new_groups, new_rewards):
                 groups[i], rewards[i] = g, r
         metrics[M.RESAMPLED_GROUPS].append(resampled)
-        metrics[M.FLAT_GROUPS_LEFT].append(sum(_zero_variance(r["correct"]) for r in rewards))
+        metrics[M.FLAT_GROUPS_LEFT].append(sum(_zero_variance(r[CORRECT]) for r in rewards))
 
     def __call__(self, prompts: list, trainer: Any) -> dict[str, list]:
         n = self.n
@@ -149,7 +150,7 @@ class RolloutFunction:
             self._resample_flat_groups(groups, rewards, prompt_ids, rows, step, metrics)
         metrics[M.TIMING_LEARNER_WAIT].append(time.monotonic() - asked)
         self._send_ahead(trainer, step)
-        metrics[M.FLAT_CORRECT_GROUPS].append(sum(_zero_variance(r["correct"]) for r in rewards) / len(rewards))
+        metrics[M.FLAT_CORRECT_GROUPS].append(sum(_zero_variance(r[CORRECT]) for r in rewards) / len(rewards))
 
         out: dict[str, list] = {"prompt_ids": [], "completion_ids": [], "logprobs": []}
         out |= {REWARD_FIELD.format(name): [] for name in self.components}

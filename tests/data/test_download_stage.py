@@ -94,7 +94,7 @@ def test_the_selection_split_is_train_rows_no_trainer_sees_and_no_evaluated_spli
         assert not selection & formatted["train"] and not selection & formatted["validation"] and not selection & formatted["test"]
         assert not selection & {r["id"] for r in training_prompts(cfg)}  # GRPO's prompts (SFT reads the same train split)
         assert len(selection_rows(cfg, 1000)) == len(selection)  # what a sweep ranks on
-        assert manifests["prep"]["splits"]["selection"]["rows"] == len(selection)
+        assert manifests["prep"].splits["selection"].rows == len(selection)
     # Chosen by id alone: another file order, the same rows.
     bookkeeping = pa.Table.from_pylist([{"split": "train", "id": f"q{i}", "status": "kept", "answer_index": 0} for i in range(40)])
     assert choose_selection(bookkeeping, 4) == choose_selection(bookkeeping.take(list(range(39, -1, -1))), 4)
@@ -134,7 +134,7 @@ def test_test_split_is_kept_unlabelled_and_prep_output(real_runs):
     test_rows = processed(out, "test")
     assert len(test_rows) == 83 and all(r["answer_index"] is None and "unlabelled" in r["flags"] for r in test_rows)
     fmt = out / "data" / "formatted"
-    assert manifests["prep"]["splits"]["test"]["with_target"] == 0
+    assert manifests["prep"].splits["test"].with_target == 0
     train = pq.ParquetDataset(fmt / "train").read()
     assert train.schema.equals(FORMATTED)
     assert len(list((fmt / "train").glob("*.parquet"))) == 2  # format.num_shards in ci.yaml
@@ -156,9 +156,9 @@ def test_duplicates_limit_and_missing_optional_fields(ray_session, make_config, 
     rows.insert(3, bare | {"id": "q1", "question": "a later duplicate", "cop": 4})
     src = write_rows(tmp_path / "src", "train.json", rows)
     cfg = make_config("data.source=local", f"data.path={src}", "data.limit=6", "data.selection_rows=0")
-    m = run_stage("download", cfg)["splits"]["train"]
-    assert (m["read"], m["kept"], m["quarantined"], m["limited"]) == (11, 6, 1, 4)
-    assert m["reasons"] == {"duplicate_id": 1}
+    m = run_stage("download", cfg).splits["train"]
+    assert (m.read, m.kept, m.quarantined, m.limited) == (11, 6, 1, 4)
+    assert m.reasons == {"duplicate_id": 1}
     kept = processed(Path(cfg.output_dir), "train")
     assert [r["id"] for r in kept] == [f"q{i}" for i in range(6)]
     assert kept[1]["question"] == GOOD["question"]  # the first q1 won
@@ -169,15 +169,15 @@ def test_duplicates_limit_and_missing_optional_fields(ray_session, make_config, 
 def test_caching_skips_and_force_redoes(ray_session, make_config, caplog):
     cfg = make_config()
     first = data_stages(cfg)
-    assert first["download"]["source"]["name"] == "the synthetic sample"
+    assert first["download"].source.name == "the synthetic sample"
     again = data_stages(cfg)
-    assert again["download"].get("skipped") and again["prep"].get("skipped")
+    assert again["download"].skipped and again["prep"].skipped
     forced = run_stage("download", cfg, force=True)
-    assert not forced.get("skipped") and forced["config_hash"] == first["download"]["config_hash"]
+    assert not forced.skipped and forced.config_hash == first["download"].config_hash
     changed = make_config("format.num_shards=1")
-    assert run_stage("download", changed).get("skipped")  # data section unchanged
+    assert run_stage("download", changed).skipped  # data section unchanged
     prep = run_stage("prep", changed)
-    assert not prep.get("skipped") and prep["splits"]["train"]["shards"] == 1
+    assert not prep.skipped and prep.splits["train"].shards == 1
 
 
 @pytest.mark.slow
@@ -191,7 +191,7 @@ def test_bad_inputs_give_clear_errors_and_keep_the_last_good_output(ray_session,
     err = user_error(e.value)
     assert isinstance(err, DataFileError) and "train.jsonl:6: invalid JSON" in str(err)
     manifest = json.loads((Path(cfg.output_dir) / "data" / "manifest.json").read_text())
-    assert manifest["config_hash"] == good["config_hash"] and len(processed(Path(cfg.output_dir), "train")) == 4  # 1 in selection
+    assert manifest["config_hash"] == good.config_hash and len(processed(Path(cfg.output_dir), "train")) == 4  # 1 in selection
 
     ambiguous = write_rows(tmp_path / "amb", "train.jsonl", [GOOD | {"id": f"q{i}", "cop": 1} for i in range(3)])
     with pytest.raises(Exception) as e:
@@ -212,4 +212,4 @@ def test_deleted_output_is_rebuilt_even_with_a_matching_manifest(ray_session, ma
     run_stage("download", cfg)
     shutil.rmtree(Path(cfg.output_dir) / "data" / "processed")
     again = run_stage("download", cfg)
-    assert not again.get("skipped") and len(processed(Path(cfg.output_dir), "validation")) == 321
+    assert not again.skipped and len(processed(Path(cfg.output_dir), "validation")) == 321

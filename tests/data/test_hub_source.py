@@ -35,7 +35,7 @@ def test_hub_path_loads_a_dataset_repository_layout(ray_session, make_config, tm
         pq.write_table(pa.Table.from_pylist(split_rows), repo / f"{split}-00000-of-00001.parquet")
     cfg = make_config("data.source=hub", f"data.hub_id={repo.parent}", "data.hub_token=hf_dontleak")
     manifest = run_stage("download", cfg)
-    assert {s: c["kept"] for s, c in manifest["splits"].items()} == {"train": 11, "validation": 5, "test": 3}
-    assert manifest["splits"]["train"]["selected"] == 1  # 5% of 12, at least one
-    assert manifest["source"]["kind"] == "hub" and manifest["source"]["layout"] == "hf"
+    assert {s: c.kept for s, c in manifest.splits.items()} == {"train": 11, "validation": 5, "test": 3}
+    assert manifest.splits["train"].selected == 1  # 5% of 12, at least one
+    assert manifest.source.kind == "hub" and manifest.source.layout == "hf"
     assert "hf_dontleak" not in json.dumps(manifest.as_dict())

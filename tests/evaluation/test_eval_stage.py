@@ -77,12 +77,12 @@ def test_baseline_then_eval_with_an_sft_adapter(prepared):
     assert floors["majority_letter"]["source"] == "train's most frequent" and floors["majority_letter"]["n"] == 12
     assert "floors: uniform guess 25.0%" in m.table() and "loglik" in m.table()
     assert (out / "accuracy.png").stat().st_size > 1000
-    assert run_stage("baseline", cfg).get("skipped")
+    assert run_stage("baseline", cfg).skipped
 
     baseline = (out / "heads" / "base.jsonl").read_text()
     save_adapter(cfg.model, Path(cfg.output_dir) / "checkpoints" / "sft")
     m = run_stage("eval", cfg)
-    assert m["heads"] == ["base", "sft"]  # no grpo adapter yet: that head is skipped
+    assert m.heads == ["base", "sft"]  # no grpo adapter yet: that head is skipped
     # One engine scores both heads: it checks the SFT adapter at start, then takes it off for the base
     # head, whose answers are the baseline's to the last logprob.
     assert (out / "heads" / "base.jsonl").read_text() == baseline
@@ -93,12 +93,12 @@ def test_baseline_then_eval_with_an_sft_adapter(prepared):
     # Generation on the first rows only; log-likelihood alone.
     cfg = load_config([REPO / "configs" / "ci.yaml"], [f"output_dir={cfg.output_dir}", "eval.generate_limit=5",
                                                         "eval.heads=[base]", f"eval.out_dir={out.parent / 'e-limit'}"])
-    summary = run_stage("eval", cfg)["summary"]
-    assert summary["heads"]["base"]["generate"]["n"] == 5 and summary["heads"]["base"]["loglik"]["n"] == 12
+    summary = run_stage("eval", cfg).summary
+    assert summary.heads["base"]["generate"].n == 5 and summary.heads["base"]["loglik"].n == 12
     cfg = load_config([REPO / "configs" / "ci.yaml"], [f"output_dir={cfg.output_dir}", "eval.scoring=loglik",
                                                         "eval.heads=[base]", f"eval.out_dir={out.parent / 'e-loglik'}"])
-    summary = run_stage("eval", cfg)["summary"]
-    assert set(summary["heads"]["base"]) == {"loglik"}
+    summary = run_stage("eval", cfg).summary
+    assert set(summary.heads["base"]) == {"loglik"}
 
 
 @pytest.mark.slow

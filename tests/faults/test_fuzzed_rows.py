@@ -55,19 +55,19 @@ def test_ten_thousand_fuzzed_rows_are_all_accounted_for(ray_session, make_config
     download = run_stage("download", cfg)
     prep = run_stage("prep", cfg)
 
-    c = download["splits"]["train"]
-    assert c["read"] == ROWS and c["limited"] == 0
-    assert c["kept"] + c["quarantined"] + c["selected"] == ROWS and c["selected"] > 0
-    assert sum(c["reasons"].values()) == c["quarantined"] and set(c["reasons"]) <= set(QUARANTINE_REASONS)
-    assert 0 < c["kept"] < ROWS and len(c["reasons"]) >= 5  # the fuzz reached many reasons, and kept rows
+    c = download.splits["train"]
+    assert c.read == ROWS and c.limited == 0
+    assert c.kept + c.quarantined + c.selected == ROWS and c.selected > 0
+    assert sum(c.reasons.values()) == c.quarantined and set(c.reasons) <= set(QUARANTINE_REASONS)
+    assert 0 < c.kept < ROWS and len(c.reasons) >= 5  # the fuzz reached many reasons, and kept rows
     out = Path(cfg.output_dir) / "data"
     ids = pq.ParquetDataset(out / "processed" / "train").read().column("id").to_pylist()
     ids += pq.ParquetDataset(out / "processed" / "selection").read().column("id").to_pylist()
-    assert len(ids) == len(set(ids)) == c["kept"] + c["selected"]
+    assert len(ids) == len(set(ids)) == c.kept + c.selected
     quarantine = [json.loads(line) for line in (out / "quarantine" / "train.jsonl").read_text().splitlines()]
-    assert len(quarantine) == c["quarantined"] and all(q["reason"] in QUARANTINE_REASONS and "raw" in q for q in quarantine)
+    assert len(quarantine) == c.quarantined and all(q["reason"] in QUARANTINE_REASONS and "raw" in q for q in quarantine)
     # Every input line is in exactly one place: a kept row (unique ids, in train or selection) or a quarantined line.
     lines = {int(q["source"].rsplit(":", 1)[1]) for q in quarantine}
-    assert len(lines) == c["quarantined"]
-    assert prep["splits"]["train"]["rows"] == c["kept"]
-    assert pq.ParquetDataset(out / "formatted" / "train").read().num_rows == c["kept"]
+    assert len(lines) == c.quarantined
+    assert prep.splits["train"].rows == c.kept
+    assert pq.ParquetDataset(out / "formatted" / "train").read().num_rows == c.kept

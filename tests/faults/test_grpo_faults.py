@@ -99,7 +99,7 @@ def test_killed_actors_and_learner_mid_grpo_lose_nothing(ci_sft, tmp_path):
     assert set(faults.done) == {"rollout_pid", "reward_pid", "reward_step", "learner_pid"}
 
     # The planned steps, each once, every rollout from the current adapter, learner and actors in sync.
-    history = steps(m)
+    history = steps(m.history)
     assert [h["step"] for h in history] == list(range(1, 7))
     assert all(h["rollout/policy_version_lag"] == 0 for h in history)
     assert all(h["rollout/logprob_abs_diff"] < 1e-3 for h in history)
@@ -115,13 +115,13 @@ def test_killed_actors_and_learner_mid_grpo_lose_nothing(ci_sft, tmp_path):
     assert not any(k.startswith("rewards/") and k.endswith("/errors") and v for h in history for k, v in h.items())
     assert all(h["rewards/correct/mean"] == h["rewards/correct/mean"] for h in history)  # no NaN
     # 3. Ray Train restarted the learner from its step-2 checkpoint; the manifest and MLflow say so.
-    assert m["worker_restarts"] == 1 and [s["resumed_from_step"] for s in m["worker_starts"]] == [0, 2]
-    assert m["worker_starts"][0]["pid"] == faults.done["learner_pid"] != m["worker_starts"][1]["pid"]
+    assert m.worker_restarts == 1 and [s.resumed_from_step for s in m.worker_starts] == [0, 2]
+    assert m.worker_starts[0].pid == faults.done["learner_pid"] != m.worker_starts[1].pid
     client = MlflowClient(tracking_uri=tracking_uri(cfg))
     experiment = client.get_experiment_by_name(cfg.tracking.experiment).experiment_id
     run = next(r for r in client.search_runs([experiment]) if r.data.tags.get("medmcqa_ray.stage") == "grpo")
     assert run.data.metrics["grpo/worker_restarts"] == 1
-    assert run.data.params["rewards.similarity_scorer"] == m["similarity_scorer"] == "embedding"  # not the fallback
+    assert run.data.params["rewards.similarity_scorer"] == m.similarity_scorer == "embedding"  # not the fallback
     # Each step was logged live. The killed learner had logged steps past its checkpoint, which its
     # successor trained again: the run keeps both attempts, the later one last; steps 1-2 are not repeated.
     curve = sorted(client.get_metric_history(run.info.run_id, "grpo/rewards/correct/mean"), key=lambda x: x.timestamp)

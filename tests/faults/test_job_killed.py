@@ -52,7 +52,7 @@ def test_killed_job_resumes_grpo_at_its_checkpoint_step_and_data_order(tmp_path)
     assert f"grpo: resuming the interrupted run from its checkpoint at step {last_checkpoint}\n" in r.stdout
     assert [s["resumed_from_step"] for s in manifest["worker_starts"]] == [0, last_checkpoint]
     # The HF Trainer restored the log of the steps before the checkpoint: one entry per step, 1 to 6.
-    done = [h["step"] for h in steps(manifest)]
+    done = [h["step"] for h in steps(manifest["history"])]
     assert done == list(range(1, 7))
     # Data order: the steps redone after the checkpoint got the same prompts as before the kill, and
     # over the whole run no prompt came twice (a restarted epoch would repeat steps 1, 2, ...).
@@ -63,8 +63,8 @@ def test_killed_job_resumes_grpo_at_its_checkpoint_step_and_data_order(tmp_path)
     used = [i for s in done for i in after[s]]
     assert len(used) == 12 and len(set(used)) == 12, after
 
-    assert all(h["rollout/policy_version_lag"] == 0 for h in steps(manifest))  # actors got the restored adapter
-    assert all(h["rollout/logprob_abs_diff"] < 1e-3 for h in steps(manifest))
+    assert all(h["rollout/policy_version_lag"] == 0 for h in steps(manifest["history"]))  # actors got the restored adapter
+    assert all(h["rollout/logprob_abs_diff"] < 1e-3 for h in steps(manifest["history"]))
     assert [h["dynamic_sampling/resampled_groups"] for h in steps(manifest)] == [2] * 6  # 2 prompts x 1 round
     assert [h["dynamic_sampling/flat_groups_left"] for h in steps(manifest)] == [2] * 6
 

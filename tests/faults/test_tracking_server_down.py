@@ -31,7 +31,7 @@ def test_server_stopping_mid_run_loses_no_metrics(ray_session, make_config, tmp_
             run_stage("download", cfg, tracker=tracker)
             stop()  # the server goes away between two stages of the same run
             prep = run_stage("prep", cfg, tracker=tracker)
-    assert prep["splits"]["train"]["rows"] > 0  # the work went on
+    assert prep.splits["train"].rows > 0  # the work went on
     warnings = [r for r in caplog.records if r.name == "medmcqa_ray.tracking" and r.levelno >= logging.WARNING]
     assert len(warnings) == 1, [r.getMessage() for r in warnings]
     offline = sorted((tmp_path / "out" / "tracking" / "offline").glob("*.jsonl"))
@@ -48,7 +48,7 @@ def test_server_stopping_mid_run_loses_no_metrics(ray_session, make_config, tmp_
                                       f"tags.mlflow.parentRunId = '{parent_id}'")
         stages = {run.data.tags["medmcqa_ray.stage"]: run for run in children}
         assert set(stages) == {"download", "prep"}  # the parent continued, not duplicated
-        assert stages["prep"].data.metrics["prep/train/rows"] == prep["splits"]["train"]["rows"]
+        assert stages["prep"].data.metrics["prep/train/rows"] == prep.splits["train"].rows
         assert stages["prep"].info.status == "FINISHED" and client.get_run(parent_id).info.status == "FINISHED"
         assert "data/train/kept" in stages["download"].data.metrics
     finally:

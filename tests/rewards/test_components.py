@@ -2,8 +2,9 @@
 
 import pytest
 
-from medmcqa_ray.config import BUILTIN_REWARDS, Markers, RewardsSection, load_config
+from medmcqa_ray.config import Markers, RewardsSection, load_config
 from medmcqa_ray.errors import ConfigError
+from medmcqa_ray.reward_names import BUILTIN_REWARDS, SIMILARITY
 from medmcqa_ray.rewards import components
 from medmcqa_ray.rewards.registry import (
     REWARD_FIELD,
@@ -190,4 +191,4 @@ def test_registry_is_the_one_order_of_names_weights_and_trl_functions():
     fields = {REWARD_FIELD.format(n): [float(i)] for i, n in enumerate(reward_names(cfg))}
     assert [f(["c"], **fields) for f in funcs] == [[0.0], [1.0], [2.0], [3.0], [4.0], [5.0]]
     # Every built-in has its function: per completion, or the batch-wise similarity.
-    assert set(components.PER_COMPLETION) | {components.SIMILARITY} == set(BUILTIN_REWARDS)
+    assert set(components.PER_COMPLETION) | {SIMILARITY} == set(BUILTIN_REWARDS)

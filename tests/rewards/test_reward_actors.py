@@ -30,7 +30,7 @@ def test_pool_scores_in_actors_with_custom_component(ray_session):
         assert scores.components["cites_gold"] == local.components["cites_gold"]
         assert scores.components["similarity"] == pytest.approx(local.components["similarity"], abs=1e-5)
         assert scores.similarity_scorer == "embedding"
-        assert sum(i["scored"] for i in pool.info()) == 10
+        assert sum(i.scored for i in pool.info()) == 10
 
         actors = list_actors(filters=[("class_name", "=", "RewardActor"), ("state", "=", "ALIVE")], **state_api())
         assert len(actors) == 2

@@ -84,7 +84,7 @@ def test_actor_adapter_sync_and_restart(ray_session):
         assert [g[0].policy_version for g in again] == [1, 1]
         assert again[1][0].token_ids == out[1][0].token_ids
         assert pool.restarts == 1  # it noticed the new process
-        assert {h["policy_version"] for h in pool.health()} == {1}
+        assert {h.policy_version for h in pool.health()} == {1}
     finally:
         pool.shutdown()
 

@@ -44,7 +44,7 @@ def test_vllm_actor_agrees_with_the_hf_engine_and_survives_a_restart(ray_session
     trace = tmp_path / "calls.jsonl"
     pool = RolloutPool(TINY, RolloutSection(**VLLM, colocate=True, call_trace=trace))
     try:
-        assert pool.health()[0]["engine"] == "VLLMEngine"
+        assert pool.health()[0].engine == "VLLMEngine"
         # Base model, greedy: the same tokens as the hf engine, and the model's own logprobs.
         base = pool.generate(prompts, greedy)
         assert [g[0].token_ids for g in base] == [g[0].token_ids for g in hf.generate(prompts, greedy)]
@@ -85,10 +85,10 @@ def test_vllm_actor_agrees_with_the_hf_engine_and_survives_a_restart(ray_session
         model2, peft_config2, weights2 = changed_lora(seed=2)
         pool.load_adapter(AdapterUpdate(version=2, peft_config=peft_config2), weights2)
         health = pool.health()[0]
-        assert (health["policy_version"], health["lora_id"], health["staged"]) == (2, 1, True)  # staged, not loaded
+        assert (health.policy_version, health.lora_id, health.staged) == (2, 1, True)  # staged, not loaded
         second = pool.generate(prompts[:1], greedy)[0][0]
         health = pool.health()[0]
-        assert (health["policy_version"], health["lora_id"], health["staged"]) == (2, 2, False)
+        assert (health.policy_version, health.lora_id, health.staged) == (2, 2, False)
         assert second.policy_version == 2
         assert second.logprobs == pytest.approx(logprobs_of(model2, prompts[0], second.token_ids), abs=1e-4)
 

@@ -39,13 +39,13 @@ def test_grpo_and_eval_heads_with_vllm_engines(ci_sft, tmp_path):
                                                         "grpo.dynamic_sampling.enabled=true"])
     assert cfg.rollout.engine == "vllm" and cfg.grpo.temperature == 1.0
     m = run_stage("grpo", cfg)
-    assert [a["engine"] for a in m["rollout_actors"]] == ["VLLMEngine"]
-    assert m["rollout_actors"][0]["policy_version"] == cfg.grpo.max_steps  # the last step's adapter (staged)
-    assert m["rollout_actors"][0]["sleep_state"] == "asleep"
+    assert [a.engine for a in m.rollout_actors] == ["VLLMEngine"]
+    assert m.rollout_actors[0].policy_version == cfg.grpo.max_steps  # the last step's adapter (staged)
+    assert m.rollout_actors[0].sleep_state == "asleep"
     # The memory plan's KV bytes per token are vLLM's: the tokens its cache of rollout.kv_cache_gb holds.
     from medmcqa_ray.memory.check import memory_plan
 
-    assert m["rollout_actors"][0]["kv_cache_tokens"] == pytest.approx(memory_plan(cfg).kv_tokens, rel=0.01)
+    assert m.rollout_actors[0].kv_cache_tokens == pytest.approx(memory_plan(cfg).kv_tokens, rel=0.01)
 
     # The colocated sequence at every step and round: the adapter of each step staged, then applied at the
     # next generate between the weights' and the KV cache's wake, after the learner emptied its cache.
@@ -56,7 +56,7 @@ def test_grpo_and_eval_heads_with_vllm_engines(ci_sft, tmp_path):
     generates = [c for c in calls if c.call == "generate"]
     assert len(generates) >= cfg.grpo.max_steps
     assert [c.policy_version for c in generates] == sorted(c.policy_version for c in generates)
-    resampled = sum(h.get(M.RESAMPLED_GROUPS, 0) for h in m["history"])
+    resampled = sum(h.get(M.RESAMPLED_GROUPS, 0) for h in m.history)
     assert len(generates) > cfg.grpo.max_steps or resampled == 0  # every round generated through the same path
 
     # MLflow's record of every step: synchronous (lag 0) and in numerical agreement with the learner.
@@ -76,7 +76,7 @@ def test_grpo_and_eval_heads_with_vllm_engines(ci_sft, tmp_path):
     cfg = load_config([REPO / "configs" / "ci.yaml"], [f"output_dir={out}", *VLLM, "tracking.enabled=true",
                                                         "eval.scoring=both"])
     e = run_stage("eval", cfg)
-    assert e["heads"] == ["base", "sft", "grpo"]
+    assert e.heads == ["base", "sft", "grpo"]
     summary = json.loads((Path(cfg.output_dir) / "eval" / "summary.json").read_text())
     assert {h: set(s) for h, s in summary["heads"].items()} == {h: {"generate", "loglik"} for h in ("base", "sft", "grpo")}
     assert [summary["heads"][h]["generate"]["n"] for h in ("base", "sft", "grpo")] == [12, 12, 12]

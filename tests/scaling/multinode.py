@@ -74,7 +74,7 @@ def main(out: Path, overrides: list[str]) -> dict:
 
     spread_cfg = load_config([REPO / "configs" / "ci.yaml"], [f"output_dir={out}", "placement.strategy=SPREAD", "rollout.num_actors=3"])
     pool = RolloutPool(spread_cfg.model, spread_cfg.rollout, actor_options(spread_cfg))
-    spread_nodes = [h["node_id"] for h in pool.health()]
+    spread_nodes = [h.node_id for h in pool.health()]
     pool.shutdown()
 
     # The tensor-parallel part runs in a task on the head (no GPU) whose runtime env puts the stand-in
@@ -175,7 +175,7 @@ def tensor_parallel_engine(out: Path) -> dict:
         group = placement_group_table(pool.groups[0])
         workers = [(a.node_id, a.state) for a in list_actors(filters=[("class_name", "=", "StandinRayWorker")],
                                                              limit=1000, **state_api())]
-        return {"generated": generated, "actor_node": health["node_id"], "pid": health["pid"], "workers": sorted(workers),
+        return {"generated": generated, "actor_node": health.node_id, "pid": health.pid, "workers": sorted(workers),
                 "group": {"strategy": group["strategy"], "bundles": group["bundles"],
                           "nodes": sorted(set(group["bundles_to_node_id"].values()))}}
 
@@ -184,7 +184,7 @@ def tensor_parallel_engine(out: Path) -> dict:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:
-            if pool.health()[0]["pid"] != first["pid"]:
+            if pool.health()[0].pid != first["pid"]:
                 break
         except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
             pass

@@ -52,7 +52,7 @@ def main(out: Path, overrides: list[str]) -> dict:
     except StageError as e:
         refused = str(e)
     manifest = run_stage("grpo", cfg)
-    events = read_journal(Path(manifest["adapter"]))
+    events = read_journal(Path(manifest.adapter))
     ids = [a["actor_id"] for e in events if e["event"] == "actors" for a in e["rollout"] + e["reward"]]
     actor_nodes = {a.actor_id: a.node_id for a in list_actors(limit=10_000, **state_api()) if a.actor_id in ids}
     cluster.add_node(num_cpus=1, num_gpus=2)  # Ray only counts these GPUs, and hands out their ids

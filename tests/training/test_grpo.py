@@ -19,8 +19,9 @@ def config(out: Path, *overrides: str):
     return load_config([REPO / "configs" / "ci.yaml"], [f"output_dir={out}", *overrides])
 
 
-def steps(manifest: dict) -> list[dict]:
-    return [h for h in manifest["history"] if "rewards/correct/mean" in h]
+def steps(history: list[dict]) -> list[dict]:
+    """A GRPO log history's training steps (not the end-of-training summary)."""
+    return [h for h in history if "rewards/correct/mean" in h]
 
 
 def task_count(name: str, actor_ids: list[str], expected: int, timeout_s: float = 60) -> int:
@@ -42,7 +43,7 @@ def test_grpo_learns_a_toy_rule_in_actors(toy_sft):
     out, overrides = toy_sft
     cfg = config(out, *overrides, "grpo.max_steps=8", "grpo.save_steps=4")
     m = run_stage("grpo", cfg)
-    history = steps(m)
+    history = steps(m.history)
     assert len(history) == 8
     correct = [h["rewards/correct/mean"] for h in history]
     first, last = sum(correct[:2]) / 2, sum(correct[-3:]) / 3
@@ -60,12 +61,12 @@ def test_grpo_learns_a_toy_rule_in_actors(toy_sft):
     # All generation in rollout actors, all scoring in reward actors: Ray's state API counts one
     # generate call and one score call per step, and the actors counted every completion.
     completions = 8 * 2 * 4
-    rollout_ids = [a["actor_id"] for a in m["rollout_actors"]]
-    reward_ids = [a["actor_id"] for a in m["reward_actors"]]
+    rollout_ids = [a.actor_id for a in m.rollout_actors]
+    reward_ids = [a.actor_id for a in m.reward_actors]
     assert task_count("RolloutActor.generate", rollout_ids, 8) == 8
     assert task_count("RewardActor.score", reward_ids, 8) == 8
-    assert sum(a["completions"] for a in m["rollout_actors"]) == completions
-    assert sum(a["scored"] for a in m["reward_actors"]) == completions
+    assert sum(a.completions for a in m.rollout_actors) == completions
+    assert sum(a.scored for a in m.reward_actors) == completions
 
     # The GRPO adapter continued the SFT one (same shape) and is a plain PEFT folder.
     from peft import PeftConfig

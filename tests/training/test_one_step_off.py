@@ -63,11 +63,11 @@ def test_one_step_off_lags_one_step_and_resumes_in_order(ci_sft, tmp_path):
     killer.join(timeout=60)
     assert "error" not in killed and "pid" in killed, killed
     resumed = killed["checkpoint"]  # 2 or 4 (save_steps=2, and the kill comes before step 6)
-    assert resumed in (2, 4) and [s["resumed_from_step"] for s in m["worker_starts"]] == [0, resumed]
+    assert resumed in (2, 4) and [s.resumed_from_step for s in m.worker_starts] == [0, resumed]
 
     # Steps up to the checkpoint from the first learner, the rest from its successor. A learner's first step
     # has nothing generated ahead (lag 0); every other step trained on samples of the adapter one step older.
-    history = steps(m)
+    history = steps(m.history)
     assert [h["step"] for h in history] == list(range(1, 7))
     assert [h[M.POLICY_VERSION_LAG] for h in history] == [0] + [1] * (resumed - 1) + [0] + [1] * (5 - resumed)
     for h in history:
@@ -77,7 +77,7 @@ def test_one_step_off_lags_one_step_and_resumes_in_order(ci_sft, tmp_path):
         assert 0 <= h[M.TIMING_LEARNER_WAIT] and not math.isnan(h[M.LOSS])
     # One generate call per step, sent ahead or not: nothing generated twice, nothing lost (the second
     # learner's actors made the steps after the checkpoint; what the first learner sent ahead died unused).
-    second = [a["actor_id"] for a in m["rollout_actors"]]
+    second = [a.actor_id for a in m.rollout_actors]
     assert task_count("RolloutActor.generate", second, 6 - resumed) == 6 - resumed
 
     # The data order: the steps redone after the restore got the prompts they had before the kill, and no
