@@ -107,7 +107,7 @@ class RolloutPool:
         sharing the GPU allocates after them and a failed start stops the stage before any training step."""
         for i, actor in enumerate(self.actors):
             try:
-                self.pids[i] = ray.get(actor.health.remote())["pid"]
+                self.pids[i] = ray.get(actor.health.remote()).pid
             except ray.exceptions.RayActorError as e:
                 cause = next((line.strip() for line in reversed(str(e).splitlines()) if "EngineStartError" in line), None)
                 self.shutdown()
