@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import shutil
 from typing import Optional
 
+from pydantic import ValidationError
+
 from medmcqa_ray.config import Config
 from medmcqa_ray.redaction import redact_uri
+from medmcqa_ray.tracking.calls import OfflineRecord, StartRun
 from medmcqa_ray.tracking.store import (
     OFFLINE_PREFIX,
     RegistrationRefused,
@@ -40,17 +42,17 @@ def replay_offline(cfg: Config, target_uri: Optional[str] = None) -> int:
     uri = target_uri or tracking_uri(cfg)
     if not reachable(uri):
         raise TrackingUnavailableError(f"tracking server {redact_uri(uri)} is unreachable; offline records kept in {folder}")
-    records = []
+    records: list[OfflineRecord] = []
     for f in files:
         for n, line in enumerate(f.read_text().splitlines(), 1):
             try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:  # a line cut short by a killed process
+                records.append(OfflineRecord.model_validate_json(line))
+            except ValidationError:  # a line cut short by a killed process
                 log.warning("tracking: %s:%d is not a complete record; skipped", f, n)
-    records.sort(key=lambda r: r["timestamp"])  # stable: a parent's start precedes its children's
-    first: dict[str, dict] = {}
+    records.sort(key=lambda r: r.timestamp)  # stable: a parent's start precedes its children's
+    first: dict[str, OfflineRecord] = {}
     for r in records:
-        first.setdefault(r["run"], r)
+        first.setdefault(r.run, r)
     ids: dict[str, Optional[str]] = {}
     experiments: dict[str, str] = {}
     with client_env():
@@ -65,21 +67,23 @@ def replay_offline(cfg: Config, target_uri: Optional[str] = None) -> int:
                     ids[key] = client.get_run(key).info.run_id
             if ids[key] is None and key in first:
                 r = first[key]
-                if r["experiment"] not in experiments:
-                    experiments[r["experiment"]] = experiment_id(client, uri, r["experiment"])
-                tags = dict(r["payload"].get("tags", {})) if r["kind"] == "start" else {}
-                parent = resolve(r["parent"])
+                if r.experiment not in experiments:
+                    experiments[r.experiment] = experiment_id(client, uri, r.experiment)
+                start = r.call()
+                tags = dict(start.tags) if isinstance(start, StartRun) else {}
+                parent = resolve(r.parent)
                 if parent:
                     tags["mlflow.parentRunId"] = parent
-                ids[key] = client.create_run(experiments[r["experiment"]], start_time=int(r["timestamp"] * 1000),
-                                             tags=tags, run_name=r["name"]).info.run_id
+                ids[key] = client.create_run(experiments[r.experiment], start_time=int(r.timestamp * 1000),
+                                             tags=tags, run_name=r.name).info.run_id
             return ids[key]  # None: a parent the target never had; the child becomes top-level
 
         for r in records:
-            run_id = resolve(r["run"])
-            if r["kind"] != "start" and run_id is not None:
+            run_id = resolve(r.run)
+            call = r.call()
+            if not isinstance(call, StartRun) and run_id is not None:
                 try:
-                    send(client, run_id, r["kind"], r["payload"])
+                    send(client, run_id, call)
                 except RegistrationRefused as e:
                     log.warning("tracking: %s; the run's artifacts are logged", e)
     done = folder / "replayed"

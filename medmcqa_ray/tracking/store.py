@@ -17,6 +17,8 @@ from medmcqa_ray.config import Config
 from medmcqa_ray.errors import MedmcqaError
 from medmcqa_ray.layout import layout
 from medmcqa_ray.redaction import redact_uri
+from medmcqa_ray.tracking.calls import (EndRun, LogArtifact, LogDict, LogMetrics, LogModel, LogParams, LogTable,
+                                        MoveBest, SetTags, TrackingCall)
 
 # MLflow's MAX_PARAM_VAL_LENGTH / MAX_TAG_VAL_LENGTH / MAX_PARAMS_TAGS_PER_BATCH; copied so a no-op
 # tracker never imports mlflow (about a second).
@@ -159,40 +161,44 @@ def make_client(uri: str) -> Any:
 
 
 
-def send(client: Any, run_id: str, kind: str, p: dict) -> None:
-    """One record to the store: the same code serves live calls and `replay_offline`."""
+def send(client: Any, run_id: str, call: TrackingCall) -> None:
+    """One call to the store: the same code serves live calls and `replay_offline`."""
     from mlflow.entities import Metric, Param, RunTag
 
-    if kind == "metrics":
-        items = [Metric(k, v, p["ts"], p["step"] or 0) for k, v in p["metrics"].items()]
-        client.log_batch(run_id, metrics=items)
-    elif kind in ("params", "tags"):
-        entity = Param if kind == "params" else RunTag
-        entries = [entity(k, v) for k, v in p[kind].items()]
-        for i in range(0, len(entries), BATCH):
-            client.log_batch(run_id, **{kind: entries[i : i + BATCH]})
-    elif kind == "dict":
-        client.log_dict(run_id, p["obj"], p["name"])
-    elif kind == "artifact":
-        upload = client.log_artifacts if Path(p["path"]).is_dir() else client.log_artifact
-        upload(run_id, p["path"], p["artifact_path"])
-    elif kind == "table":
-        client.log_table(run_id, p["data"], p["artifact_file"])
-    elif kind == "model":
-        client.log_artifacts(run_id, p["path"], p["artifact_path"])
+    if isinstance(call, LogMetrics):
+        client.log_batch(run_id, metrics=[Metric(k, v, call.ts, call.step or 0) for k, v in call.metrics.items()])
+    elif isinstance(call, LogParams):
+        params = [Param(k, v) for k, v in call.params.items()]
+        for i in range(0, len(params), BATCH):
+            client.log_batch(run_id, params=params[i : i + BATCH])
+    elif isinstance(call, SetTags):
+        tags = [RunTag(k, v) for k, v in call.tags.items()]
+        for i in range(0, len(tags), BATCH):
+            client.log_batch(run_id, tags=tags[i : i + BATCH])
+    elif isinstance(call, LogDict):
+        client.log_dict(run_id, call.obj, call.name)
+    elif isinstance(call, LogArtifact):
+        upload = client.log_artifacts if Path(call.path).is_dir() else client.log_artifact
+        upload(run_id, call.path, call.artifact_path)
+    elif isinstance(call, LogTable):
+        client.log_table(run_id, call.data, call.artifact_file)
+    elif isinstance(call, LogModel):
+        client.log_artifacts(run_id, call.path, call.artifact_path)
         try:
-            register(client, run_id, p["artifact_path"], p["name"], p["tags"])
+            register(client, run_id, call.artifact_path, call.name, call.tags)
         except Exception as e:
-            raise RegistrationRefused(f"the model registry refused a version of {p['name']!r} "
+            raise RegistrationRefused(f"the model registry refused a version of {call.name!r} "
                                       f"({type(e).__name__}: {e})") from e
-    elif kind == "best":
+    elif isinstance(call, MoveBest):
         try:
-            move_best(client, p["name"], p["adapter_sha"], p["set_key"], p["set_n"], p["set_text"], p["accuracy"],
-                      p["ci95"])
+            move_best(client, call.name, call.adapter_sha, call.set_key, call.set_n, call.set_text, call.accuracy,
+                      call.ci95)
         except Exception as e:
-            raise RegistrationRefused(f"moving alias {BEST_ALIAS!r} of {p['name']!r} failed ({type(e).__name__}: {e})") from e
-    elif kind == "end":
-        client.set_terminated(run_id, p["status"], p["end_time"])
+            raise RegistrationRefused(f"moving alias {BEST_ALIAS!r} of {call.name!r} failed ({type(e).__name__}: {e})") from e
+    elif isinstance(call, EndRun):
+        client.set_terminated(run_id, call.status, call.end_time)
+    else:  # StartRun: the run is created before its calls (Tracker._start, replay's resolve)
+        raise TypeError(f"tracking: {call.kind} is not sent as a call")
 
 
 def register(client: Any, run_id: str, artifact_path: str, name: str, tags: dict[str, str]) -> Any:

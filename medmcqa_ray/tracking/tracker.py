@@ -19,6 +19,8 @@ from pydantic import BaseModel, ConfigDict
 from medmcqa_ray import __version__
 from medmcqa_ray.config import Config, flatten, resolved_dict
 from medmcqa_ray.redaction import redact_uri
+from medmcqa_ray.tracking.calls import (EndRun, LogArtifact, LogDict, LogMetrics, LogModel, LogParams, LogTable,
+                                        MoveBest, OfflineRecord, SetTags, StartRun, TrackingCall)
 from medmcqa_ray.tracking.store import (
     ADAPTER_SHA_TAG,
     OFFLINE_PREFIX,
@@ -120,28 +122,28 @@ class Tracker:
         if not self.enabled:  # other ranks pay nothing, not even the float() of a tensor
             return
         values = {str(k): float(v) for k, v in metrics.items()}
-        self._record("metrics", {"metrics": values, "step": step, "ts": int(time.time() * 1000)})
+        self._record(LogMetrics(metrics=values, step=step, ts=int(time.time() * 1000)))
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        self._record("params", {"params": {str(k): _clip(v, PARAM_LIMIT) for k, v in params.items()}})
+        self._record(LogParams(params={str(k): _clip(v, PARAM_LIMIT) for k, v in params.items()}))
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
-        self._record("tags", {"tags": {str(k): _clip(v, TAG_LIMIT) for k, v in tags.items()}})
+        self._record(SetTags(tags={str(k): _clip(v, TAG_LIMIT) for k, v in tags.items()}))
 
     def log_dict(self, obj: Any, name: str) -> None:
         if self.enabled:  # the round trip turns numpy/Path values into JSON ones, once, for both paths
-            self._record("dict", {"obj": json.loads(json.dumps(obj, default=str)), "name": name})
+            self._record(LogDict(obj=json.loads(json.dumps(obj, default=str)), name=name))
 
     def log_artifact(self, path: str | Path, artifact_path: Optional[str] = None) -> None:
         if self.enabled and not Path(path).exists():
             log.warning("tracking: artifact %s does not exist; not logged", path)
             return
-        self._record("artifact", {"path": str(Path(path).resolve()), "artifact_path": artifact_path})
+        self._record(LogArtifact(path=str(Path(path).resolve()), artifact_path=artifact_path))
 
     def log_table(self, data: Mapping[str, list], artifact_file: str) -> None:
         """Columns of equal length as an MLflow table (the run page's artifact view shows it as one)."""
         if self.enabled:
-            self._record("table", {"data": json.loads(json.dumps(data, default=str)), "artifact_file": artifact_file})
+            self._record(LogTable(data=json.loads(json.dumps(data, default=str)), artifact_file=artifact_file))
 
     def log_adapter_model(self, head: str, adapter: Path) -> None:
         """The adapter as an MLflow model in the open run (artifact `model`), registered as a new version of
@@ -154,9 +156,8 @@ class Tracker:
         adapter_sha = adapter_checksum(read_adapter(adapter)[1])
         saved = save_adapter_model(adapter, self.cfg)
         try:
-            self._record("model", {"path": str(saved), "artifact_path": "model",
-                                   "name": registered_model_name(self.cfg, head),
-                                   "tags": {ADAPTER_SHA_TAG: adapter_sha, "medmcqa_ray.head": head}})
+            self._record(LogModel(path=str(saved), artifact_path="model", name=registered_model_name(self.cfg, head),
+                                  tags={ADAPTER_SHA_TAG: adapter_sha, "medmcqa_ray.head": head}))
         finally:
             shutil.rmtree(saved.parent, ignore_errors=True)
 
@@ -172,7 +173,7 @@ class Tracker:
 
     def end(self, status: str) -> None:
         """End the innermost run (an attached tracker's: a run whose process was stopped before its end)."""
-        self._record("end", {"status": status, "end_time": int(time.time() * 1000)})
+        self._record(EndRun(status=status, end_time=int(time.time() * 1000)))
 
     def online(self) -> bool:
         """Connected to the store (connecting now if not yet): False once tracking went offline or is off."""
@@ -184,9 +185,9 @@ class Tracker:
         """Record the accuracy (with its interval and evaluation set) on the registered version holding this
         adapter, and move alias `best` of the head's registered model among versions scored on that set."""
         if self.enabled and self.cfg.tracking.register_models:
-            self._record("best", {"name": registered_model_name(self.cfg, head), "adapter_sha": adapter_sha,
-                                  "set_key": scored.key, "set_n": scored.n, "set_text": scored.describe(),
-                                  "accuracy": float(accuracy), "ci95": [float(x) for x in ci95]})
+            self._record(MoveBest(name=registered_model_name(self.cfg, head), adapter_sha=adapter_sha,
+                                  set_key=scored.key, set_n=scored.n, set_text=scored.describe(),
+                                  accuracy=float(accuracy), ci95=[float(x) for x in ci95]))
 
     # ------------------------------------------------------------------------------------- internals
 
@@ -212,7 +213,7 @@ class Tracker:
         finally:
             _ACTIVE.reset(token)
             self._stack.pop()
-            self._record("end", {"status": status, "end_time": int(time.time() * 1000)}, run)
+            self._record(EndRun(status=status, end_time=int(time.time() * 1000)), run)
 
     def _connect(self) -> None:
         # Lazily: building a tracker (every rank, every CLI call) costs nothing until a run opens.
@@ -240,31 +241,31 @@ class Tracker:
             except Exception as e:
                 self._go_offline(f"tracking: starting run {name!r} failed ({type(e).__name__}: {e})")
         run = _Run(OFFLINE_PREFIX + uuid.uuid4().hex[:16], name, parent_key)
-        self._write(run, "start", {"tags": tags})
+        self._write(run, StartRun(tags=tags))
         return run
 
-    def _record(self, kind: str, payload: dict, run: Optional[_Run] = None) -> None:
+    def _record(self, call: TrackingCall, run: Optional[_Run] = None) -> None:
         if not self.enabled:
             return
         run = run or (self._stack[-1] if self._stack else None)
         if run is None:
-            log.warning("tracking: %s logged outside any run; open pipeline_run or stage_run first", kind)
+            log.warning("tracking: %s logged outside any run; open pipeline_run or stage_run first", call.kind)
             return
         self._connect()  # an attached tracker's first call
         if not self.offline:  # an offline tracker never goes back: replay keeps the order whole
             try:
                 with client_env():
-                    send(self._client, run.key, kind, payload)
+                    send(self._client, run.key, call)
                 return
             except RegistrationRefused as e:
                 log.warning("tracking: %s; the run's artifacts are logged", e)
                 return
             except Exception as e:
                 if refused(e):
-                    log.warning("tracking: MLflow refused %s for run %r: %s", kind, run.name, e)
+                    log.warning("tracking: MLflow refused %s for run %r: %s", call.kind, run.name, e)
                     return
-                self._go_offline(f"tracking call {kind} failed ({type(e).__name__}: {e})")
-        self._write(run, kind, payload)
+                self._go_offline(f"tracking call {call.kind} failed ({type(e).__name__}: {e})")
+        self._write(run, call)
 
     def _go_offline(self, reason: str) -> None:
         if not self.offline:  # the reason may quote the URI (and MLflow's errors the URL), credentials and all
@@ -272,18 +273,17 @@ class Tracker:
                         redact_uri(reason), offline_dir(self.cfg))
         self.offline = True
 
-    def _write(self, run: _Run, kind: str, payload: dict) -> None:
+    def _write(self, run: _Run, call: TrackingCall) -> None:
         folder = offline_dir(self.cfg)
-        if kind in ("artifact", "model"):
+        if isinstance(call, (LogArtifact, LogModel)):
             # Copy now: checkpoints get overwritten and temp files vanish before anyone replays.
-            src = Path(payload["path"])
+            src = Path(call.path)
             dest = folder / f"{run.key}.files" / uuid.uuid4().hex[:8] / src.name
             dest.parent.mkdir(parents=True)
             (shutil.copytree if src.is_dir() else shutil.copy2)(src, dest)
-            payload = payload | {"path": str(dest)}
+            call = call.model_copy(update={"path": str(dest)})
         folder.mkdir(parents=True, exist_ok=True)
-        record = {"run": run.key, "name": run.name, "parent": run.parent, "kind": kind, "payload": payload,
-                  "experiment": self.cfg.tracking.experiment, "timestamp": time.time()}
+        record = OfflineRecord.of(call, run.key, run.name, run.parent, self.cfg.tracking.experiment, time.time())
         with open(folder / f"{run.key}.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(record.model_dump_json() + "\n")
 
