@@ -247,7 +247,7 @@ def test_server_dying_mid_run_switches_to_offline(tmp_path, mlflow_server, caplo
 
 
 def test_a_learner_logging_live_into_the_stage_run_degrades_to_the_journal_and_replays(tmp_path, mlflow_server, caplog):
-    """What rank 0 of a learner does (`Tracker.attached` to the stage's run, learner.live_metrics): its
+    """What rank 0 of a learner does (`Tracker.attached` to the stage's run, callbacks.live_metrics): its
     steps reach the open run as they happen; the server dies mid-training and the rest goes to the offline
     journal under the same run, with one warning; replay puts them in that run, after the live ones."""
     uri, stop = mlflow_server
