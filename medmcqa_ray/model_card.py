@@ -165,7 +165,7 @@ def eval_section(cfg: Config, head: Literal["sft", "grpo"], adapter: Path) -> li
                  f"{', '.join(f'` {x}`' for x in LETTERS)}.")
     m = EVAL.previous(cfg)
     if m is None or m.adapters.get(head) != str(adapter) or m.config_hash != EVAL.cache_key(cfg):
-        lines.append(f"\n**Stale**: eval's manifest does not match this adapter and config; run `medmcqa-ray eval` again.")
+        lines.append("\n**Stale**: eval's manifest does not match this adapter and config; run `medmcqa-ray eval` again.")
     return lines + [""] + eval_table(summary, head) + [""]
 
 

@@ -12,7 +12,7 @@ import json
 import logging
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Optional, Sequence
+from typing import TYPE_CHECKING, ClassVar, Literal, Optional, Sequence
 
 import pyarrow as pa
 

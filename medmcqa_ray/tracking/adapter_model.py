@@ -21,7 +21,7 @@ from mlflow.pyfunc import PythonModel
 import pandas as pd
 
 from medmcqa_ray.config import Config, FormatSection, ModelSection
-from medmcqa_ray.tracking.store import ADAPTER_SHA_TAG, client_env
+from medmcqa_ray.tracking.store import client_env
 
 BATCH = 8
 INPUT_EXAMPLE = pd.DataFrame({"question": ["Scurvy is caused by deficiency of:"],

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import ClassVar, Literal, Optional, cast
+from typing import ClassVar, Literal, Optional
 
 from medmcqa_ray import metric_names as M
 from medmcqa_ray.config import Config

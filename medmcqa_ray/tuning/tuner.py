@@ -11,7 +11,6 @@ Imported only when a sweep runs (ray.tune at the top)."""
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
