@@ -22,7 +22,6 @@ from medmcqa_ray.config.plugins import load_custom
 from medmcqa_ray.embedded import embedded_missing
 from medmcqa_ray import reward_names as R
 from medmcqa_ray.redaction import without_secrets
-from medmcqa_ray.reward_names import BUILTIN_REWARDS
 
 
 # Paths are made absolute once, here, against the directory the command started in (under `ray job
@@ -528,8 +527,6 @@ class GRPOSection(Section):
         return self
 
 
-
-
 class CustomReward(Section):
     path: str
     """`package.module:function`, a TRL-style reward `fn(completions, **kwargs) -> list[float | None]`."""
@@ -568,11 +565,11 @@ class RewardsSection(Section):
 
     @model_validator(mode="after")
     def _known(self) -> "RewardsSection":
-        unknown = sorted(set(self.weights) - set(BUILTIN_REWARDS))
+        unknown = sorted(set(self.weights) - set(R.BUILTIN_REWARDS))
         if unknown:
-            raise ValueError(f"rewards.weights: unknown component(s) {unknown}; built-in: {list(BUILTIN_REWARDS)}"
+            raise ValueError(f"rewards.weights: unknown component(s) {unknown}; built-in: {list(R.BUILTIN_REWARDS)}"
                              " (add your own under rewards.custom)")
-        clash = sorted(set(self.custom) & set(BUILTIN_REWARDS))
+        clash = sorted(set(self.custom) & set(R.BUILTIN_REWARDS))
         if clash:
             raise ValueError(f"rewards.custom: {clash} would shadow a built-in component; pick another name")
         return self
@@ -691,7 +688,7 @@ class Config(Section):
 
     @model_validator(mode="after")
     def _sweep_names_rewards(self) -> "Config":
-        known = set(BUILTIN_REWARDS) | set(self.rewards.custom)
+        known = set(R.BUILTIN_REWARDS) | set(self.rewards.custom)
         unknown = sorted(set(self.sweep.space) - known)
         if unknown:
             raise ValueError(f"sweep.space: unknown reward component(s) {unknown}; known: {sorted(known)}")

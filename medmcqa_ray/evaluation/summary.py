@@ -62,9 +62,9 @@ def build_summary(out: Path, dataset: str, majority_letter: Optional[str], lette
         for head, records in results.items():
             for r in records:
                 f.write(json.dumps({"head": head} | r, ensure_ascii=False) + "\n")
-    # Validated from plain dicts, so that only the fields each head has count as set (EvalSummary.write).
+    # The heads validated from plain dicts, so that only the fields each has count as set (EvalSummary.write).
     summary = EvalSummary.model_validate({"dataset": dataset, "heads": heads,
-                                          "floors": floors(gold, majority_letter, letter_source).model_dump()})
+                                          "floors": floors(gold, majority_letter, letter_source)})
     summary.write(out / SUMMARY_FILE)
     accuracy_plot(summary, out / "accuracy.png")
     return summary

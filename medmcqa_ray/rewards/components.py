@@ -26,7 +26,6 @@ NEUTRAL_SIMILARITY = 0.0
 no push either way."""
 
 
-
 def format_exact(completion: str, markers: Markers) -> float:
     return 1.0 if is_well_formatted(completion, markers) else 0.0
 

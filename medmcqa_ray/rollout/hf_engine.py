@@ -20,7 +20,6 @@ from medmcqa_ray.rollout.engine import RolloutEngine
 from medmcqa_ray.rollout.types import AdapterUpdate, Completion, EngineHealth, Sampling
 
 
-
 class HFEngine(RolloutEngine):
     last_stats: Optional[DecodeStats] = None
     scores_continuations = True

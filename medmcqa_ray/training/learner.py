@@ -164,10 +164,10 @@ def save_final(model: Any, final_dir: Path, info: LearnerResult) -> None:
     tmp.rename(final_dir)
 
 
-R = TypeVar("R", bound=LearnerResult)
+ResultT = TypeVar("ResultT", bound=LearnerResult)
 
 
-def training_info(final_dir: Path, result: type[R]) -> R:
+def training_info(final_dir: Path, result: type[ResultT]) -> ResultT:
     return result.model_validate_json(training_info_file(final_dir).read_text())
 
 
