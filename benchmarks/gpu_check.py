@@ -105,6 +105,7 @@ import time
 import traceback
 import zipfile
 from pathlib import Path
+from typing import Any, Optional
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -125,7 +126,7 @@ PROMPTS = [
     "Which cells produce insulin?",
 ]
 
-SHAPES = {
+SHAPES: dict[str, dict[str, Any]] = {  # LlamaConfig keyword arguments
     # SmolLM2-135M's shape (its vocabulary comes from the tokenizer).
     "smollm2-135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
                          num_key_value_heads=3, max_position_embeddings=8192),
@@ -230,7 +231,8 @@ class ImportWatch:
     module really ended up in sys.modules."""
 
     def __init__(self, names: tuple[str, ...]):
-        self.names, self.chains = names, {}
+        self.names = names
+        self.chains: dict[str, list[str]] = {}
 
     def find_spec(self, fullname, path=None, target=None):
         if fullname in self.names and fullname not in self.chains:
@@ -241,10 +243,10 @@ class ImportWatch:
         return None
 
 
-def character_reward(completions, **kwargs) -> list[float]:
+def character_reward(completions, **kwargs) -> list[Optional[float]]:  # TRL's reward function type
     """Share of vowels among a completion's letters: varies between samples of a random model, so the GRPO
     advantages (and gradients) are not all zero."""
-    out = []
+    out: list[Optional[float]] = []
     for c in completions:
         text = c[-1]["content"] if isinstance(c, list) else str(c)
         letters = [ch for ch in text.lower() if ch.isalpha()]
@@ -481,6 +483,7 @@ def run_check(args, result: dict) -> list[str]:
     # --- memory, imports
     result["memory"] = {"peak_rss_mib": _peak_rss_mib()}
     if gpu:
+        assert learner_peak is not None and engine_peak is not None  # measured when gpu
         result["memory"].update(peak_gpu_allocated_mib=_mib(max(learner_peak, engine_peak)),
                                 peak_gpu_reserved_mib=_mib(torch.cuda.max_memory_reserved()),
                                 learner_peak_gpu_allocated_mib=_mib(learner_peak),

@@ -23,6 +23,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -30,6 +31,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from medmcqa_ray.config import ModelSection, load_config  # noqa: E402
 from medmcqa_ray.pipeline import run_stage  # noqa: E402
+from medmcqa_ray.training.learner import logged_steps  # noqa: E402
 
 
 def build_qwen3(folder: Path, tiny: bool = False) -> Path:
@@ -39,10 +41,11 @@ def build_qwen3(folder: Path, tiny: bool = False) -> Path:
     from medmcqa_ray.models import load_tokenizer
 
     tokenizer = load_tokenizer(ModelSection(name="embedded:smollm2-135m-instruct"))
-    size = (dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
-                 head_dim=32) if tiny else
-            dict(hidden_size=512, intermediate_size=1536, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=4,
-                 head_dim=64))
+    size: dict[str, Any] = (  # Qwen3Config keyword arguments
+        dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+             head_dim=32) if tiny else
+        dict(hidden_size=512, intermediate_size=1536, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=4,
+             head_dim=64))
     config = Qwen3Config(vocab_size=len(tokenizer), **size, max_position_embeddings=4096,
                          tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                          pad_token_id=tokenizer.pad_token_id)
@@ -93,7 +96,7 @@ def main() -> None:
     grpo_start = time.monotonic()
     manifest = run_stage("grpo", cfg)
     memory.stop.set()
-    steps = [h for h in manifest.history if "timing/step" in h]
+    steps = logged_steps(manifest.history, "timing/step")
     print(json.dumps({
         "benchmark": "GPU smoke (random Qwen3, hf engine, GRPO)", "device": args.device,
         "dtype": "bfloat16" if gpu else "float32", "grpo_steps": len(steps),

@@ -45,6 +45,7 @@ from json_report import print_report  # noqa: E402  (this folder)
 
 from medmcqa_ray.config import load_config  # noqa: E402
 from medmcqa_ray.pipeline import run_stage  # noqa: E402
+from medmcqa_ray.training.learner import logged_steps  # noqa: E402
 
 
 def uptime() -> dict:
@@ -78,7 +79,7 @@ def fresh_adapter(cfg, folder: Path, b_std: float) -> Path:
         for name, p in model.named_parameters():
             if "lora_B" in name:
                 p.normal_(0.0, b_std)
-    model.save_pretrained(folder)
+    model.save_pretrained(str(folder))
     return folder
 
 
@@ -86,7 +87,7 @@ def step_times_callback():
     from transformers import TrainerCallback
 
     class StepTimes(TrainerCallback):
-        def __init__(self):
+        def __init__(self) -> None:
             self.times: list[float] = []
             self.began = 0.0
 
@@ -158,7 +159,7 @@ def ours(engine: str, overrides: list[str], base_out: Path, work: Path, args) ->
     manifest = run_stage("grpo", cfg, force=True)
     wall = time.monotonic() - start
     busy = busy_cpu_s() - busy0
-    history = [h for h in manifest.history if "timing/step" in h]
+    history = logged_steps(manifest.history, "timing/step")
     steps = [h["timing/step"] for h in history]
     later = history[1:] or history
     parts = {k: round(statistics.mean(h[f"timing/{k}"] for h in later), 2) for k in ("generate", "reward", "sync", "train")}

@@ -72,6 +72,7 @@ def _cpu_peak(run) -> int:
 def run_plan_check(args, result: dict, tokenizer) -> list[str]:
     import datasets
     import torch
+    from peft import PeftModel
     from transformers import AutoConfig, AutoModelForCausalLM, TrainerCallback
     from trl import GRPOTrainer, SFTTrainer
 
@@ -141,15 +142,18 @@ def run_plan_check(args, result: dict, tokenizer) -> list[str]:
     grpo_cfg = grpo_args(cfg.model_copy(update={"grpo": g.model_copy(update={"max_steps": 1})}), work / "grpo", device)
     if gpu:
         torch.cuda.reset_peak_memory_stats()
-    trainer = GRPOTrainer(model=model, reward_funcs=trl_reward_funcs(cfg.rewards), args=grpo_cfg, train_dataset=prompts,
-                          processing_class=tokenizer, rollout_func=rollout_func, peft_config=lora_config(cfg.sft.lora),
-                          callbacks=[step])
+    # TRL types reward_funcs as an invariant list of a union, which no list[Callable] matches.
+    trainer = GRPOTrainer(model=model, reward_funcs=trl_reward_funcs(cfg.rewards),  # type: ignore[arg-type]
+                          args=grpo_cfg, train_dataset=prompts, processing_class=tokenizer, rollout_func=rollout_func,
+                          peft_config=lora_config(cfg.sft.lora), callbacks=[step])
     peft_model = trainer.model
+    assert isinstance(peft_model, PeftModel)  # TRL wraps the model, given a peft_config
     lora = sum(p.numel() for n, p in peft_model.named_parameters() if "lora_" in n)
     if gpu:
         trainer.train()
     else:
         measured["grpo_cpu"] = _cpu_peak(trainer.train)
+    assert trainer.optimizer is not None  # made by train()
     state = [t for s in trainer.optimizer.state.values() for t in s.values() if torch.is_tensor(t) and t.numel() > 1]
     optimizer_bytes = sum(t.numel() * t.element_size() for t in state)
     measured["grpo_train"], measured["grpo_reserved"], measured["grpo_step_s"] = step.peak, step.reserved, step.seconds
@@ -180,16 +184,18 @@ def run_plan_check(args, result: dict, tokenizer) -> list[str]:
     if gpu:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    trainer = SFTTrainer(model=base, args=sft_cfg, train_dataset=sft_data, processing_class=tokenizer,
-                         peft_config=lora_config(s.lora), callbacks=[step])
+    sft_trainer = SFTTrainer(model=base, args=sft_cfg, train_dataset=sft_data, processing_class=tokenizer,
+                             peft_config=lora_config(s.lora), callbacks=[step])
     if gpu:
-        trainer.train()
+        sft_trainer.train()
     else:
-        measured["sft_cpu"] = _cpu_peak(trainer.train)
+        measured["sft_cpu"] = _cpu_peak(sft_trainer.train)
     measured["sft_train"], measured["sft_reserved"], measured["sft_step_s"] = step.peak, step.reserved, step.seconds
     _say(f"SFT step {step.seconds:.1f} s, peak {step.peak / GiB:.2f} GiB")
-    merged = trainer.model.unload()
-    del trainer
+    sft_model = sft_trainer.model
+    assert isinstance(sft_model, PeftModel)
+    merged = sft_model.unload()
+    del sft_trainer, sft_model
 
     # --- the hf engine at this shape: the random base saved, loaded as the engine loads any model
     engine_stats = _hf_engine(merged, tokenizer, work, gpu, vocab)

@@ -52,7 +52,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 
@@ -68,6 +68,10 @@ from medmcqa_ray.data.synthetic_sample import generate as synthetic_rows  # noqa
 from medmcqa_ray.formatting import format_row, generation_prompt, prompt_token_ids  # noqa: E402
 from medmcqa_ray.models import load_tokenizer  # noqa: E402
 from medmcqa_ray.rollout.types import AdapterUpdate, Sampling  # noqa: E402
+
+if TYPE_CHECKING:
+    from medmcqa_ray.rollout.hf_engine import HFEngine
+    from medmcqa_ray.rollout.vllm_engine import VLLMEngine
 
 QUIET = 0.25
 """A run counts as quiet when the rest of the machine used fewer cores than this meanwhile."""
@@ -283,6 +287,7 @@ def full_batch_rate(engine, rows: int, context: int, steps: int = 6) -> float:
                            position_ids=cache.lengths[:, None].clone(), past_key_values=cache, use_cache=True)
         cache.lengths += 1
         pending, _ = draw(out.logits[:, -1], sampling, warpers(sampling), None)
+    assert start is not None  # set at step 2, after the warm-up (steps >= 1)
     return rows * steps / (time.perf_counter() - start)
 
 
@@ -375,12 +380,26 @@ class Live:
             self.engine = make_engine(name, model_cfg=model_cfg, rollout_cfg=rollout_cfg)
         self.report["startup_s"] = round(m.seconds, 1)
         if name == "hf":
-            self.report |= {"torch_threads": torch.get_num_threads(), "max_batch_rows": self.engine.max_rows}
+            self.report |= {"torch_threads": torch.get_num_threads(), "max_batch_rows": self.hf().max_rows}
         else:
-            sched = self.engine.llm.llm_engine.vllm_config.scheduler_config
+            sched = self.vllm().llm.llm_engine.vllm_config.scheduler_config
             self.report["vllm"] = {"max_num_seqs": sched.max_num_seqs, "max_num_batched_tokens": sched.max_num_batched_tokens,
                                    "kv_cache_gb": rollout_cfg.kv_cache_gb, "max_model_len": rollout_cfg.max_model_len,
                                    "max_lora_rank": rollout_cfg.max_lora_rank, "enable_prefix_caching": True}
+
+    def hf(self) -> HFEngine:
+        """The engine, which is the hf engine when `name` is "hf" (make_engine is typed for either)."""
+        from medmcqa_ray.rollout.hf_engine import HFEngine
+
+        assert isinstance(self.engine, HFEngine), self.name
+        return self.engine
+
+    def vllm(self) -> VLLMEngine:
+        """The engine, which is the vLLM engine when `name` is "vllm"."""
+        from medmcqa_ray.rollout.vllm_engine import VLLMEngine
+
+        assert isinstance(self.engine, VLLMEngine), self.name
+        return self.engine
 
     def meter(self, others: list["Live"]) -> Meter:
         """This engine's processes, and the idle ones of the engines not being measured."""
@@ -415,10 +434,11 @@ class Live:
 
         if self.name == "vllm":
             children = vllm_processes()
-            core = getattr(getattr(self.engine.llm, "llm_engine", None), "engine_core", None)
+            engine = self.vllm()
+            core = getattr(getattr(engine.llm, "llm_engine", None), "engine_core", None)
             if core is not None and hasattr(core, "shutdown"):
                 core.shutdown()
-            del self.engine.llm
+            del engine.llm, engine  # the local name too, so the collection below frees the engine
             gc.collect()
             _, alive = psutil.wait_procs(children, timeout=30)
             if alive:
@@ -472,7 +492,7 @@ def compare(names: list[str], model_cfg: ModelSection, configs: dict[str, Rollou
                 if e.name == "hf" and mode == "base" and baselines and "baselines" not in e.report:
                     # The hf-only comparisons, on the base model, right after the run they explain.
                     print(f"[rollout benchmark] hf baselines ({time.strftime('%H:%M:%S')})", file=sys.stderr, flush=True)
-                    e.report["baselines"] = hf_baselines(e.engine, batch, sampling, result | {"_stats": e.engine.last_stats})
+                    e.report["baselines"] = hf_baselines(e.engine, batch, sampling, result | {"_stats": e.hf().last_stats})
         for e in live:
             e.report |= {mode: rate(r) for mode, r in runs[e.name].items()}
     finally:

@@ -70,7 +70,7 @@ def run(args: argparse.Namespace, cfg: Config) -> list[Manifest]:
             assert source is not None, f"adapters.{head}: {folder} has no {SOURCE_FILE}"
             print(f"adapters.{head}: {uri} is {source.resolved}, in {folder}", flush=True)
     cfg = fetched
-    manifests = []
+    manifests: list[Manifest] = []
     tracker = Tracker(cfg)
     with tracker.pipeline_run(args.stage) as pipeline_run:
         for name in names:

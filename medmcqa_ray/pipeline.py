@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional, overload
 
 from medmcqa_ray import tuning
 from medmcqa_ray.config import Config
 from medmcqa_ray.data import download, prep
+from medmcqa_ray.data.download import DownloadManifest
+from medmcqa_ray.data.prep import PrepManifest
 from medmcqa_ray.errors import StageError
-from medmcqa_ray.evaluation.stage import BASELINE, EVAL
+from medmcqa_ray.evaluation.stage import BASELINE, EVAL, EvalManifest
 from medmcqa_ray.layout import layout
 from medmcqa_ray.manifest import write_manifest
 from medmcqa_ray.runtime import ensure_ray
@@ -19,6 +21,9 @@ from medmcqa_ray.stage import Manifest, Stage
 from medmcqa_ray.tracking import Tracker
 from medmcqa_ray.tracking.adapter_source import resolve_adapters
 from medmcqa_ray.training import grpo, sft
+from medmcqa_ray.training.grpo import GRPOManifest
+from medmcqa_ray.training.sft import SFTManifest
+from medmcqa_ray.tuning import SweepManifest
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +40,24 @@ def check_writable(output_dir: Path) -> None:
         probe.unlink()
     except OSError as e:
         raise StageError(f"output_dir {output_dir} cannot be written ({e.strerror or e})") from None
+
+
+# The manifest type of each stage by its name, so a caller naming the stage reads its fields typed.
+@overload
+def run_stage(name: Literal["download"], cfg: Config, force: bool = ..., tracker: Optional[Tracker] = ...) -> DownloadManifest: ...
+@overload
+def run_stage(name: Literal["prep"], cfg: Config, force: bool = ..., tracker: Optional[Tracker] = ...) -> PrepManifest: ...
+@overload
+def run_stage(name: Literal["sft"], cfg: Config, force: bool = ..., tracker: Optional[Tracker] = ...) -> SFTManifest: ...
+@overload
+def run_stage(name: Literal["grpo"], cfg: Config, force: bool = ..., tracker: Optional[Tracker] = ...) -> GRPOManifest: ...
+@overload
+def run_stage(name: Literal["baseline", "eval"], cfg: Config, force: bool = ...,
+              tracker: Optional[Tracker] = ...) -> EvalManifest: ...
+@overload
+def run_stage(name: Literal["sweep"], cfg: Config, force: bool = ..., tracker: Optional[Tracker] = ...) -> SweepManifest: ...
+@overload
+def run_stage(name: str, cfg: Config, force: bool = ..., tracker: Optional[Tracker] = ...) -> Manifest: ...
 
 
 def run_stage(name: str, cfg: Config, force: bool = False, tracker: Optional[Tracker] = None) -> Manifest:
