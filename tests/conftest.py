@@ -14,6 +14,12 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 # Ray Train's controller polls its workers every 2 s, so a run's end waits up to 2 s to be seen; tests
 # run some fifty short ones (the Ray instances they start, and their subprocesses, inherit this).
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+# No usage reports from a machine without a network: with them on, every Ray instance that runs a dataset
+# starts Ray Data's usage-collection actor (a process of its own, seconds of CPU on 2 cores).
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# Ray Train's preemption watcher (an actor process per training run) watches cloud nodes being reclaimed,
+# which a test machine never sees; the tests start some forty training runs.
+os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_MEDMCQA = REPO.parent / "shared" / "medmcqa"
