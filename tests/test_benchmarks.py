@@ -1,12 +1,14 @@
 """Every benchmark script runs at its smallest size and prints the JSON it promises, so a refactor that
-breaks one breaks the suite. The figures themselves are not judged here (2 shared cores say nothing);
+breaks one fails the suite (`make test-all`; CI runs two of them, below). The figures themselves are not judged here (2 shared cores say nothing);
 benchmarks/gpu_check.py has its own test (test_gpu_check.py).
 
-CI runs the smokes whose code no other CI test runs: prep, rewards, scaling, and gpu_smoke (the device
-script, which must work the day a device is lent). The four built from parts other CI tests run (GRPO
-stages sync and one-step-off, the hf and vLLM engines, eval) are in the extended tier (`make test-all`):
-each costs two stage runs or engine starts, 1.5 to 2 minutes on 2 cores. `make lint` type-checks every script, so a renamed
-attribute or a changed signature still fails CI in seconds."""
+CI runs the smokes of the scripts with code of their own that no other CI test runs: prep (the Ray Data
+pipeline against a plain loop) and gpu_smoke (the device script, on a Qwen3 model it builds: it must work
+the day a device is lent). The other six are built from parts other CI tests run (GRPO stages sync and
+one-step-off, several learners, the hf and vLLM engines, reward actors, eval) and are in the extended tier
+(`make test-all`): each costs one or two stage runs or engine starts, 40 s to 2 minutes on 2 cores.
+`make lint` type-checks every script, so a renamed attribute or a changed signature still fails CI in
+seconds."""
 
 from __future__ import annotations
 
@@ -56,7 +58,7 @@ def last_json(stdout: str) -> dict:
     raise AssertionError(f"no JSON object in the output: {stdout[-2000:]}")
 
 
-EXTENDED = {"async_grpo", "grpo_step", "learning", "rollout"}
+EXTENDED = {"async_grpo", "grpo_step", "learning", "rewards", "rollout", "scaling"}
 
 
 @pytest.mark.slow
