@@ -31,7 +31,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from medmcqa_ray.config import ModelSection, load_config  # noqa: E402
 from medmcqa_ray.pipeline import run_stage  # noqa: E402
-from medmcqa_ray.training.learner import logged_steps  # noqa: E402
+from medmcqa_ray.stage import history_steps  # noqa: E402
 
 
 def build_qwen3(folder: Path, tiny: bool = False) -> Path:
@@ -96,7 +96,7 @@ def main() -> None:
     grpo_start = time.monotonic()
     manifest = run_stage("grpo", cfg)
     memory.stop.set()
-    steps = logged_steps(manifest.history, "timing/step")
+    steps = [m for _, m in history_steps(manifest.history) if "timing/step" in m]
     print(json.dumps({
         "benchmark": "GPU smoke (random Qwen3, hf engine, GRPO)", "device": args.device,
         "dtype": "bfloat16" if gpu else "float32", "grpo_steps": len(steps),

@@ -45,7 +45,7 @@ from json_report import print_report  # noqa: E402  (this folder)
 
 from medmcqa_ray.config import load_config  # noqa: E402
 from medmcqa_ray.pipeline import run_stage  # noqa: E402
-from medmcqa_ray.training.learner import logged_steps  # noqa: E402
+from medmcqa_ray.stage import history_steps  # noqa: E402
 
 
 def uptime() -> dict:
@@ -159,7 +159,7 @@ def ours(engine: str, overrides: list[str], base_out: Path, work: Path, args) ->
     manifest = run_stage("grpo", cfg, force=True)
     wall = time.monotonic() - start
     busy = busy_cpu_s() - busy0
-    history = logged_steps(manifest.history, "timing/step")
+    history = [m for _, m in history_steps(manifest.history) if "timing/step" in m]
     steps = [h["timing/step"] for h in history]
     later = history[1:] or history
     parts = {k: round(statistics.mean(h[f"timing/{k}"] for h in later), 2) for k in ("generate", "reward", "sync", "train")}

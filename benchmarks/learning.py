@@ -45,8 +45,8 @@ from medmcqa_ray.evaluation.metrics import sign_test_p  # noqa: E402
 from medmcqa_ray.formatting import LETTERS, named_option  # noqa: E402
 from medmcqa_ray.layout import layout  # noqa: E402
 from medmcqa_ray.pipeline import run_stage  # noqa: E402
-from medmcqa_ray.training.learner import logged_steps  # noqa: E402
 from medmcqa_ray.rewards.components import reasoning_of  # noqa: E402
+from medmcqa_ray.stage import history_steps  # noqa: E402
 
 MODES = {"sync": "grpo.max_off_policy_steps=0", "one_step_off": "grpo.max_off_policy_steps=1"}
 # Every component named: a weights dict replaces the configured one whole.
@@ -161,7 +161,7 @@ def main() -> None:
         grpo = run_stage("grpo", cfg)
         run_stage("eval", cfg)
         summary = json.loads((layout(cfg).eval_dir / "summary.json").read_text())
-        steps = logged_steps(grpo.history, M.CORRECT)
+        steps = [m for _, m in history_steps(grpo.history) if M.CORRECT in m]
         report["sft"] = head_score(summary, "sft")  # the same adapter and questions in every mode
         report["sft_letter_binding"] = letter_binding(cfg, "sft")
         report["modes"][mode] = {

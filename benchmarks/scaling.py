@@ -26,9 +26,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from medmcqa_ray.config import load_config  # noqa: E402
-from medmcqa_ray.pipeline import run_stage  # noqa: E402
-from medmcqa_ray.training.learner import logged_steps  # noqa: E402
 from medmcqa_ray.layout import layout  # noqa: E402
+from medmcqa_ray.pipeline import run_stage  # noqa: E402
+from medmcqa_ray.stage import history_steps  # noqa: E402
 from medmcqa_ray.training.placement import learner_group  # noqa: E402
 
 
@@ -54,7 +54,7 @@ def main() -> None:
     for n in args.learners:
         run_cfg = load_config([args.config], [*base, f"scaling.num_workers={n}",
                                               f"adapters.sft={layout(cfg).trained_adapter('sft')}"])
-        history = logged_steps(run_stage("grpo", run_cfg, force=True).history, "timing/step")
+        history = [m for _, m in history_steps(run_stage("grpo", run_cfg, force=True).history) if "timing/step" in m]
         later = history[1:] or history
         step_s = statistics.median(h["timing/step"] for h in later)
         samples = n * run_cfg.grpo.prompts_per_step * run_cfg.grpo.num_generations

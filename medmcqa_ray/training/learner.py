@@ -13,7 +13,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional, TypeVar, Union, cast
+from typing import Any, Iterator, Optional, TypeVar, Union
 
 from pydantic import BaseModel, ConfigDict
 
@@ -130,15 +130,6 @@ def start(args: LearnerArgs, work: Path) -> tuple[Optional[str], int]:
 LogEntry = dict[str, Union[int, float, str, None]]
 """One entry of the trainer's log history: a logged step's metrics (metric_names.py), or the end-of-training
 summary."""
-
-StepEntry = dict[str, float]
-"""A logged step's entry of the log history: its metrics are numbers."""
-
-
-def logged_steps(history: list[LogEntry], metric: str) -> list[StepEntry]:
-    """The entries of `history` that log `metric` (a step's metric, such as metric_names.CORRECT or
-    TIMING_STEP), typed as the numbers a step logs; the entries themselves, unchanged."""
-    return [cast(StepEntry, h) for h in history if metric in h]
 
 
 class LearnerResult(BaseModel):
