@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Optional
 
 from medmcqa_ray import console
-from medmcqa_ray.config import ModelSection
+from medmcqa_ray.config.schema import ModelSection  # not the package: its loader runs the memory plan, which uses this module
 from medmcqa_ray.embedded import SMOLLM2_GGUF, SMOLLM2_INSTALL, embedded_dir
 from medmcqa_ray.errors import StageError
 

@@ -67,7 +67,10 @@ def load_config(files: list[str | Path] | None = None, overrides: list[str] | No
         cfg = Config.model_validate(tree)
     except ValidationError as e:
         raise ConfigError(_describe(e)) from None
-    from medmcqa_ray.memory.check import check_memory  # the plan reads the schema: imported after it
+    # Imported here, not at the top: the plan imports config.schema, and importing any module of this package
+    # first runs its __init__, which imports this module, so a top-level import would meet a half-made plan.
+    # The layers stay one way (pyproject.toml: config.loading > memory > models > config.schema).
+    from medmcqa_ray.memory.check import check_memory
 
     try:
         check_memory(cfg)
