@@ -456,7 +456,8 @@ class GRPOSection(Section):
     learning_rate: float = Field(1e-5, gt=0)
     """AdamW learning rate."""
     beta: float = Field(0.0, ge=0)
-    """KL coefficient (TRL's beta); 0 loads no reference model."""
+    """KL coefficient (TRL's beta) against the adapter GRPO starts from, the SFT head: TRL keeps a frozen copy of
+    it as the reference (not the base model), so the first step's KL is 0. 0 computes no reference."""
     epsilon: float = Field(0.2, gt=0)
     """Lower clipping bound of the ratio."""
     epsilon_high: Optional[float] = Field(None, gt=0)

@@ -105,6 +105,10 @@ def work_dir(stage: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=f"{stage}-"))
 
 
+TRL_REFERENCE_ADAPTER = "ref"
+"""The name TRL's GRPOTrainer gives the frozen copy of a PEFT model's starting adapter, its KL reference."""
+
+
 def restored_checkpoint(work: Path) -> tuple[Optional[str], int]:
     """The HF checkpoint inside Ray Train's latest checkpoint, copied under `work` for
     `trainer.train(resume_from_checkpoint=...)`, and its global step; (None, 0) on a fresh start."""
@@ -117,6 +121,11 @@ def restored_checkpoint(work: Path) -> tuple[Optional[str], int]:
     with checkpoint.as_directory() as d:
         resume = work / "resume"
         shutil.copytree(Path(d) / RayTrainReportCallback.CHECKPOINT_NAME, resume)
+    # With grpo.beta > 0 the checkpoint also holds TRL's frozen reference adapter, in a subfolder. Seeing an
+    # adapter in a subfolder, transformers' resume loads the subfolders' adapters only, not the trained one at
+    # the top: the resumed policy would be its SFT start again. TRL re-makes the reference from that start
+    # when the trainer is built, so the copy goes.
+    shutil.rmtree(resume / TRL_REFERENCE_ADAPTER, ignore_errors=True)
     return str(resume), json.loads((resume / "trainer_state.json").read_text())["global_step"]
 
 
@@ -158,7 +167,9 @@ def save_final(model: Any, final_dir: Path, info: LearnerResult) -> None:
     crash never leaves a half-written adapter where the next stage looks for one."""
     tmp = final_dir.with_name(final_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
+    # Only the trained adapter: with grpo.beta > 0, TRL keeps a frozen copy of the starting adapter beside it
+    # (TRL_REFERENCE_ADAPTER), which save_pretrained would write into a subfolder.
+    model.save_pretrained(tmp, selected_adapters=["default"])
     training_info_file(tmp).write_text(info.model_dump_json())
     shutil.rmtree(final_dir, ignore_errors=True)
     tmp.rename(final_dir)

@@ -15,6 +15,7 @@ import pytest
 
 from medmcqa_ray.pipeline import run_stage
 from medmcqa_ray.training.journal import read_journal
+from medmcqa_ray.training.learner import TRL_REFERENCE_ADAPTER
 
 from ..conftest import CI_SFT, sft_copy, state_api
 from ..training.interrupt import registered_checkpoints
@@ -92,9 +93,10 @@ def test_killed_actors_and_learner_mid_grpo_lose_nothing(ci_sft, tmp_path):
     for f in (ARMED, SCORING):
         f.unlink(missing_ok=True)
     out = sft_copy(ci_sft, tmp_path / "out")
+    # With a KL term (grpo.beta), whose reference has to survive the learner's restart too.
     cfg = config(out, *CI_SFT, "grpo.max_steps=6", "grpo.save_steps=2", "grpo.max_completion_length=8",
                  "rewards.custom.slow.path=tests.faults.slow_reward:score", "rewards.custom.slow.weight=0.0",
-                 "scaling.max_failures=1", "tracking.enabled=true")
+                 "scaling.max_failures=1", "tracking.enabled=true", "grpo.beta=0.1")
     faults = Faults(out)
     faults.start()
     tracker = Tracker(cfg)
@@ -136,9 +138,15 @@ def test_killed_actors_and_learner_mid_grpo_lose_nothing(ci_sft, tmp_path):
     assert {x.step for x in curve} == set(range(1, 7)) and [x.step for x in curve][:2] == [1, 2]
     assert sum(x.step <= 2 for x in curve) == 2
     assert {x.step: x.value for x in curve} == {h["step"]: pytest.approx(h["rewards/correct/mean"]) for h in history}
-    # The adapter is complete: the final one is the step-6 policy.
+    # The KL reference is the SFT adapter GRPO started from, not the base model: the first step's policy is
+    # that adapter, so its KL is exactly 0. Every later step's is above 0, the first after the restart
+    # included: the restarted learner's policy is the checkpoint it resumed, its reference the SFT adapter.
+    assert history[0]["kl"] == 0 and all(h["kl"] > 0 for h in history[1:]), [h["kl"] for h in history]
+    # The adapter is complete: the final one is the step-6 policy, and only it (not TRL's frozen reference).
     info = json.loads((out / "checkpoints" / "grpo" / "training_info.json").read_text())
-    assert info["log_history"][-1]["step"] == 6 and (out / "checkpoints" / "grpo" / "adapter_model.safetensors").is_file()
+    assert info["log_history"][-1]["step"] == 6
+    assert sorted(p.name for p in (out / "checkpoints" / "grpo").glob("*adapter*")) == [
+        "adapter_config.json", "adapter_model.safetensors"] and not (out / "checkpoints" / "grpo" / TRL_REFERENCE_ADAPTER).exists()
 
 
 def test_a_reward_that_keeps_failing_stops_grpo_naming_it(ci_sft, tmp_path):
