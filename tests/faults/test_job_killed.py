@@ -65,8 +65,8 @@ def test_killed_job_resumes_grpo_at_its_checkpoint_step_and_data_order(tmp_path)
 
     assert all(h["rollout/policy_version_lag"] == 0 for h in steps(manifest["history"]))  # actors got the restored adapter
     assert all(h["rollout/logprob_abs_diff"] < 1e-3 for h in steps(manifest["history"]))
-    assert [h["dynamic_sampling/resampled_groups"] for h in steps(manifest)] == [2] * 6  # 2 prompts x 1 round
-    assert [h["dynamic_sampling/flat_groups_left"] for h in steps(manifest)] == [2] * 6
+    assert [h["dynamic_sampling/resampled_groups"] for h in steps(manifest["history"])] == [2] * 6  # 2 prompts x 1 round
+    assert [h["dynamic_sampling/flat_groups_left"] for h in steps(manifest["history"])] == [2] * 6
 
     client = MlflowClient(tracking_uri=tracking_uri(cfg))
     experiment = client.get_experiment_by_name(cfg.tracking.experiment).experiment_id

@@ -125,7 +125,7 @@ def test_killed_sft_on_s3_resumes_from_its_last_registered_checkpoint(ray_sessio
     sft = [sys.executable, "-m", "medmcqa_ray.cli", "sft", "--config", "configs/ci.yaml", f"output_dir={out}", *overrides]
 
     kill_when(sft, lambda: bool(registered_checkpoints(out, "sft", store)))
-    wait_gone([s["pid"] for s in worker_starts(final)])  # the learner too: it could register one more
+    wait_gone([s.pid for s in worker_starts(final)])  # the learner too: it could register one more
     assert not (out / "checkpoints" / "sft_manifest.json").exists()  # nothing marked complete
     registered = settled(lambda: registered_checkpoints(out, "sft", store))
     key = _read(fs, f"{run}/medmcqa_run_key")
