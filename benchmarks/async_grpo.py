@@ -39,7 +39,7 @@ from json_report import print_report  # noqa: E402  (this folder)
 from medmcqa_ray import metric_names as M  # noqa: E402
 from medmcqa_ray.config import load_config  # noqa: E402
 from medmcqa_ray.pipeline import run_stage  # noqa: E402
-from medmcqa_ray.stage import history_steps  # noqa: E402
+from medmcqa_ray.stage import steps_logging  # noqa: E402
 
 MODES = {
     "sync": ["grpo.max_off_policy_steps=0", "scaling.resources_per_worker={CPU: 2}", "rollout.num_cpus_per_actor=2"],
@@ -62,7 +62,7 @@ def run_mode(mode: str, overrides: list[str], base_out: Path, work: Path, sample
     before, start = uptime(), time.monotonic()
     manifest = run_stage("grpo", cfg, force=True)
     wall = time.monotonic() - start
-    history = [m for _, m in history_steps(manifest.history) if M.TIMING_STEP in m]
+    history = steps_logging(manifest.history, M.TIMING_STEP)
     later = history[1:]
     steps_s = sum(h[M.TIMING_STEP] for h in later)
     lagged = [h for h in later if h[M.POLICY_VERSION_LAG] > 0]

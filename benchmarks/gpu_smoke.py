@@ -29,9 +29,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from medmcqa_ray import metric_names as M  # noqa: E402
 from medmcqa_ray.config import ModelSection, load_config  # noqa: E402
 from medmcqa_ray.pipeline import run_stage  # noqa: E402
-from medmcqa_ray.stage import history_steps  # noqa: E402
+from medmcqa_ray.stage import steps_logging  # noqa: E402
 
 
 def build_qwen3(folder: Path, tiny: bool = False) -> Path:
@@ -96,7 +97,7 @@ def main() -> None:
     grpo_start = time.monotonic()
     manifest = run_stage("grpo", cfg)
     memory.stop.set()
-    steps = [m for _, m in history_steps(manifest.history) if "timing/step" in m]
+    steps = steps_logging(manifest.history, M.TIMING_STEP)
     print(json.dumps({
         "benchmark": "GPU smoke (random Qwen3, hf engine, GRPO)", "device": args.device,
         "dtype": "bfloat16" if gpu else "float32", "grpo_steps": len(steps),

@@ -43,9 +43,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from json_report import print_report  # noqa: E402  (this folder)
 
+from medmcqa_ray import metric_names as M  # noqa: E402
 from medmcqa_ray.config import load_config  # noqa: E402
 from medmcqa_ray.pipeline import run_stage  # noqa: E402
-from medmcqa_ray.stage import history_steps  # noqa: E402
+from medmcqa_ray.stage import steps_logging  # noqa: E402
 
 
 def uptime() -> dict:
@@ -159,7 +160,7 @@ def ours(engine: str, overrides: list[str], base_out: Path, work: Path, args) ->
     manifest = run_stage("grpo", cfg, force=True)
     wall = time.monotonic() - start
     busy = busy_cpu_s() - busy0
-    history = [m for _, m in history_steps(manifest.history) if "timing/step" in m]
+    history = steps_logging(manifest.history, M.TIMING_STEP)
     steps = [h["timing/step"] for h in history]
     later = history[1:] or history
     parts = {k: round(statistics.mean(h[f"timing/{k}"] for h in later), 2) for k in ("generate", "reward", "sync", "train")}

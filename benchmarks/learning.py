@@ -46,7 +46,7 @@ from medmcqa_ray.formatting import LETTERS, named_option  # noqa: E402
 from medmcqa_ray.layout import layout  # noqa: E402
 from medmcqa_ray.pipeline import run_stage  # noqa: E402
 from medmcqa_ray.rewards.components import reasoning_of  # noqa: E402
-from medmcqa_ray.stage import history_steps  # noqa: E402
+from medmcqa_ray.stage import steps_logging  # noqa: E402
 
 MODES = {"sync": "grpo.max_off_policy_steps=0", "one_step_off": "grpo.max_off_policy_steps=1"}
 # Every component named: a weights dict replaces the configured one whole.
@@ -161,7 +161,7 @@ def main() -> None:
         grpo = run_stage("grpo", cfg)
         run_stage("eval", cfg)
         summary = json.loads((layout(cfg).eval_dir / "summary.json").read_text())
-        steps = [m for _, m in history_steps(grpo.history) if M.CORRECT in m]
+        steps = steps_logging(grpo.history, M.CORRECT)
         report["sft"] = head_score(summary, "sft")  # the same adapter and questions in every mode
         report["sft_letter_binding"] = letter_binding(cfg, "sft")
         report["modes"][mode] = {

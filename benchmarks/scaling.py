@@ -25,10 +25,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from medmcqa_ray import metric_names as M  # noqa: E402
 from medmcqa_ray.config import load_config  # noqa: E402
 from medmcqa_ray.layout import layout  # noqa: E402
 from medmcqa_ray.pipeline import run_stage  # noqa: E402
-from medmcqa_ray.stage import history_steps  # noqa: E402
+from medmcqa_ray.stage import steps_logging  # noqa: E402
 from medmcqa_ray.training.placement import learner_group  # noqa: E402
 
 
@@ -54,7 +55,7 @@ def main() -> None:
     for n in args.learners:
         run_cfg = load_config([args.config], [*base, f"scaling.num_workers={n}",
                                               f"adapters.sft={layout(cfg).trained_adapter('sft')}"])
-        history = [m for _, m in history_steps(run_stage("grpo", run_cfg, force=True).history) if "timing/step" in m]
+        history = steps_logging(run_stage("grpo", run_cfg, force=True).history, M.TIMING_STEP)
         later = history[1:] or history
         step_s = statistics.median(h["timing/step"] for h in later)
         samples = n * run_cfg.grpo.prompts_per_step * run_cfg.grpo.num_generations

@@ -135,3 +135,9 @@ def history_steps(history: list[dict]) -> Iterator[tuple[int, dict[str, float]]]
         step = entry.get("step")
         if step is not None:
             yield step, {k: v for k, v in entry.items() if isinstance(v, (int, float)) and k != "step"}
+
+
+def steps_logging(history: list[dict], metric: str) -> list[dict[str, float]]:
+    """The step metrics of the history's entries that log `metric` (metric_names.TIMING_STEP, CORRECT, ...):
+    the training steps, without the end-of-training summary."""
+    return [values for _, values in history_steps(history) if metric in values]
